@@ -1,0 +1,162 @@
+"""The ``cryoem`` command line: one subcommand per phase, thin wrappers over the API.
+
+Each subcommand is a pair ``add_<name>_args(parser)`` / ``run_<name>(args)``;
+:func:`main` assembles them.  Tests call ``main([...])`` in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from . import __version__
+
+__all__ = ["main", "build_parser"]
+
+
+# ----------------------------------------------------------------------------
+# cryoem volumes
+# ----------------------------------------------------------------------------
+def add_volumes_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--long", action="store_true",
+                        help="also print PDB id, symmetry, size and title")
+
+
+def run_volumes(args: argparse.Namespace) -> int:
+    """List the built-in proteins, one per line."""
+    from . import volumes
+
+    for entry in sorted(volumes.builtin_manifest(), key=lambda e: e["name"]):
+        if args.long:
+            default = " (default)" if entry["name"] == volumes.DEFAULT_PROTEIN else ""
+            print(f"{entry['name']}\t{entry['pdb_id']}\t{entry['symmetry']}\t"
+                  f"{entry['n_residues']} residues\t{entry['title']}{default}")
+        else:
+            print(entry["name"])
+    return 0
+
+
+# ----------------------------------------------------------------------------
+# cryoem generate
+# ----------------------------------------------------------------------------
+def add_generate_args(parser: argparse.ArgumentParser) -> None:
+    from .volumes import DEFAULT_BOX_RATIO, DEFAULT_PROTEIN
+
+    parser.add_argument("--volume", default=DEFAULT_PROTEIN,
+                        help="built-in protein (`cryoem volumes`), MRC/PDB/mmCIF file, pdb:XXXX, "
+                             f"emd:NNNN or phantom[:GROUP] (default: {DEFAULT_PROTEIN})")
+    parser.add_argument("--n-projections", type=int, default=5000, metavar="N",
+                        help="number of projections (default: 5000)")
+    parser.add_argument("--size", type=int, default=64, metavar="L",
+                        help="image and box edge in pixels (default: 64)")
+    parser.add_argument("--snr", type=float, default=float("inf"),
+                        help="signal-to-noise ratio: variance of clean pixels over noise "
+                             "variance (default: inf, noiseless)")
+    parser.add_argument("--max-shift", type=float, default=0.0, metavar="PX",
+                        help="largest in-plane shift in pixels, triangular distribution "
+                             "(default: 0)")
+    parser.add_argument("--ctf", action="store_true", help="apply a random per-image CTF")
+    parser.add_argument("--symmetry", default=None,
+                        help="point group of the volume (default: the protein's manifest entry, "
+                             "C1 for files); contradicting the manifest is an error")
+    parser.add_argument("--sampling", default="uniform",
+                        choices=("uniform", "euler-haar", "euler-uniform", "preferred"),
+                        help="orientation distribution (default: uniform on SO(3))")
+    parser.add_argument("--test-size", type=int, default=None, metavar="M",
+                        help="projections in the test split (default: 33%%)")
+    parser.add_argument("--voxel-size", type=float, default=None,
+                        help="Å per voxel (default: from the map header, or so that an atomic "
+                             f"model's diameter times {DEFAULT_BOX_RATIO} fills the box)")
+    parser.add_argument("--resolution", type=float, default=None,
+                        help="Å, for atomic models (default: twice the voxel size)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--out", type=Path, required=True, help="output dataset FILE.h5")
+    parser.add_argument("--figure", type=Path, default=None,
+                        help="PNG of sample projections (default: next to --out, same stem)")
+    parser.add_argument("--no-figure", action="store_true", help="do not write the figure")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    """Simulate projections of a volume into an HDF5 dataset."""
+    from . import datasets, plots, rotations, volumes
+
+    if args.n_projections < 1 or args.size < 8:
+        raise ValueError("--n-projections must be ≥ 1 and --size ≥ 8")
+    start = time.perf_counter()
+    volume = volumes.resolve(args.volume, args.size, voxel_size=args.voxel_size,
+                             resolution=args.resolution)
+    if args.symmetry is not None:
+        rotations.point_group(args.symmetry)  # validates the symbol
+        requested = args.symmetry.upper()
+        known = volume.symmetry.upper()
+        has_manifest = volume.name in volumes.builtin_names() or volume.name.startswith("phantom")
+        if has_manifest and requested != known:
+            raise ValueError(f"--symmetry {requested} contradicts {volume.name}'s symmetry {known}")
+        volume.symmetry = requested
+    path = datasets.generate(
+        volume, args.n_projections, args.out, snr=args.snr, max_shift=args.max_shift,
+        ctf=args.ctf, sampling=args.sampling, test_size=args.test_size, seed=args.seed,
+        progress=not args.quiet, overwrite=args.overwrite,
+    )
+    if not args.no_figure:
+        figure_path = args.figure or path.with_suffix(".png")
+        data = datasets.read_images(path, slice(0, min(12, args.n_projections)))
+        plots.save(plots.projection_gallery(data), figure_path)
+    elapsed = time.perf_counter() - start
+    ratio = f", box/particle {volume.box_ratio:.2f}" if volume.box_ratio else ""
+    print(f"wrote {path}: {args.n_projections} projections of {volume.name} "
+          f"({volume.symmetry}), {args.size}×{args.size} px at {volume.voxel_size:.3g} Å/px"
+          f"{ratio}, SNR {args.snr:g}, shifts ≤ {args.max_shift:g} px, "
+          f"CTF {'on' if args.ctf else 'off'}, in {elapsed:.1f} s")
+    return 0
+
+
+# ----------------------------------------------------------------------------
+# Assembly
+# ----------------------------------------------------------------------------
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
+                          Callable[[argparse.Namespace], int]]] = {
+    "generate": (add_generate_args, run_generate),
+    "volumes": (add_volumes_args, run_volumes),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``cryoem`` command."""
+    parser = argparse.ArgumentParser(
+        prog="cryoem",
+        description="Learning to recover orientations from projections in single-particle "
+                    "cryo-EM.")
+    parser.add_argument("--version", action="version", version=f"cryoem {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (add_args, run) in COMMANDS.items():
+        doc = (run.__doc__ or "").strip().splitlines()[0]
+        command = sub.add_parser(name, help=doc, description=doc)
+        add_args(command)
+        command.set_defaults(run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; errors print one clear line and return status 2 or 1."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, ConnectionError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"cryoem {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cryoem {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""Datasets: one HDF5 file of projections with everything needed to score them.
+
+Layout of a dataset file (all arrays chunked for streaming)::
+
+    /projections    (N, L, L) float32   images indexed [y, x], noisy if snr < ∞
+    /orientations   (N, 4)    float64   true quaternions (w, x, y, z), see cryoem.rotations
+    /shifts         (N, 2)    float64   true in-plane shifts (dx, dy) in pixels
+    /ctf            (N, 7)    float64   CTF parameters (attribute "fields"), only with a CTF
+    /volume         (L, L, L) float32   the ground-truth map at the same L and pixel size
+    /split/train, /split/validation, /split/test   int64 indices (disjoint)
+
+and attributes on the root: ``format``, ``version`` (of cryoem), ``source``,
+``volume_name``, ``pixel_size`` (Å), ``symmetry``, ``snr``, ``noise_variance``,
+``noisy``, ``max_shift``, ``ctf``, ``sampling``, ``seed``, ``box_ratio``,
+``particle_diameter``, ``convention``, ``quaternion_order``, ``created``.
+
+Files are written under a temporary name and renamed when complete, so a crash
+never leaves a half file under the final name.  Reading needs only h5py and
+NumPy (no TensorFlow).
+
+Example
+-------
+>>> from cryoem import datasets, volumes
+>>> vol = volumes.resolve("phantom", size=32)
+>>> path = datasets.generate(vol, 20, "/tmp/example.h5", snr=1.0, seed=0)
+>>> data = datasets.load(path)
+>>> data.projections.shape, data.attrs["snr"]
+((20, 32, 32), 1.0)
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import __version__, projection, rotations
+from ._progress import progress_bar
+from .volumes import Volume
+
+__all__ = ["Dataset", "generate", "load", "read_images", "split_indices", "FORMAT",
+           "DEFAULT_SPLIT"]
+
+#: Identifies a cryoem dataset file.
+FORMAT = "cryoem-dataset-1"
+
+#: Default train/validation/test fractions (the paper's 2,512 / 838 / 1,650 of 5,000).
+DEFAULT_SPLIT = (0.5024, 0.1676, 0.33)
+
+CONVENTION = ("p_i = Proj_z(R_i x); R_i takes volume coordinates to the microscope frame; "
+              "RELION (rot, tilt, psi) matrix A = R_i; volume [z, y, x], image [y, x], "
+              "origin at index L // 2")
+
+_CHUNK_IMAGES = 256
+
+
+@dataclass
+class Dataset:
+    """A dataset read into memory (see the module docstring for the fields)."""
+
+    projections: NDArray[np.float32] | None
+    orientations: NDArray[np.float64]
+    shifts: NDArray[np.float64]
+    volume: NDArray[np.float32]
+    split: dict[str, NDArray[np.int64]]
+    attrs: dict[str, Any]
+    ctf: projection.CTFParameters | None = None
+    path: Path | None = field(default=None)
+
+    def __len__(self) -> int:
+        return len(self.orientations)
+
+    @property
+    def size(self) -> int:
+        """Image edge ``L`` in pixels."""
+        return int(self.volume.shape[0])
+
+    @property
+    def pixel_size(self) -> float:
+        """Pixel (and voxel) size in Å."""
+        return float(self.attrs["pixel_size"])
+
+
+def split_indices(n: int, fractions: tuple[float, float, float] = DEFAULT_SPLIT,
+                  seed: int | np.random.Generator | None = 0,
+                  test_size: int | None = None) -> dict[str, NDArray[np.int64]]:
+    """Disjoint random train/validation/test indices covering ``range(n)``.
+
+    ``fractions`` are normalised; ``test_size`` overrides the test count and
+    the rest is shared between train and validation in their ratio.
+    """
+    fractions_arr = np.asarray(fractions, dtype=np.float64)
+    if fractions_arr.shape != (3,) or np.any(fractions_arr < 0) or fractions_arr.sum() <= 0:
+        raise ValueError(f"fractions must be three non-negative numbers, got {fractions}")
+    fractions_arr = fractions_arr / fractions_arr.sum()
+    if test_size is None:
+        n_test = int(round(fractions_arr[2] * n))
+    elif 0 <= test_size <= n:
+        n_test = test_size
+    else:
+        raise ValueError(f"test_size must be between 0 and {n}, got {test_size}")
+    rest = n - n_test
+    share = fractions_arr[0] / max(fractions_arr[0] + fractions_arr[1], 1e-12)
+    n_train = int(round(share * rest))
+    order = np.random.default_rng(seed).permutation(n)
+    return {
+        "train": np.sort(order[:n_train]),
+        "validation": np.sort(order[n_train:rest]),
+        "test": np.sort(order[rest:]),
+    }
+
+
+def generate(
+    volume: Volume,
+    n_projections: int,
+    out: str | os.PathLike,
+    *,
+    snr: float = np.inf,
+    max_shift: float = 0.0,
+    ctf: bool = False,
+    sampling: str = "uniform",
+    sampling_options: dict[str, Any] | None = None,
+    split: tuple[float, float, float] = DEFAULT_SPLIT,
+    test_size: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Simulate a dataset of projections of ``volume`` and write it to ``out``.
+
+    Orientations are drawn with :func:`cryoem.rotations.sample` (``sampling``
+    mode), shifts from a triangular distribution within ``±max_shift`` pixels,
+    CTF parameters from :func:`cryoem.projection.sample_ctf` when ``ctf``;
+    then white noise at ``snr`` (variance of all clean pixels over noise
+    variance).  Images are projected and written in chunks, so memory stays
+    bounded for large ``n_projections``.  Every random draw derives from
+    ``seed``: the same arguments give the same file contents.
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    import h5py
+
+    out = Path(out)
+    if n_projections < 1:
+        raise ValueError(f"n_projections must be at least 1, got {n_projections}")
+    if not snr > 0:
+        raise ValueError(f"snr must be positive (use inf for noiseless), got {snr}")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    streams = np.random.SeedSequence(seed).spawn(5)
+    rng_orient, rng_shift, rng_ctf, rng_noise, rng_split = map(np.random.default_rng, streams)
+    orientations = rotations.sample(n_projections, sampling, seed=rng_orient,
+                                    **(sampling_options or {}))
+    shifts = projection.sample_shifts(n_projections, max_shift, seed=rng_shift)
+    ctf_params = projection.sample_ctf(n_projections, seed=rng_ctf) if ctf else None
+    splits = split_indices(n_projections, split, seed=rng_split, test_size=test_size)
+    size = volume.size
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        with h5py.File(partial, "w") as f:
+            images = f.create_dataset(
+                "projections", (n_projections, size, size), dtype="float32",
+                chunks=(max(1, min(n_projections, 2**18 // (size * size))), size, size),
+            )
+            total, total_sq = 0.0, 0.0
+            chunks = range(0, n_projections, _CHUNK_IMAGES)
+            for start in progress_bar(chunks, total=len(chunks), enable=progress,
+                                      desc="projecting"):
+                stop = min(start + _CHUNK_IMAGES, n_projections)
+                clean = projection.project(
+                    volume.data, orientations[start:stop],
+                    shifts=shifts[start:stop] if max_shift > 0 else None,
+                    ctf=ctf_params[start:stop] if ctf_params is not None else None,
+                    pixel_size=volume.voxel_size,
+                )
+                images[start:stop] = clean
+                total += float(np.sum(clean, dtype=np.float64))
+                total_sq += float(np.sum(np.square(clean, dtype=np.float64)))
+            count = n_projections * size * size
+            signal_variance = total_sq / count - (total / count) ** 2
+            noise_var = 0.0 if np.isinf(snr) else signal_variance / snr
+            if noise_var > 0:
+                sigma = np.float32(np.sqrt(noise_var))
+                for start in progress_bar(chunks, total=len(chunks), enable=progress,
+                                          desc="adding noise"):
+                    stop = min(start + _CHUNK_IMAGES, n_projections)
+                    block = images[start:stop]
+                    images[start:stop] = block + sigma * rng_noise.standard_normal(
+                        block.shape, dtype=np.float32)
+            f.create_dataset("orientations", data=orientations)
+            f.create_dataset("shifts", data=shifts)
+            if ctf_params is not None:
+                f.create_dataset("ctf", data=ctf_params.as_array())
+                f["ctf"].attrs["fields"] = list(projection.CTFParameters.FIELDS)
+            f.create_dataset("volume", data=volume.data.astype(np.float32),
+                             chunks=(1, size, size))
+            for name, indices in splits.items():
+                f.create_dataset(f"split/{name}", data=indices.astype(np.int64))
+            f.attrs.update(_attributes(volume, snr, noise_var, signal_variance, max_shift,
+                                       ctf, sampling, seed))
+        os.replace(partial, out)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _attributes(volume: Volume, snr: float, noise_var: float, signal_variance: float,
+                max_shift: float, ctf: bool, sampling: str, seed: int) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "version": __version__,
+        "source": volume.source,
+        "volume_name": volume.name,
+        "pixel_size": float(volume.voxel_size),
+        "symmetry": volume.symmetry,
+        "snr": float(snr),
+        "noise_variance": float(noise_var),
+        "signal_variance": float(signal_variance),
+        "noisy": bool(noise_var > 0),
+        "max_shift": float(max_shift),
+        "ctf": bool(ctf),
+        "sampling": sampling,
+        "seed": int(seed),
+        "box_ratio": float(volume.box_ratio) if volume.box_ratio else float("nan"),
+        "particle_diameter": float(volume.particle_diameter or float("nan")),
+        "convention": CONVENTION,
+        "quaternion_order": "".join(rotations.QUATERNION_ORDER),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _open(path: str | os.PathLike) -> Any:
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no dataset file at {path}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as error:
+        raise ValueError(f"{path} is not a readable HDF5 dataset ({error})") from error
+    if f.attrs.get("format") != FORMAT:
+        f.close()
+        raise ValueError(f"{path} is not a cryoem dataset (format attribute missing or unknown)")
+    return f
+
+
+def load(path: str | os.PathLike, images: bool = True) -> Dataset:
+    """Read a dataset file (``images=False`` skips the projections).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file is missing.
+    ValueError
+        If it is not a cryoem dataset or its arrays have inconsistent shapes.
+    """
+    with _open(path) as f:
+        try:
+            orientations = f["orientations"][()]
+            shifts = f["shifts"][()]
+            volume = f["volume"][()]
+            split = {name: f[f"split/{name}"][()] for name in ("train", "validation", "test")}
+            ctf = projection.CTFParameters.from_array(f["ctf"][()]) if "ctf" in f else None
+            shape = f["projections"].shape
+            projections = f["projections"][()] if images else None
+        except KeyError as error:
+            raise ValueError(f"{path} is missing an array: {error}") from error
+        attrs = {key: _plain(value) for key, value in f.attrs.items()}
+    n = len(orientations)
+    size = volume.shape[0]
+    expected = {"projections": (n, size, size), "orientations": (n, 4), "shifts": (n, 2),
+                "volume": (size, size, size)}
+    actual = {"projections": shape, "orientations": orientations.shape, "shifts": shifts.shape,
+              "volume": volume.shape}
+    for name, want in expected.items():
+        if tuple(actual[name]) != want:
+            raise ValueError(f"{path}: {name} has shape {tuple(actual[name])}, expected {want}")
+    if ctf is not None and len(ctf) != n:
+        raise ValueError(f"{path}: {len(ctf)} CTF parameter sets for {n} projections")
+    return Dataset(projections, orientations, shifts, volume, split, attrs, ctf, Path(path))
+
+
+def read_images(path: str | os.PathLike, indices: NDArray[np.int64] | slice) -> NDArray:
+    """Read some projections without loading the whole stack (sorted indices or a slice)."""
+    with _open(path) as f:
+        return f["projections"][indices]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

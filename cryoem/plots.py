@@ -1,0 +1,115 @@
+"""Figures: projections, volume slices, orientation coverage and isosurfaces.
+
+Every function returns its figure (matplotlib or plotly) and computes nothing
+that the rest of the package does not already provide.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from . import rotations
+
+__all__ = ["projection_gallery", "volume_slices", "orientation_coverage", "isosurface", "save"]
+
+
+def projection_gallery(images: ArrayLike, titles: Sequence[str] | None = None,
+                       columns: int = 6, size: float = 1.8) -> Any:
+    """A grid of images (row = y, drawn with y upwards as in the microscope)."""
+    import matplotlib.pyplot as plt
+
+    images = np.asarray(images)
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * size, rows * size), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < len(images):
+            ax.imshow(images[k], cmap="gray", origin="lower")
+            if titles is not None:
+                ax.set_title(titles[k], fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def volume_slices(volume: ArrayLike, voxel_size: float = 1.0, title: str = "") -> Any:
+    """Central slices and projections of a ``[z, y, x]`` volume along z, y and x."""
+    import matplotlib.pyplot as plt
+
+    vol = np.asarray(volume)
+    c = vol.shape[0] // 2
+    panels = [
+        ("slice z = 0", vol[c], "x", "y"), ("slice y = 0", vol[:, c], "x", "z"),
+        ("slice x = 0", vol[:, :, c], "y", "z"), ("projection along z", vol.sum(0), "x", "y"),
+        ("projection along y", vol.sum(1), "x", "z"), ("projection along x", vol.sum(2), "y", "z"),
+    ]
+    extent = np.array([-c, vol.shape[0] - c, -c, vol.shape[0] - c]) * voxel_size
+    fig, axes = plt.subplots(2, 3, figsize=(9, 6))
+    for ax, (name, image, xlabel, ylabel) in zip(axes.flat, panels):
+        ax.imshow(image, cmap="gray", origin="lower", extent=extent)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(f"{xlabel} (Å)", fontsize=8)
+        ax.set_ylabel(f"{ylabel} (Å)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def orientation_coverage(quaternions: ArrayLike, title: str = "viewing directions") -> Any:
+    """Viewing directions on the sphere (Mollweide map of azimuth and elevation)."""
+    import matplotlib.pyplot as plt
+
+    d = rotations.viewing_direction(quaternions)
+    longitude = np.arctan2(d[:, 1], d[:, 0])
+    latitude = np.arcsin(np.clip(d[:, 2], -1, 1))
+    fig = plt.figure(figsize=(7, 4))
+    ax = fig.add_subplot(111, projection="mollweide")
+    ax.scatter(longitude, latitude, s=2, alpha=0.5)
+    ax.grid(True)
+    ax.set_title(f"{title} ({len(d)} images)")
+    return fig
+
+
+def isosurface(volume: ArrayLike, level: float | None = None, voxel_size: float = 1.0,
+               max_size: int = 48) -> Any:
+    """An interactive plotly isosurface (the map is binned to at most ``max_size`` voxels)."""
+    import plotly.graph_objects as go
+
+    vol = np.asarray(volume, dtype=np.float32)
+    step = max(1, int(np.ceil(vol.shape[0] / max_size)))
+    if step > 1:
+        n = vol.shape[0] // step * step
+        vol = vol[:n, :n, :n].reshape(n // step, step, n // step, step, n // step, step).mean(
+            axis=(1, 3, 5))
+    level = float(level if level is not None else vol.max() * 0.3)
+    axis = (np.arange(vol.shape[0]) - vol.shape[0] // 2) * voxel_size * step
+    z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
+    surface = go.Isosurface(x=x.ravel(), y=y.ravel(), z=z.ravel(), value=vol.ravel(),
+                            isomin=level, isomax=float(vol.max()), surface_count=1,
+                            caps=dict(x_show=False, y_show=False, z_show=False),
+                            colorscale="Blues", showscale=False)
+    figure = go.Figure(surface)
+    figure.update_layout(scene=dict(xaxis_title="x (Å)", yaxis_title="y (Å)",
+                                    zaxis_title="z (Å)", aspectmode="cube"),
+                         margin=dict(l=0, r=0, t=30, b=0))
+    return figure
+
+
+def save(figure: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Save a matplotlib figure (PNG/PDF/SVG) or a plotly figure (HTML) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if hasattr(figure, "write_html"):
+        figure.write_html(path, include_plotlyjs="cdn")
+        return path
+    import matplotlib.pyplot as plt
+
+    figure.savefig(path, dpi=dpi, bbox_inches="tight")
+    plt.close(figure)
+    return path

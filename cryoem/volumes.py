@@ -1,0 +1,610 @@
+"""Volumes: where density maps come from, and how they are put in a box.
+
+Sources
+-------
+* MRC/MAP files (:func:`load_map`), written back with :func:`save_map`.
+* Atomic models, PDB or mmCIF (:func:`from_atomic_model`), turned into a
+  density with gemmi's electron scattering factors.
+* Built-in proteins shipped with the package (:func:`builtin_names`,
+  :func:`load_builtin`): genuine PDB entries, listed with their symmetry and
+  checksum in ``cryoem/data/proteins/manifest.json``.
+* PDB/EMDB entries by id (:func:`fetch`), cached on disk, only when online.
+* Gaussian-blob phantoms with a chosen point-group symmetry
+  (:func:`gaussian_phantom`), whose projections are known analytically.
+
+:func:`resolve` turns any of these, named by a string, into a :class:`Volume`.
+Arrays are indexed ``[z, y, x]`` with the origin at index ``L // 2`` (see
+:mod:`cryoem.rotations`).
+
+Example
+-------
+>>> from cryoem import volumes
+>>> vol = volumes.resolve("phantom:C4", size=32)
+>>> vol.data.shape, vol.symmetry
+((32, 32, 32), 'C4')
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import warnings
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from . import rotations
+
+__all__ = [
+    "Volume",
+    "DEFAULT_PROTEIN",
+    "load_map",
+    "save_map",
+    "from_atomic_model",
+    "builtin_names",
+    "builtin_manifest",
+    "load_builtin",
+    "fetch",
+    "gaussian_phantom",
+    "resolve",
+    "pad_to_cube",
+    "center",
+    "resample",
+    "spherical_mask",
+    "normalize",
+    "prepare",
+]
+
+#: The built-in protein used when none is named (asymmetric).
+DEFAULT_PROTEIN = "4ake"
+
+#: Default ratio of the box edge to the particle's diameter for built-in proteins.
+DEFAULT_BOX_RATIO = 1.5
+
+_MAP_SUFFIXES = (".mrc", ".map", ".ccp4", ".mrcs", ".rec")
+_MODEL_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif")
+
+
+@dataclass
+class Volume:
+    """A density map in a cubic box.
+
+    Attributes
+    ----------
+    data
+        ``(L, L, L)`` float32 array indexed ``[z, y, x]``.
+    voxel_size
+        Edge of a voxel in Å.
+    name
+        Short name (file stem, built-in name or phantom).
+    symmetry
+        Point-group symbol, ``"C1"`` when asymmetric.
+    source
+        Where the map came from (path, PDB id, ...).
+    particle_diameter
+        Diameter of the particle in Å, when known.
+    metadata
+        Anything else worth keeping (e.g. the phantom's blobs).
+    """
+
+    data: NDArray[np.float32]
+    voxel_size: float = 1.0
+    name: str = "volume"
+    symmetry: str = "C1"
+    source: str = ""
+    particle_diameter: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        """Edge of the box in voxels (``L``)."""
+        return int(self.data.shape[0])
+
+    @property
+    def box_ratio(self) -> float | None:
+        """Box edge over particle diameter (larger means less noise per particle at equal SNR)."""
+        if not self.particle_diameter:
+            return None
+        return self.size * self.voxel_size / self.particle_diameter
+
+
+# ----------------------------------------------------------------------------
+# MRC files
+# ----------------------------------------------------------------------------
+def load_map(path: str | os.PathLike, voxel_size: float | None = None) -> Volume:
+    """Read an MRC/MAP file (optionally gzipped) into a :class:`Volume`.
+
+    The voxel size comes from the header unless ``voxel_size`` is given.  A
+    file whose header breaks the standard in a common way (e.g. a wrong
+    ``MAP`` stamp or ``nversion``) is read in mrcfile's permissive mode with a
+    warning; a file that still yields no 3D data is an error.  Axes are put in
+    ``[z, y, x]`` order whatever the header's ``mapc/mapr/maps``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If the file is not a readable 3D map.
+    """
+    import mrcfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no map file at {path}")
+    try:
+        with mrcfile.open(path, mode="r") as mrc:
+            data, header_voxel, axes = _read_mrc(mrc)
+    except ValueError as strict_error:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                with mrcfile.open(path, mode="r", permissive=True) as mrc:
+                    data, header_voxel, axes = _read_mrc(mrc)
+            except Exception as error:  # noqa: BLE001 - any failure here means unreadable
+                raise ValueError(f"{path} is not a readable MRC map: {strict_error}") from error
+        if data is None:
+            raise ValueError(f"{path} is not a readable MRC map: {strict_error}")
+        problems = "; ".join(str(w.message) for w in caught) or str(strict_error)
+        warnings.warn(f"{path}: read in permissive mode ({problems})", stacklevel=2)
+    if data.ndim != 3:
+        raise ValueError(f"{path} holds a {data.ndim}D array, not a 3D map (shape {data.shape})")
+    data = np.transpose(data, axes)
+    if voxel_size is None:
+        voxel_size = header_voxel
+        if not voxel_size > 0:
+            warnings.warn(f"{path}: header has no voxel size; assuming 1 Å", stacklevel=2)
+            voxel_size = 1.0
+    stem = path.name.split(".")[0]
+    return Volume(np.ascontiguousarray(data, dtype=np.float32), float(voxel_size), stem,
+                  source=str(path))
+
+
+def _read_mrc(mrc: Any) -> tuple[NDArray | None, float, tuple[int, int, int]]:
+    if mrc.data is None:
+        return None, 0.0, (0, 1, 2)
+    header = mrc.header
+    order = [int(header.maps), int(header.mapr), int(header.mapc)]  # data axes 0, 1, 2
+    if sorted(order) != [1, 2, 3]:
+        order = [3, 2, 1]  # a broken axis record: assume the standard layout
+    axes = (order.index(3), order.index(2), order.index(1))
+    return np.asarray(mrc.data), float(mrc.voxel_size.x), axes
+
+
+def save_map(volume: Volume, path: str | os.PathLike) -> Path:
+    """Write a volume as an MRC file with its voxel size and a centred origin.
+
+    The file is written to a temporary name and renamed, so a crash never
+    leaves a half-written map under ``path``.
+    """
+    import mrcfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    with mrcfile.new(tmp, overwrite=True) as mrc:
+        mrc.set_data(np.ascontiguousarray(volume.data, dtype=np.float32))
+        mrc.voxel_size = volume.voxel_size
+        mrc.header.origin = (0.0, 0.0, 0.0)
+    os.replace(tmp, path)
+    return path
+
+
+# ----------------------------------------------------------------------------
+# Atomic models
+# ----------------------------------------------------------------------------
+def from_atomic_model(
+    model: str | os.PathLike,
+    size: int,
+    voxel_size: float | None = None,
+    resolution: float | None = None,
+    box_ratio: float = DEFAULT_BOX_RATIO,
+    symmetry: str = "C1",
+    symmetry_axis: ArrayLike | None = None,
+    symmetry_center: ArrayLike | None = None,
+    name: str | None = None,
+) -> Volume:
+    """Density of a PDB/mmCIF model (optionally gzipped) in an ``L³`` box, via gemmi.
+
+    Hydrogens, waters and ligands are removed; atoms get B = 0 and the map is
+    blurred to ``resolution`` (a Gaussian of σ = 0.225·resolution per atom, as
+    Chimera's ``molmap``) with electron scattering factors.  The particle is
+    centred on its centroid, or on ``symmetry_center`` with ``symmetry_axis``
+    turned onto z so that the point group's operators (about z) apply.
+
+    Parameters
+    ----------
+    size
+        Box edge ``L`` in voxels.
+    voxel_size
+        Å per voxel; by default the particle's diameter times ``box_ratio``
+        fills the box.
+    resolution
+        Å; by default twice the voxel size (Nyquist).
+    """
+    import gemmi
+
+    path = Path(model)
+    if not path.is_file():
+        raise FileNotFoundError(f"no atomic model at {path}")
+    try:
+        structure = gemmi.read_structure(str(path))
+    except Exception as error:  # noqa: BLE001 - gemmi raises several types
+        raise ValueError(f"{path} is not a readable PDB/mmCIF model: {error}") from error
+    structure.setup_entities()
+    structure.remove_hydrogens()
+    structure.remove_ligands_and_waters()
+    structure.remove_empty_chains()
+    if len(structure) == 0 or structure[0].count_atom_sites() == 0:
+        raise ValueError(f"{path} has no protein or nucleic-acid atoms")
+    first = structure[0]
+    positions = np.array([atom.pos.tolist() for _, atom in _atoms(first)])
+
+    if symmetry_axis is not None:
+        origin = np.asarray(symmetry_center if symmetry_center is not None else positions.mean(0))
+        turn = _rotation_onto_z(np.asarray(symmetry_axis, dtype=np.float64))
+    else:
+        origin = positions.mean(axis=0)
+        turn = np.eye(3)
+    radius = float(np.max(np.linalg.norm((positions - origin) @ turn.T, axis=1)))
+    diameter = 2 * radius
+    if voxel_size is None:
+        voxel_size = box_ratio * diameter / size
+    if resolution is None:
+        resolution = 2 * voxel_size
+    box = size * voxel_size
+    if diameter + 2 * resolution > box:
+        warnings.warn(
+            f"{path.name}: particle ({diameter:.0f} Å) does not fit the {box:.0f} Å box with room "
+            "for its blur; projections will wrap around", stacklevel=2)
+
+    # Move the centre to the box origin (index L // 2) and zero the B-factors.
+    shift = np.full(3, (size // 2) * voxel_size) - turn @ origin
+    first.transform_pos_and_adp(gemmi.Transform(gemmi.Mat33(turn.tolist()), gemmi.Vec3(*shift)))
+    for _, atom in _atoms(first):
+        atom.b_iso = 0.0
+    structure.cell = gemmi.UnitCell(box, box, box, 90, 90, 90)
+    structure.spacegroup_hm = "P 1"
+
+    calculator = gemmi.DensityCalculatorE()
+    calculator.d_min = resolution
+    calculator.blur = 8 * np.pi**2 * (0.225 * resolution) ** 2
+    calculator.set_grid_cell_and_spacegroup(structure)
+    calculator.grid.set_size(size, size, size)
+    calculator.add_model_density_to_grid(first)
+    calculator.grid.symmetrize_sum()
+    data = np.array(calculator.grid.array, dtype=np.float32).transpose(2, 1, 0)
+    return Volume(
+        np.ascontiguousarray(data), float(voxel_size), name or path.name.split(".")[0],
+        symmetry=symmetry, source=str(path), particle_diameter=diameter,
+        metadata={"resolution_angstrom": float(resolution)},
+    )
+
+
+def _atoms(model: Any) -> Any:
+    for chain in model:
+        for residue in chain:
+            for atom in residue:
+                yield residue, atom
+
+
+def _rotation_onto_z(axis: NDArray[np.float64]) -> NDArray[np.float64]:
+    """A rotation matrix taking the unit vector ``axis`` onto +z."""
+    axis = axis / np.linalg.norm(axis)
+    z = np.array([0.0, 0.0, 1.0])
+    cross = np.cross(axis, z)
+    sin, cos = np.linalg.norm(cross), float(axis @ z)
+    if sin < 1e-12:
+        return np.eye(3) if cos > 0 else np.diag([1.0, -1.0, -1.0])
+    q = rotations.axis_angle_to_quaternion(cross / sin, np.arctan2(sin, cos))
+    return rotations.quaternion_to_matrix(q)
+
+
+# ----------------------------------------------------------------------------
+# Built-in proteins
+# ----------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def builtin_manifest() -> tuple[dict[str, Any], ...]:
+    """The manifest of shipped proteins (name, PDB id, title, symmetry, sha256, ...)."""
+    text = resources.files("cryoem").joinpath("data/proteins/manifest.json").read_text()
+    return tuple(json.loads(text))
+
+
+def builtin_names() -> list[str]:
+    """Names of the built-in proteins, sorted."""
+    return sorted(entry["name"] for entry in builtin_manifest())
+
+
+def _builtin_entry(name: str) -> dict[str, Any]:
+    for entry in builtin_manifest():
+        if entry["name"] == name.lower():
+            return entry
+    raise KeyError(f"no built-in protein {name!r}; `cryoem volumes` lists them: "
+                   + ", ".join(builtin_names()))
+
+
+def builtin_path(name: str) -> Path:
+    """Path of a built-in protein's model file, after checking its sha256."""
+    entry = _builtin_entry(name)
+    path = Path(str(resources.files("cryoem").joinpath("data/proteins", entry["file"])))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != entry["sha256"]:
+        raise ValueError(f"built-in {name}: {path} is corrupt (sha256 {digest} does not match)")
+    return path
+
+
+def load_builtin(name: str = DEFAULT_PROTEIN, size: int = 64, **options: Any) -> Volume:
+    """Density map of a built-in protein in an ``size³`` box (see :func:`from_atomic_model`)."""
+    entry = _builtin_entry(name)
+    options.setdefault("symmetry", entry["symmetry"])
+    if entry.get("symmetry_axis") is not None:
+        options.setdefault("symmetry_axis", entry["symmetry_axis"])
+        options.setdefault("symmetry_center", entry.get("symmetry_center"))
+    volume = from_atomic_model(builtin_path(name), size, name=entry["name"], **options)
+    volume.source = f"built-in {entry['pdb_id']} ({entry['title']})"
+    volume.metadata["pdb_id"] = entry["pdb_id"]
+    return volume
+
+
+# ----------------------------------------------------------------------------
+# Downloads (online only)
+# ----------------------------------------------------------------------------
+#: URL templates; the environment variables CRYOEM_PDB_URL and CRYOEM_EMDB_URL override them.
+PDB_URL = "https://files.rcsb.org/download/{id}.cif.gz"
+EMDB_URL = "https://files.wwpdb.org/pub/emdb/structures/EMD-{id}/map/emd_{id}.map.gz"
+
+
+def cache_dir() -> Path:
+    """Download cache: ``$CRYOEM_CACHE`` or ``~/.cache/cryoem``."""
+    return Path(os.environ.get("CRYOEM_CACHE", Path.home() / ".cache" / "cryoem"))
+
+
+def fetch(entry: str, cache: str | os.PathLike | None = None, timeout: float = 60.0) -> Path:
+    """Download ``pdb:XXXX`` or ``emd:NNNN`` once and return the cached file.
+
+    Works offline for anything already in the cache; otherwise a clear
+    ``ConnectionError`` says what failed.  Downloads go to a temporary file
+    that is renamed when complete.
+    """
+    kind, _, ident = entry.partition(":")
+    kind = kind.lower()
+    if kind == "pdb" and len(ident) == 4 and ident.isalnum():
+        ident = ident.upper()
+        url = os.environ.get("CRYOEM_PDB_URL", PDB_URL).format(id=ident)
+        filename = f"{ident}.cif.gz"
+    elif kind in ("emd", "emdb") and ident.isdigit():
+        url = os.environ.get("CRYOEM_EMDB_URL", EMDB_URL).format(id=ident)
+        filename = f"emd_{ident}.map.gz"
+    else:
+        raise ValueError(f"cannot fetch {entry!r}: use pdb:XXXX (4 characters) or emd:NNNN")
+    target = Path(cache or cache_dir()) / filename
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - http(s) only
+            with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
+                shutil.copyfileobj(response, tmp)
+    except (urllib.error.URLError, OSError) as error:
+        raise ConnectionError(
+            f"could not download {entry} from {url} ({error}); offline, use a local file or a "
+            "built-in protein (`cryoem volumes`)") from error
+    try:
+        with gzip.open(tmp.name) as stream:  # a truncated or HTML answer fails here
+            stream.read(1024)
+    except OSError as error:
+        os.unlink(tmp.name)
+        raise ConnectionError(f"{url} did not return a gzip file ({error})") from error
+    os.replace(tmp.name, target)
+    return target
+
+
+# ----------------------------------------------------------------------------
+# Phantoms
+# ----------------------------------------------------------------------------
+def gaussian_phantom(
+    size: int,
+    symmetry: str = "C1",
+    n_blobs: int = 6,
+    sigma: float | None = None,
+    radius: float | None = None,
+    seed: int | np.random.Generator | None = 0,
+) -> Volume:
+    """A sum of isotropic Gaussian blobs with an exact point-group symmetry.
+
+    ``n_blobs`` random blobs (varied amplitudes, one width ``sigma`` in
+    voxels) are placed within ``radius`` voxels of the centre and copied by
+    every operator of the group, so ``x(g r) = x(r)`` holds exactly.  Each
+    blob projects to a 2D Gaussian at its rotated centre, which makes the
+    phantom an analytic reference for the projector.  The blob list
+    (centres in voxels, ``(x, y, z)`` order, amplitudes, sigma) is kept in
+    ``metadata["blobs"]``.
+    """
+    rng = np.random.default_rng(seed)
+    sigma = sigma or max(1.5, size / 20)
+    radius = radius or (size / 2 - 3 * sigma) * 0.8
+    if radius <= 0:
+        raise ValueError(f"a {size}-voxel box is too small for blobs of sigma {sigma}")
+    directions = rng.standard_normal((n_blobs, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    centers = directions * radius * rng.uniform(0.3, 1.0, (n_blobs, 1))
+    amplitudes = rng.uniform(0.5, 1.0, n_blobs)
+    group = rotations.quaternion_to_matrix(rotations.point_group(symmetry))
+    all_centers = np.einsum("gij,bj->gbi", group, centers).reshape(-1, 3)
+    all_amplitudes = np.tile(amplitudes, len(group))
+    data = gaussian_blobs(size, all_centers, all_amplitudes, sigma)
+    name = f"phantom-{symmetry.upper()}"
+    return Volume(
+        data, 1.0, name, symmetry=symmetry.upper(), source="gaussian phantom",
+        particle_diameter=2 * (radius + 3 * sigma),
+        metadata={"blobs": {"centers": all_centers, "amplitudes": all_amplitudes,
+                            "sigma": sigma}},
+    )
+
+
+def gaussian_blobs(size: int, centers: ArrayLike, amplitudes: ArrayLike,
+                   sigma: float) -> NDArray[np.float32]:
+    """Sample ``Σ a_b exp(-|r - c_b|² / 2σ²)`` on the ``[z, y, x]`` grid (voxels)."""
+    axis = np.arange(size) - size // 2
+    volume = np.zeros((size, size, size))
+    for (cx, cy, cz), a in zip(np.asarray(centers), np.asarray(amplitudes)):
+        gx = np.exp(-((axis - cx) ** 2) / (2 * sigma**2))
+        gy = np.exp(-((axis - cy) ** 2) / (2 * sigma**2))
+        gz = np.exp(-((axis - cz) ** 2) / (2 * sigma**2))
+        volume += a * gz[:, None, None] * gy[None, :, None] * gx[None, None, :]
+    return volume.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------
+# Box operations
+# ----------------------------------------------------------------------------
+def pad_to_cube(data: ArrayLike, size: int | None = None) -> NDArray[np.float32]:
+    """Zero-pad (or centre-crop) a 3D array to a cube of edge ``size`` (default: its largest edge)."""
+    data = np.asarray(data, dtype=np.float32)
+    size = size or max(data.shape)
+    out = np.zeros((size,) * 3, dtype=np.float32)
+    src, dst = [], []
+    for n in data.shape:
+        start_out = max(0, size // 2 - n // 2)
+        start_in = max(0, n // 2 - size // 2)
+        length = min(n, size)
+        src.append(slice(start_in, start_in + length))
+        dst.append(slice(start_out, start_out + length))
+    out[tuple(dst)] = data[tuple(src)]
+    return out
+
+
+def center(data: ArrayLike) -> NDArray[np.float32]:
+    """Shift a map (Fourier shift, sub-voxel) so its centre of mass is at index ``L // 2``.
+
+    Negative densities (noise around an EM map) are ignored for the centre.
+    """
+    from scipy import ndimage
+
+    data = np.asarray(data, dtype=np.float32)
+    weights = np.clip(data, 0, None)
+    if weights.sum() <= 0:
+        raise ValueError("cannot centre a map with no positive density")
+    com = np.array(ndimage.center_of_mass(weights))
+    offset = np.array(data.shape) // 2 - com
+    shifted = ndimage.fourier_shift(np.fft.fftn(data), offset)
+    return np.real(np.fft.ifftn(shifted)).astype(np.float32)
+
+
+def resample(data: ArrayLike, size: int) -> NDArray[np.float32]:
+    """Resample a cubic map to ``size`` voxels by Fourier cropping or zero-padding.
+
+    The voxel size changes by ``old_size / size``; values keep their scale.
+    """
+    data = np.asarray(data, dtype=np.float32)
+    old = data.shape[0]
+    if data.ndim != 3 or len(set(data.shape)) != 1:
+        raise ValueError(f"resample needs a cubic map, got shape {data.shape}")
+    if old == size:
+        return data.copy()
+    spectrum = np.fft.fftshift(np.fft.fftn(data))
+    common = min(old, size)
+    out = np.zeros((size,) * 3, dtype=np.complex128)
+    src = slice(old // 2 - common // 2, old // 2 - common // 2 + common)
+    dst = slice(size // 2 - common // 2, size // 2 - common // 2 + common)
+    out[dst, dst, dst] = spectrum[src, src, src]
+    result = np.real(np.fft.ifftn(np.fft.ifftshift(out))) * (size / old) ** 3
+    return result.astype(np.float32)
+
+
+def spherical_mask(size: int, radius: float | None = None, edge: float = 3.0) -> NDArray[np.float32]:
+    """Soft spherical mask: 1 inside ``radius`` voxels, a cosine edge of ``edge`` voxels, 0 outside.
+
+    The default radius keeps the mask (edge included) inside the inscribed sphere.
+    """
+    radius = radius if radius is not None else size / 2 - edge - 1
+    axis = np.arange(size) - size // 2
+    r = np.sqrt(axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2)
+    ramp = np.clip((r - radius) / edge, 0.0, 1.0)
+    return (0.5 + 0.5 * np.cos(np.pi * ramp)).astype(np.float32)
+
+
+def normalize(data: ArrayLike) -> NDArray[np.float32]:
+    """Scale a map so that its maximum is 1."""
+    data = np.asarray(data, dtype=np.float32)
+    peak = float(np.max(data))
+    if not peak > 0:
+        raise ValueError("cannot normalise a map with no positive density")
+    return data / peak
+
+
+def prepare(volume: Volume, size: int | None = None, mask: bool = True,
+            recenter: bool = True) -> Volume:
+    """Put a map in a cubic box of ``size`` voxels ready for projection.
+
+    Pads to a cube, centres the centre of mass, resamples to ``size`` (the
+    voxel size follows), applies a soft spherical mask inside the inscribed
+    sphere (so no rotation wraps it around) and scales the maximum to 1.
+    """
+    data = pad_to_cube(volume.data)
+    voxel = volume.voxel_size
+    if recenter:
+        data = center(data)
+    if size is not None and size != data.shape[0]:
+        voxel = voxel * data.shape[0] / size
+        data = resample(data, size)
+    if mask:
+        data = data * spherical_mask(data.shape[0])
+    return replace(volume, data=normalize(data), voxel_size=float(voxel))
+
+
+# ----------------------------------------------------------------------------
+# One entry point
+# ----------------------------------------------------------------------------
+def resolve(
+    spec: str | os.PathLike = DEFAULT_PROTEIN,
+    size: int = 64,
+    *,
+    voxel_size: float | None = None,
+    resolution: float | None = None,
+    box_ratio: float = DEFAULT_BOX_RATIO,
+) -> Volume:
+    """A :class:`Volume` of edge ``size`` from a name.
+
+    ``spec`` is a built-in protein name (``cryoem volumes``), a path to an
+    MRC/MAP or PDB/mmCIF file (optionally ``.gz``), ``pdb:XXXX`` or
+    ``emd:NNNN`` (downloaded once), or ``phantom[:GROUP]`` (e.g.
+    ``phantom:D3``).  Atomic models use ``voxel_size``, ``resolution`` and
+    ``box_ratio`` (see :func:`from_atomic_model`); maps are centred, resampled
+    and masked (:func:`prepare`), ``voxel_size`` overriding their header.
+    """
+    model_options = {"voxel_size": voxel_size, "resolution": resolution, "box_ratio": box_ratio}
+    text = str(spec)
+    lower = text.lower()
+    if lower.startswith("phantom"):
+        _, _, group = text.partition(":")
+        phantom = gaussian_phantom(size, symmetry=group or "C1")
+        return replace(phantom, data=normalize(phantom.data))
+    if lower.split(":")[0] in ("pdb", "emd", "emdb") and ":" in text:
+        return resolve(fetch(text), size, **model_options)
+    path = Path(text)
+    if path.exists():
+        suffix = Path(path.name.lower().removesuffix(".gz")).suffix
+        if suffix in _MAP_SUFFIXES:
+            return prepare(load_map(path, voxel_size), size)
+        if suffix in _MODEL_SUFFIXES:
+            volume = from_atomic_model(path, size, **model_options)
+            return replace(volume, data=normalize(volume.data))
+        raise ValueError(f"{path}: unknown file type; expected one of "
+                         f"{', '.join(_MAP_SUFFIXES + _MODEL_SUFFIXES)} (optionally .gz)")
+    if lower in builtin_names():
+        volume = load_builtin(lower, size, **model_options)
+        return replace(volume, data=normalize(volume.data))
+    raise ValueError(f"{text!r} is neither a file, a built-in protein ({', '.join(builtin_names())}),"
+                     " pdb:XXXX, emd:NNNN nor phantom[:GROUP]")
