@@ -12,7 +12,10 @@ Usage::
 
     aspire-venv/bin/python aspire_worker.py --volume VOL.npy \\
         --rotations ROT.npy --out RESULT.json [--images IMAGES.npy] \\
-        [--repeats 1] [--threads T] [--dtype float32]
+        [--images-first K] [--repeats 1] [--threads T] [--dtype float32]
+
+With ``--images-first K`` only the first ``K`` orientations' images are
+saved, projected again after (and outside) the timed calls.
 
 The timed call is ``aspire.volume.Volume(vol).project(rotations)``: one
 type-2 NUFFT of the volume on the N central slices, then a centred inverse
@@ -51,6 +54,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rotations", required=True, type=Path, help="(N,3,3) .npy")
     p.add_argument("--out", required=True, type=Path, help="result JSON path")
     p.add_argument("--images", type=Path, help="optional (N,L,L) .npy output")
+    p.add_argument(
+        "--images-first",
+        type=int,
+        help="save only the first K images (re-projected, untimed)",
+    )
     p.add_argument("--repeats", type=int, default=1, help="timed repetitions")
     p.add_argument("--warmup", type=int, default=4, help="rotations in warm-up")
     p.add_argument("--threads", type=int, help="set OMP/BLAS thread counts")
@@ -116,6 +124,8 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
 
         if img_path is not None:
+            if args.images_first is not None:
+                images = volume.project(rots[: max(1, args.images_first)])
             assert images is not None
             np.save(img_path, images.asnumpy().astype(np.float32))
 

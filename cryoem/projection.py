@@ -130,8 +130,7 @@ def project(
     if oversampling < 1:
         raise ValueError(f"oversampling must be a positive integer, got {oversampling}")
 
-    padded = size * oversampling
-    plane = _FrequencyPlane(padded, oversampling)
+    plane = _FrequencyPlane(size * oversampling)
     batch = batch_size or max(1, _POINTS_PER_CALL // max(plane.count, 1))
     images = np.empty((n, size, size), dtype=np.float32)
     slices = _SliceEvaluator(vol, precision=precision, eps=eps, nthreads=nthreads)
@@ -154,7 +153,7 @@ def central_slices(volume: ArrayLike, orientations: ArrayLike, **options: object
     """
     vol = _check_volume(volume)
     matrices = _as_matrices(orientations)
-    plane = _FrequencyPlane(vol.shape[0], 1)
+    plane = _FrequencyPlane(vol.shape[0])
     values = _SliceEvaluator(vol, **options)(plane.points(matrices))
     return plane.scatter(values)
 
@@ -162,9 +161,8 @@ def central_slices(volume: ArrayLike, orientations: ArrayLike, **options: object
 class _FrequencyPlane:
     """The half plane of image frequencies inside the Nyquist disk."""
 
-    def __init__(self, size: int, oversampling: int) -> None:
+    def __init__(self, size: int) -> None:
         self.size = size
-        self.oversampling = oversampling
         kv = np.fft.fftfreq(size) * size  # rows: all frequencies
         ku = np.fft.rfftfreq(size) * size  # columns: non-negative half
         ku_grid, kv_grid = np.meshgrid(ku, kv)
@@ -181,11 +179,11 @@ class _FrequencyPlane:
         return scale * (u + v)
 
     def shift_phases(self, shifts: NDArray) -> NDArray:
-        scale = -2j * np.pi / self.size * self.oversampling
+        scale = -2j * np.pi / self.size
         return np.exp(scale * (self.ku * shifts[:, :1] + self.kv * shifts[:, 1:2]))
 
     def ctf(self, params: "CTFParameters", pixel_size: float) -> NDArray:
-        box_angstrom = self.size * pixel_size / self.oversampling
+        box_angstrom = self.size * pixel_size
         return ctf_2d(params, self.ku / box_angstrom, self.kv / box_angstrom)
 
     def scatter(self, values: NDArray) -> NDArray:
@@ -199,7 +197,7 @@ class _FrequencyPlane:
         if self.size != size:
             start = self.size // 2 - size // 2
             images = images[:, start : start + size, start : start + size]
-        return images * self.oversampling**2
+        return images
 
 
 class _SliceEvaluator:

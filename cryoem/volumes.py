@@ -433,7 +433,7 @@ def gaussian_phantom(
     """
     rng = np.random.default_rng(seed)
     sigma = sigma or max(1.5, size / 20)
-    radius = radius or (size / 2 - 3 * sigma) * 0.8
+    radius = radius or (size / 2 - 4 * sigma) * 0.8
     if radius <= 0:
         raise ValueError(f"a {size}-voxel box is too small for blobs of sigma {sigma}")
     directions = rng.standard_normal((n_blobs, 3))
