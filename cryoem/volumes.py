@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -62,6 +61,7 @@ __all__ = [
     "center",
     "resample",
     "spherical_mask",
+    "lowpass_nyquist",
     "normalize",
     "prepare",
 ]
@@ -219,7 +219,9 @@ def from_atomic_model(
 
     Hydrogens, waters and ligands are removed; atoms get B = 0 and the map is
     blurred to ``resolution`` (a Gaussian of σ = 0.225·resolution per atom, as
-    Chimera's ``molmap``) with electron scattering factors.  The particle is
+    Chimera's ``molmap``) with electron scattering factors, then band-limited
+    to the Nyquist sphere (:func:`lowpass_nyquist`) so that the projector
+    represents it exactly.  The particle is
     centred on its centroid, or on ``symmetry_center`` with ``symmetry_axis``
     turned onto z so that the point group's operators (about z) apply.
 
@@ -286,7 +288,7 @@ def from_atomic_model(
     calculator.grid.symmetrize_sum()
     data = np.array(calculator.grid.array, dtype=np.float32).transpose(2, 1, 0)
     return Volume(
-        np.ascontiguousarray(data), float(voxel_size), name or path.name.split(".")[0],
+        lowpass_nyquist(data), float(voxel_size), name or path.name.split(".")[0],
         symmetry=symmetry, source=str(path), particle_diameter=diameter,
         metadata={"resolution_angstrom": float(resolution)},
     )
@@ -392,21 +394,22 @@ def fetch(entry: str, cache: str | os.PathLike | None = None, timeout: float = 6
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - http(s) only
-            with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
-                shutil.copyfileobj(response, tmp)
-    except (urllib.error.URLError, OSError) as error:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - http(s)
+            with open(partial, "wb") as out:
+                shutil.copyfileobj(response, out)
+        with gzip.open(partial) as stream:  # a truncated or HTML answer fails here
+            while stream.read(1 << 20):
+                pass
+    except (urllib.error.URLError, OSError, EOFError) as error:
+        partial.unlink(missing_ok=True)
+        if isinstance(error, (gzip.BadGzipFile, EOFError)):
+            raise ConnectionError(f"{url} did not return a complete gzip file ({error})") from error
         raise ConnectionError(
             f"could not download {entry} from {url} ({error}); offline, use a local file or a "
             "built-in protein (`cryoem volumes`)") from error
-    try:
-        with gzip.open(tmp.name) as stream:  # a truncated or HTML answer fails here
-            stream.read(1024)
-    except OSError as error:
-        os.unlink(tmp.name)
-        raise ConnectionError(f"{url} did not return a gzip file ({error})") from error
-    os.replace(tmp.name, target)
+    os.replace(partial, target)
     return target
 
 
@@ -535,6 +538,24 @@ def spherical_mask(size: int, radius: float | None = None, edge: float = 3.0) ->
     return (0.5 + 0.5 * np.cos(np.pi * ramp)).astype(np.float32)
 
 
+def lowpass_nyquist(data: ArrayLike, start: float = 0.85) -> NDArray[np.float32]:
+    """Remove every frequency beyond the Nyquist sphere ``|k| = L/2``, with a cosine roll-off.
+
+    The gain is 1 below ``start`` × Nyquist and falls to 0 at Nyquist.  A map
+    limited this way has projections whose spectra lie inside the disk that
+    :func:`cryoem.projection.project` evaluates, so the projector is exact.
+    """
+    data = np.asarray(data, dtype=np.float32)
+    size = data.shape[0]
+    k = np.fft.fftfreq(size) * 2  # in units of Nyquist
+    kr = np.fft.rfftfreq(size) * 2
+    radius = np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kr[None, None, :] ** 2)
+    ramp = np.clip((radius - start) / (1 - start), 0.0, 1.0)
+    gain = 0.5 + 0.5 * np.cos(np.pi * ramp)
+    spectrum = np.fft.rfftn(data) * gain
+    return np.fft.irfftn(spectrum, s=data.shape, axes=(0, 1, 2)).astype(np.float32)
+
+
 def normalize(data: ArrayLike) -> NDArray[np.float32]:
     """Scale a map so that its maximum is 1."""
     data = np.asarray(data, dtype=np.float32)
@@ -550,7 +571,8 @@ def prepare(volume: Volume, size: int | None = None, mask: bool = True,
 
     Pads to a cube, centres the centre of mass, resamples to ``size`` (the
     voxel size follows), applies a soft spherical mask inside the inscribed
-    sphere (so no rotation wraps it around) and scales the maximum to 1.
+    sphere (so no rotation wraps it around), band-limits it to the Nyquist
+    sphere and scales the maximum to 1.
     """
     data = pad_to_cube(volume.data)
     voxel = volume.voxel_size
@@ -561,7 +583,7 @@ def prepare(volume: Volume, size: int | None = None, mask: bool = True,
         data = resample(data, size)
     if mask:
         data = data * spherical_mask(data.shape[0])
-    return replace(volume, data=normalize(data), voxel_size=float(voxel))
+    return replace(volume, data=normalize(lowpass_nyquist(data)), voxel_size=float(voxel))
 
 
 # ----------------------------------------------------------------------------

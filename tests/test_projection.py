@@ -106,17 +106,17 @@ def test_integer_shifts_roll_the_image(phantom):
 
 def test_oversampling_removes_wrap_around():
     """A blob near a corner leaves the inscribed sphere: only oversampling keeps it exact."""
-    size, sigma = 32, 1.2
-    # Inside the cube (with its tails) but not the inscribed sphere: turned by 45° about z
-    # it lands 12.7 px from the centre and its tail crosses the image edge.
-    center = np.array([[9.0, 9.0, 6.0]])
+    size, sigma = 40, 2.0
+    # Inside the cube (tails included) but not the inscribed sphere: turned by 45° about z
+    # it lands 14.1 px from the centre and its tail crosses the image edge.
+    center = np.array([[10.0, 10.0, 0.0]])
     vol = volumes.gaussian_blobs(size, center, [1.0], sigma).astype(np.float64)
     matrix = rotations.euler_to_matrix([[45.0, 0.0, 0.0]])
     expected = analytic_blob_images(center, [1.0], sigma, matrix, size)
     exact = projection.project(vol, matrix, oversampling=2, precision="double")
     wrapped = projection.project(vol, matrix, precision="double")
-    assert np.abs(exact - expected).max() < 1e-4
-    assert np.abs(wrapped - expected).max() > 1e-2
+    assert np.abs(exact - expected).max() < 1e-3
+    assert np.abs(wrapped - expected).max() > 2e-2
 
 
 def test_batches_do_not_change_the_result(phantom):
