@@ -1,0 +1,353 @@
+"""Distance estimators of Phase 1: one interface, four estimators.
+
+Every estimator answers two questions about projections of a :class:`~cryoem.datasets.Dataset`
+(optionally restricted to ``indices``, e.g. the test split):
+
+* ``estimator.pairs(data, i, j, indices)`` — distances for given pairs (sparse, for large N);
+* ``estimator.matrix(data, indices)`` — the full ``N × N`` matrix.
+
+Estimators:
+
+* :class:`ExactDistance` — the oracle from the true orientations, symmetry-aware
+  (``min_g d(q_i, q_j·g)``) when the dataset declares a point group;
+* :class:`PerturbedDistance` — exact plus Gaussian noise of variance ``sigma2``
+  (rad²), clipped to ``[0, π]``;
+* :class:`EuclideanDistance` — ``‖p_i − p_j‖`` mapped to ``[0, π]`` by an isotonic
+  (monotone) fit on training pairs;
+* :class:`LearnedDistance` — the Siamese network (:mod:`cryoem.siamese`): each
+  projection is embedded once and the matrix is a matrix product.
+
+:func:`l_de` and :func:`binned_error` score estimated distances against the truth.
+
+Example
+-------
+>>> from cryoem import datasets, distance
+>>> data = datasets.load("data/4ake.h5")                       # doctest: +SKIP
+>>> test = data.split["test"]                                   # doctest: +SKIP
+>>> d_hat = distance.PerturbedDistance(0.2).matrix(data, test)  # doctest: +SKIP
+>>> d_true = distance.ExactDistance().matrix(data, test)        # doctest: +SKIP
+>>> distance.l_de(d_hat, d_true)                                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from . import rotations
+from .datasets import Dataset
+
+__all__ = [
+    "Estimator",
+    "ExactDistance",
+    "PerturbedDistance",
+    "EuclideanDistance",
+    "LearnedDistance",
+    "ESTIMATORS",
+    "make_estimator",
+    "l_de",
+    "binned_error",
+    "upper_triangle",
+]
+
+FloatArray = NDArray[np.float64]
+
+
+class Estimator(ABC):
+    """Estimates ``d_q(q_i, q_j)`` for projections of a dataset."""
+
+    name = "estimator"
+
+    def fit(self, data: Dataset) -> "Estimator":
+        """Fit whatever the estimator needs on the dataset's training split (default: nothing)."""
+        return self
+
+    @abstractmethod
+    def matrix(self, data: Dataset, indices: ArrayLike | None = None) -> FloatArray:
+        """All distances ``(N, N)`` between the projections ``indices`` (default: all)."""
+
+    @abstractmethod
+    def pairs(self, data: Dataset, i: ArrayLike, j: ArrayLike,
+              indices: ArrayLike | None = None) -> FloatArray:
+        """Distances between projections ``indices[i]`` and ``indices[j]``, pair by pair."""
+
+
+def _select(data: Dataset, indices: ArrayLike | None) -> NDArray[np.int64]:
+    if indices is None:
+        return np.arange(len(data))
+    indices = np.asarray(indices, dtype=np.int64)
+    if indices.ndim != 1 or (len(indices) and (indices.min() < 0 or indices.max() >= len(data))):
+        raise ValueError(f"indices must be a 1D array within [0, {len(data)})")
+    return indices
+
+
+def _pair_indices(i: ArrayLike, j: ArrayLike) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    i, j = np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64)
+    if i.shape != j.shape or i.ndim != 1:
+        raise ValueError("i and j must be 1D arrays of the same length")
+    return i, j
+
+
+# ----------------------------------------------------------------------------
+# Exact and perturbed
+# ----------------------------------------------------------------------------
+class ExactDistance(Estimator):
+    """The oracle: symmetry-aware geodesic distances between the true orientations."""
+
+    name = "exact"
+
+    def __init__(self, symmetry: str | None = None) -> None:
+        self.symmetry = symmetry
+
+    def _group(self, data: Dataset) -> FloatArray:
+        return rotations.point_group(self.symmetry or data.attrs.get("symmetry", "C1"))
+
+    def matrix(self, data: Dataset, indices: ArrayLike | None = None) -> FloatArray:
+        q = rotations.normalize(data.orientations[_select(data, indices)])
+        best = np.zeros((len(q), len(q)))
+        for g in self._group(data):  # |<q_i, q_j g>|, largest over the group
+            best = np.maximum(best, np.abs(q @ rotations.multiply(q, g).T))
+        best = np.maximum(best, best.T)
+        d = 2 * np.arccos(np.clip(best, 0.0, 1.0))
+        np.fill_diagonal(d, 0.0)
+        return d
+
+    def pairs(self, data: Dataset, i: ArrayLike, j: ArrayLike,
+              indices: ArrayLike | None = None) -> FloatArray:
+        i, j = _pair_indices(i, j)
+        q = data.orientations[_select(data, indices)]
+        return rotations.symmetric_distance(q[i], q[j], self._group(data))
+
+
+class PerturbedDistance(ExactDistance):
+    """Exact distances plus Gaussian noise of variance ``sigma2`` (rad²), clipped to ``[0, π]``.
+
+    The noise is symmetric in ``(i, j)`` and deterministic given ``seed`` and
+    the pair's dataset indices, so ``pairs`` and ``matrix`` agree.
+    """
+
+    name = "perturbed"
+
+    def __init__(self, sigma2: float, symmetry: str | None = None, seed: int = 0) -> None:
+        if sigma2 < 0:
+            raise ValueError(f"sigma2 must be non-negative, got {sigma2}")
+        super().__init__(symmetry)
+        self.sigma2 = sigma2
+        self.seed = seed
+
+    def _noise(self, a: NDArray[np.int64], b: NDArray[np.int64]) -> FloatArray:
+        low, high = np.minimum(a, b), np.maximum(a, b)
+        # A counter-based draw per pair: a hash of (seed, low, high) seeds a Gaussian.
+        keys = (low.astype(np.uint64) << np.uint64(32)) ^ high.astype(np.uint64)
+        keys = keys ^ np.uint64((self.seed * 0x9E3779B97F4A7C15) % 2**64)
+        keys = _splitmix64(keys)
+        u1 = (_splitmix64(keys) >> np.uint64(11)).astype(np.float64) / 2**53
+        u2 = (_splitmix64(keys ^ np.uint64(0xDEADBEEF)) >> np.uint64(11)).astype(np.float64) / 2**53
+        gauss = np.sqrt(-2 * np.log1p(-u1)) * np.cos(2 * np.pi * u2)  # Box–Muller
+        return np.sqrt(self.sigma2) * gauss
+
+    def matrix(self, data: Dataset, indices: ArrayLike | None = None) -> FloatArray:
+        index = _select(data, indices)
+        d = super().matrix(data, indices)
+        d = np.clip(d + self._noise(index[:, None], index[None, :]), 0.0, np.pi)
+        np.fill_diagonal(d, 0.0)
+        return d
+
+    def pairs(self, data: Dataset, i: ArrayLike, j: ArrayLike,
+              indices: ArrayLike | None = None) -> FloatArray:
+        i, j = _pair_indices(i, j)
+        index = _select(data, indices)
+        d = super().pairs(data, i, j, indices) + self._noise(index[i], index[j])
+        return np.where(index[i] == index[j], 0.0, np.clip(d, 0.0, np.pi))
+
+
+def _splitmix64(x: NDArray[np.uint64]) -> NDArray[np.uint64]:
+    """SplitMix64 mixing (hand-written: NumPy has no counter-based hash for arrays of keys)."""
+    with np.errstate(over="ignore"):
+        x = (x + np.uint64(0x9E3779B97F4A7C15)) & np.uint64(0xFFFFFFFFFFFFFFFF)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+# ----------------------------------------------------------------------------
+# Euclidean baseline
+# ----------------------------------------------------------------------------
+class EuclideanDistance(Estimator):
+    """``‖p_i − p_j‖`` mapped to ``[0, π]`` by an isotonic fit on training pairs."""
+
+    name = "euclidean"
+
+    def __init__(self, n_pairs: int = 20000, seed: int = 0) -> None:
+        self.n_pairs = n_pairs
+        self.seed = seed
+        self.knots: tuple[FloatArray, FloatArray] | None = None
+
+    def fit(self, data: Dataset) -> "EuclideanDistance":
+        """Fit the monotone map from pixel distance to angle on pairs of the training split."""
+        from scipy.optimize import isotonic_regression
+
+        train = data.split["train"] if len(data.split["train"]) >= 2 else np.arange(len(data))
+        rng = np.random.default_rng(self.seed)
+        i = rng.integers(0, len(train), self.n_pairs)
+        j = rng.integers(0, len(train), self.n_pairs)
+        keep = i != j
+        i, j = i[keep], j[keep]
+        x = self._raw_pairs(data.projections[train], i, j)
+        y = ExactDistance().pairs(data, i, j, train)
+        order = np.argsort(x)
+        fitted = isotonic_regression(y[order]).x
+        self.knots = (x[order], np.clip(fitted, 0.0, np.pi))
+        return self
+
+    @staticmethod
+    def _raw_pairs(images: NDArray, i: NDArray, j: NDArray) -> FloatArray:
+        flat = images.reshape(len(images), -1).astype(np.float64)
+        return np.linalg.norm(flat[i] - flat[j], axis=1)
+
+    def _map(self, raw: FloatArray) -> FloatArray:
+        if self.knots is None:
+            raise RuntimeError("fit the Euclidean estimator on a training set first")
+        x, y = self.knots
+        return np.interp(raw, x, y)
+
+    def raw_matrix(self, images: NDArray) -> FloatArray:
+        """Pixel-space distances ``‖p_i − p_j‖`` by the Gram-matrix identity."""
+        flat = images.reshape(len(images), -1).astype(np.float64)
+        norms = np.sum(flat**2, axis=1)
+        squared = norms[:, None] + norms[None, :] - 2 * flat @ flat.T
+        return np.sqrt(np.clip(squared, 0.0, None))
+
+    def matrix(self, data: Dataset, indices: ArrayLike | None = None) -> FloatArray:
+        d = self._map(self.raw_matrix(data.projections[_select(data, indices)]))
+        np.fill_diagonal(d, 0.0)
+        return d
+
+    def pairs(self, data: Dataset, i: ArrayLike, j: ArrayLike,
+              indices: ArrayLike | None = None) -> FloatArray:
+        i, j = _pair_indices(i, j)
+        raw = self._raw_pairs(data.projections[_select(data, indices)], i, j)
+        return np.where(i == j, 0.0, self._map(raw))
+
+
+# ----------------------------------------------------------------------------
+# Learned
+# ----------------------------------------------------------------------------
+class LearnedDistance(Estimator):
+    """The trained Siamese network: embed each projection once, then ``2·arccos|cos|``."""
+
+    name = "learned"
+
+    def __init__(self, model_dir: str | os.PathLike, batch_size: int = 256) -> None:
+        from . import siamese
+
+        self.model_dir = Path(model_dir)
+        self.embedding, self.config = siamese.load_embedding(model_dir)
+        self.batch_size = batch_size
+
+    @property
+    def image_size(self) -> int:
+        return int(self.config["image_size"])
+
+    def embed(self, images: NDArray) -> FloatArray:
+        """Unit feature vectors ``(N, D)`` of images ``(N, L, L)``."""
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim != 3 or images.shape[1:] != (self.image_size, self.image_size):
+            raise ValueError(
+                f"the model in {self.model_dir} takes {self.image_size}×{self.image_size} images, "
+                f"got shape {images.shape[1:]}: generate the data at --size {self.image_size} "
+                "or train a model at this size")
+        features = self.embedding.predict(images, batch_size=self.batch_size, verbose=0)
+        features = np.asarray(features, dtype=np.float64)
+        return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+
+    @staticmethod
+    def _distance(cosine: FloatArray) -> FloatArray:
+        from .siamese import EPSILON
+
+        return 2 * np.arccos(np.clip(np.abs(cosine), EPSILON, 1 - EPSILON))
+
+    def matrix(self, data: Dataset, indices: ArrayLike | None = None) -> FloatArray:
+        features = self.embed(data.projections[_select(data, indices)])
+        d = self._distance(features @ features.T)
+        np.fill_diagonal(d, 0.0)
+        return d
+
+    def pairs(self, data: Dataset, i: ArrayLike, j: ArrayLike,
+              indices: ArrayLike | None = None) -> FloatArray:
+        i, j = _pair_indices(i, j)
+        index = _select(data, indices)
+        used, inverse = np.unique(np.concatenate([i, j]), return_inverse=True)
+        features = self.embed(data.projections[index[used]])
+        a, b = features[inverse[: len(i)]], features[inverse[len(i):]]
+        return np.where(i == j, 0.0, self._distance(np.sum(a * b, axis=1)))
+
+
+#: Names accepted by :func:`make_estimator` and ``cryoem distances --estimator``.
+ESTIMATORS = ("learned", "exact", "perturbed", "euclidean")
+
+
+def make_estimator(name: str, *, model_dir: str | os.PathLike | None = None,
+                   sigma2: float = 0.2, seed: int = 0) -> Estimator:
+    """An estimator by name (``learned`` needs ``model_dir``)."""
+    if name == "exact":
+        return ExactDistance()
+    if name == "perturbed":
+        return PerturbedDistance(sigma2, seed=seed)
+    if name == "euclidean":
+        return EuclideanDistance(seed=seed)
+    if name == "learned":
+        if model_dir is None:
+            raise ValueError("the learned estimator needs a trained model (--model MODEL_DIR)")
+        return LearnedDistance(model_dir)
+    raise ValueError(f"unknown estimator {name!r}; choose one of {', '.join(ESTIMATORS)}")
+
+
+# ----------------------------------------------------------------------------
+# Scores
+# ----------------------------------------------------------------------------
+def upper_triangle(matrix: ArrayLike) -> FloatArray:
+    """The entries ``i < j`` of a square matrix, as a flat array."""
+    m = np.asarray(matrix)
+    return m[np.triu_indices(len(m), k=1)]
+
+
+def l_de(estimated: ArrayLike, true: ArrayLike) -> float:
+    """Mean squared error ``mean (d̂ − d)²`` over pairs, rad² (matrices use ``i < j`` only)."""
+    est, ref = np.asarray(estimated, dtype=np.float64), np.asarray(true, dtype=np.float64)
+    if est.shape != ref.shape:
+        raise ValueError(f"shapes differ: {est.shape} vs {ref.shape}")
+    if est.ndim == 2:
+        est, ref = upper_triangle(est), upper_triangle(ref)
+    return float(np.mean((est - ref) ** 2))
+
+
+def binned_error(estimated: ArrayLike, true: ArrayLike, bins: int = 12) -> dict[str, Any]:
+    """Error binned by true distance on ``[0, π]``: the plateau at large distances shows here.
+
+    Returns a dict of arrays: ``center``, ``count``, ``mean_estimate``,
+    ``mean_absolute_error``, ``bias`` (NaN for empty bins).
+    """
+    est, ref = np.asarray(estimated, dtype=np.float64), np.asarray(true, dtype=np.float64)
+    if est.ndim == 2:
+        est, ref = upper_triangle(est), upper_triangle(ref)
+    edges = np.linspace(0, np.pi, bins + 1)
+    which = np.clip(np.digitize(ref, edges) - 1, 0, bins - 1)
+    count = np.bincount(which, minlength=bins).astype(float)
+
+    def mean_of(values: FloatArray) -> FloatArray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.bincount(which, weights=values, minlength=bins) / count
+
+    return {
+        "center": 0.5 * (edges[:-1] + edges[1:]),
+        "count": count,
+        "mean_estimate": mean_of(est),
+        "mean_absolute_error": mean_of(np.abs(est - ref)),
+        "bias": mean_of(est - ref),
+    }

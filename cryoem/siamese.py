@@ -1,0 +1,464 @@
+"""The Siamese network of Phase 1: learn ``d_p(p_i, p_j) ≈ d_q(q_i, q_j)`` (Keras on TensorFlow).
+
+* :func:`build_embedding` — the feature extractor ``G_w``: per-image
+  standardisation and optional area downsampling (both inside the saved
+  model), then fully convolutional blocks (conv + ReLU + max-pool, ``same``
+  padding), global average pooling and a linear layer.
+* :func:`pairwise_distances` — ``d_p = 2·arccos(|cos_sim(G(p_i), G(p_j))|)``.
+  The features after the linear layer can be negative, so the cosine can be
+  too: we take ``|cos|``, which matches the double cover ``q ≡ −q`` of the
+  quaternions (their distance is ``2·arccos|<q_i, q_j>|``) and keeps a gradient
+  for negative cosines, which a clip to ``[ε, 1 − ε]`` alone would kill.
+* :class:`InBatchModel` — trains on all ``B(B−1)/2`` pairs of a batch, each
+  image embedded once, weighted so that the target distances are uniform on
+  ``[0, π]`` (:func:`uniform_pair_weights`).  :func:`per_pair_model` keeps the
+  seed's one-forward-pass-per-pair training for comparison.
+* :class:`RenderedBatches` renders fresh training images on the fly from the
+  dataset's volume — random orientations plus near partners ``q·δ``, fresh
+  noise at a random SNR, shifts and CTF — so data never run out and the net
+  cannot memorise noise; :class:`FixedBatches` serves a fixed image set (the
+  paper's 2,512 training images, and validation).
+* :func:`train` — Keras ``fit`` with checkpoints of the best model, early
+  stopping, a learning-rate schedule, TensorBoard logs, a CSV history and
+  resumption after an interruption (``BackupAndRestore``).
+
+On several GPUs, wrap :func:`train` in ``tf.distribute.MirroredStrategy().scope()``:
+the model and optimizer are built inside :func:`train`, so they pick up the
+strategy (untested here: no GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from . import projection, rotations  # noqa: E402
+from .datasets import Dataset  # noqa: E402
+
+__all__ = [
+    "ARCHITECTURES",
+    "TrainingConfig",
+    "build_embedding",
+    "pairwise_distances",
+    "uniform_pair_weights",
+    "InBatchModel",
+    "per_pair_model",
+    "FixedBatches",
+    "RenderedBatches",
+    "train",
+    "load_embedding",
+    "configure_threads",
+]
+
+#: Filters and kernel sizes per block. "paper" is the paper's network.
+ARCHITECTURES: dict[str, dict[str, tuple[int, ...]]] = {
+    "paper": {"filters": (32, 64, 128, 256, 256, 512, 512), "kernels": (7, 5, 3, 3, 3, 3, 3)},
+    "light": {"filters": (16, 32, 64, 128, 128), "kernels": (5, 3, 3, 3, 3)},
+}
+
+#: Cosines are clipped to [EPSILON, 1 − EPSILON] before arccos (infinite slope at 1).
+EPSILON = 1e-6
+
+MODEL_FILE = "model.keras"
+CONFIG_FILE = "config.json"
+
+
+def configure_threads(n: int | None) -> None:
+    """Use ``n`` threads in TensorFlow (intra-op) and one inter-op thread; ``None`` keeps defaults.
+
+    Call before any TensorFlow work.  finufft takes its threads per call
+    (``nthreads``) and BLAS from ``OMP_NUM_THREADS``.
+    """
+    if n is None:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # already initialised: the settings can no longer change
+        pass
+
+
+# ----------------------------------------------------------------------------
+# Network
+# ----------------------------------------------------------------------------
+@keras.saving.register_keras_serializable(package="cryoem")
+class Standardize(keras.layers.Layer):
+    """Per-image zero mean and unit standard deviation."""
+
+    def call(self, images: Any) -> Any:
+        mean = keras.ops.mean(images, axis=(1, 2, 3), keepdims=True)
+        std = keras.ops.std(images, axis=(1, 2, 3), keepdims=True)
+        return (images - mean) / (std + 1e-6)
+
+
+def build_embedding(image_size: int, input_size: int | None = None, arch: str = "light",
+                    feature_dim: int = 128, width: float = 1.0) -> keras.Model:
+    """The feature extractor ``G_w``: images ``(B, L, L)`` → features ``(B, feature_dim)``.
+
+    Parameters
+    ----------
+    image_size
+        Edge ``L`` of the images it accepts (checked by :func:`embed`).
+    input_size
+        Edge the images are area-downsampled to before the convolutions
+        (a low-pass filter: white noise spreads over all frequencies, the
+        particle's signal does not); ``None`` keeps ``image_size``.
+    arch
+        ``"paper"`` (7 blocks, 32–512 filters, kernels 7, 5, 3…) or ``"light"``.
+    width
+        Multiplies every filter count.
+    """
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose {', '.join(ARCHITECTURES)}")
+    spec = ARCHITECTURES[arch]
+    inputs = keras.Input((image_size, image_size), name="images")
+    x = keras.layers.Reshape((image_size, image_size, 1))(inputs)
+    x = Standardize(name="standardize")(x)
+    if input_size and input_size != image_size:
+        x = keras.layers.Resizing(input_size, input_size, interpolation="area", name="downsample")(x)
+    for k, (filters, kernel) in enumerate(zip(spec["filters"], spec["kernels"])):
+        x = keras.layers.Conv2D(max(4, int(filters * width)), kernel, padding="same",
+                                activation="relu", name=f"conv{k}")(x)
+        x = keras.layers.MaxPooling2D(2, padding="same", name=f"pool{k}")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="average")(x)
+    outputs = keras.layers.Dense(feature_dim, name="features")(x)
+    return keras.Model(inputs, outputs, name="embedding")
+
+
+def pairwise_distances(features: Any) -> Any:
+    """All distances ``(B, B)`` between the rows of ``features``: ``2·arccos|cos|``."""
+    unit = tf.math.l2_normalize(features, axis=-1)
+    cosine = tf.abs(tf.matmul(unit, unit, transpose_b=True))
+    return 2.0 * tf.acos(tf.clip_by_value(cosine, EPSILON, 1.0 - EPSILON))
+
+
+def uniform_pair_weights(targets: Any, bins: int = 16, cap: float = 10.0) -> Any:
+    """Weights of the pairs ``i < j`` that make the target distances uniform on ``[0, π]``.
+
+    Each pair gets ``1 / (count of its bin)``, so every non-empty bin weighs
+    the same; a bin with fewer than ``1/cap`` of the average count per bin is
+    weighted as if it had that many (rare small distances would otherwise
+    explode).  Returns ``(mask, weights)``: the upper-triangle mask ``(B, B)``
+    and the weights of the masked pairs, summing to 1.
+    """
+    size = tf.shape(targets)[0]
+    mask = tf.linalg.band_part(tf.ones((size, size), dtype=tf.bool), 0, -1)
+    mask = tf.logical_and(mask, tf.logical_not(tf.eye(size, dtype=tf.bool)))
+    values = tf.boolean_mask(targets, mask)
+    index = tf.clip_by_value(tf.cast(values / np.pi * bins, tf.int32), 0, bins - 1)
+    counts = tf.cast(tf.math.bincount(index, minlength=bins, maxlength=bins), values.dtype)
+    floor = tf.cast(tf.size(values), values.dtype) / (bins * cap)
+    weights = 1.0 / tf.maximum(tf.gather(counts, index), floor)
+    return mask, weights / tf.reduce_sum(weights)
+
+
+class InBatchModel(keras.Model):
+    """Embeds a batch once and scores all its pairs against the target matrix ``(B, B)``."""
+
+    def __init__(self, embedding: keras.Model, bins: int = 16, cap: float = 10.0,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.embedding = embedding
+        self.bins = bins
+        self.cap = cap
+
+    def call(self, images: Any, training: bool = False) -> Any:
+        return pairwise_distances(self.embedding(images, training=training))
+
+    def compute_loss(self, x: Any = None, y: Any = None, y_pred: Any = None,
+                     sample_weight: Any = None, training: bool = True) -> Any:
+        """Uniform-weighted mean squared error over the pairs of the batch (L_DE)."""
+        mask, weights = uniform_pair_weights(y, self.bins, self.cap)
+        error = tf.boolean_mask(y_pred, mask) - tf.boolean_mask(tf.cast(y, y_pred.dtype), mask)
+        return tf.reduce_sum(tf.cast(weights, error.dtype) * tf.square(error))
+
+
+@keras.saving.register_keras_serializable(package="cryoem")
+class CosineDistance(keras.layers.Layer):
+    """``2·arccos|cos_sim(a, b)|`` row by row."""
+
+    def call(self, a: Any, b: Any) -> Any:
+        a = tf.math.l2_normalize(a, axis=-1)
+        b = tf.math.l2_normalize(b, axis=-1)
+        cosine = tf.abs(tf.reduce_sum(a * b, axis=-1))
+        return 2.0 * tf.acos(tf.clip_by_value(cosine, EPSILON, 1.0 - EPSILON))
+
+
+def per_pair_model(embedding: keras.Model) -> keras.Model:
+    """The seed's Siamese model: two images in, one distance out (one pass per pair)."""
+    size = embedding.input_shape[1]
+    first = keras.Input((size, size), name="first")
+    second = keras.Input((size, size), name="second")
+    distance = CosineDistance(name="distance")(embedding(first), embedding(second))
+    return keras.Model([first, second], distance, name="siamese_per_pair")
+
+
+# ----------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------
+class FixedBatches(keras.utils.PyDataset):
+    """Batches ``(images, target distance matrix)`` from a fixed set of images."""
+
+    def __init__(self, images: NDArray, orientations: NDArray, symmetry: str = "C1",
+                 batch_size: int = 64, shuffle: bool = True, seed: int = 0) -> None:
+        super().__init__()
+        if len(images) != len(orientations):
+            raise ValueError(f"{len(images)} images but {len(orientations)} orientations")
+        if len(images) < 2:
+            raise ValueError("need at least two images to form pairs")
+        self.images = np.asarray(images, dtype=np.float32)
+        self.orientations = np.asarray(orientations)
+        self.group = rotations.point_group(symmetry)
+        self.batch_size = min(batch_size, len(images))
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        self.order = np.arange(len(images))
+        self.on_epoch_end()
+
+    def __len__(self) -> int:
+        return len(self.images) // self.batch_size
+
+    def __getitem__(self, index: int) -> tuple[NDArray, NDArray]:
+        chosen = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        return self.images[chosen], target_matrix(self.orientations[chosen], self.group)
+
+    def on_epoch_end(self) -> None:
+        if self.shuffle:
+            self.order = np.random.default_rng([self.seed, self.epoch]).permutation(
+                len(self.images))
+        self.epoch += 1
+
+
+def target_matrix(quaternions: NDArray, group: NDArray) -> NDArray[np.float32]:
+    """Symmetry-aware true distances ``min_g d(q_i, q_j·g)`` as a ``(B, B)`` matrix."""
+    q = rotations.normalize(quaternions)
+    best = np.zeros((len(q), len(q)))
+    for g in group:
+        best = np.maximum(best, np.abs(q @ rotations.multiply(q, g).T))
+    best = np.maximum(best, best.T)
+    return (2 * np.arccos(np.clip(best, 0.0, 1.0))).astype(np.float32)
+
+
+class RenderedBatches(keras.utils.PyDataset):
+    """Fresh training images rendered on the fly from volumes.
+
+    Each batch comes from one volume (round-robin over several proteins): half
+    the orientations are uniform on SO(3), the other half are near partners
+    ``q·δ`` with ``δ`` a rotation by an angle uniform in ``[0, near_angle]``,
+    so small distances are common.  Each image gets a shift within
+    ``±max_shift`` px (triangular), a CTF when ``ctf``, and white noise at an
+    SNR drawn log-uniformly in ``snr_range`` (relative to the clean images'
+    signal variance, as in the datasets).  Everything derives from ``seed``
+    and the batch number: the same run draws the same data.
+    """
+
+    def __init__(self, volumes: Sequence[NDArray], pixel_sizes: Sequence[float],
+                 symmetries: Sequence[str], signal_variances: Sequence[float],
+                 batch_size: int = 64, steps: int = 100,
+                 snr_range: tuple[float, float] | None = None, max_shift: float = 0.0,
+                 ctf: bool = False, near_angle: float = 0.5, seed: int = 0) -> None:
+        super().__init__()
+        if snr_range is not None and not (0 < snr_range[0] <= snr_range[1]):
+            raise ValueError(f"snr_range must be 0 < low <= high, got {snr_range}")
+        self.volumes = [np.asarray(v, dtype=np.float32) for v in volumes]
+        self.pixel_sizes = list(pixel_sizes)
+        self.groups = [rotations.point_group(s) for s in symmetries]
+        self.signal_variances = list(signal_variances)
+        self.batch_size = batch_size
+        self.steps = steps
+        self.snr_range = snr_range
+        self.max_shift = max_shift
+        self.ctf = ctf
+        self.near_angle = near_angle
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+
+    def __getitem__(self, index: int) -> tuple[NDArray, NDArray]:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        which = (self.epoch * self.steps + index) % len(self.volumes)
+        n_far = self.batch_size - self.batch_size // 2
+        far = rotations.sample_uniform(n_far, rng)
+        axes = rng.standard_normal((self.batch_size - n_far, 3))
+        angles = rng.uniform(0, self.near_angle, len(axes))
+        near = rotations.multiply(far[: len(axes)], rotations.axis_angle_to_quaternion(axes, angles))
+        q = rotations.canonical(np.concatenate([far, near]))
+        shifts = projection.sample_shifts(len(q), self.max_shift, seed=rng)
+        ctf = projection.sample_ctf(len(q), seed=rng) if self.ctf else None
+        images = projection.project(self.volumes[which], q,
+                                    shifts=shifts if self.max_shift > 0 else None, ctf=ctf,
+                                    pixel_size=self.pixel_sizes[which])
+        if self.snr_range is not None:
+            log_snr = rng.uniform(*np.log(self.snr_range), len(q))
+            sigma = np.sqrt(self.signal_variances[which] / np.exp(log_snr)).astype(np.float32)
+            images += sigma[:, None, None] * rng.standard_normal(images.shape, dtype=np.float32)
+        return images, target_matrix(q, self.groups[which])
+
+
+# ----------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------
+@dataclass
+class TrainingConfig:
+    """Everything that defines a training run (saved as ``config.json`` with the model)."""
+
+    arch: str = "light"
+    width: float = 1.0
+    feature_dim: int = 128
+    image_size: int = 64
+    input_size: int | None = None
+    mode: str = "rendered"  # "rendered" (unlimited, on the fly) or "fixed" (the paper's set)
+    per_pair: bool = False
+    epochs: int = 20
+    steps_per_epoch: int = 100
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    patience: int = 6
+    snr_range: tuple[float, float] | None = None
+    max_shift: float = 0.0
+    ctf: bool = False
+    near_angle: float = 0.5
+    bins: int = 16
+    cap: float = 10.0
+    seed: int = 0
+    symmetry: str = "C1"
+    sources: list[str] = field(default_factory=list)
+    pixel_size: float = 1.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
+          config: TrainingConfig | None = None, validation: Dataset | None = None,
+          verbose: int | str = "auto") -> dict[str, list[float]]:
+    """Train the Siamese network on one or more datasets and save it in ``out_dir``.
+
+    ``out_dir`` receives ``model.keras`` (the best embedding by validation
+    loss, preprocessing included), ``config.json``, ``history.csv``,
+    TensorBoard ``logs/`` and, while training, ``backup/``: rerunning the same
+    call after an interruption resumes from the last finished epoch.
+
+    Returns the Keras history (``loss``, ``val_loss``, ``learning_rate``).
+    """
+    if not datasets:
+        raise ValueError("train needs at least one dataset")
+    config = config or TrainingConfig()
+    sizes = {d.size for d in datasets}
+    if len(sizes) != 1:
+        raise ValueError(f"all training datasets must have the same image size, got {sorted(sizes)}")
+    config.image_size = sizes.pop()
+    config.symmetry = datasets[0].attrs.get("symmetry", "C1")
+    config.pixel_size = datasets[0].pixel_size
+    config.sources = [str(d.path) for d in datasets]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_resume(out, config)
+    (out / CONFIG_FILE).write_text(config.to_json())
+
+    keras.utils.set_random_seed(config.seed)
+    embedding = build_embedding(config.image_size, config.input_size, config.arch,
+                                config.feature_dim, config.width)
+    train_data = _training_batches(datasets, config)
+    validation = validation if validation is not None else datasets[0]
+    val_index = validation.split["validation"]
+    if len(val_index) < 2:
+        raise ValueError("the validation split needs at least two projections")
+    val_data = FixedBatches(validation.projections[val_index], validation.orientations[val_index],
+                            validation.attrs.get("symmetry", "C1"), config.batch_size,
+                            shuffle=False)
+    model = InBatchModel(embedding, config.bins, config.cap)
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+    model.build((None, config.image_size, config.image_size))
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(out / "backup")),
+        _SaveBestEmbedding(out / MODEL_FILE),
+        keras.callbacks.ReduceLROnPlateau(factor=0.5, patience=max(1, config.patience // 3)),
+        keras.callbacks.EarlyStopping(patience=config.patience),
+        keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
+        keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0),
+    ]
+    history = model.fit(train_data, validation_data=val_data, epochs=config.epochs,
+                        callbacks=callbacks, verbose=verbose)
+    return {key: [float(v) for v in values] for key, values in history.history.items()}
+
+
+def _training_batches(datasets: Sequence[Dataset], config: TrainingConfig) -> keras.utils.PyDataset:
+    if config.mode == "fixed":
+        images = np.concatenate([d.projections[d.split["train"]] for d in datasets])
+        quaternions = np.concatenate([d.orientations[d.split["train"]] for d in datasets])
+        return FixedBatches(images, quaternions, config.symmetry, config.batch_size,
+                            shuffle=True, seed=config.seed)
+    if config.mode != "rendered":
+        raise ValueError(f"unknown training mode {config.mode!r}: rendered or fixed")
+    return RenderedBatches(
+        [d.volume for d in datasets], [d.pixel_size for d in datasets],
+        [d.attrs.get("symmetry", "C1") for d in datasets],
+        [d.attrs.get("signal_variance") or _signal_variance(d) for d in datasets],
+        batch_size=config.batch_size, steps=config.steps_per_epoch, snr_range=config.snr_range,
+        max_shift=config.max_shift, ctf=config.ctf, near_angle=config.near_angle,
+        seed=config.seed,
+    )
+
+
+def _signal_variance(data: Dataset) -> float:
+    """Variance of clean projections of the dataset's volume (for datasets without the attribute)."""
+    sample = rotations.sample_uniform(64, seed=0)
+    return float(np.var(projection.project(data.volume, sample)))
+
+
+def _check_resume(out: Path, config: TrainingConfig) -> None:
+    """Refuse to resume a run in ``out`` that was started with different settings."""
+    previous = out / CONFIG_FILE
+    if not (out / "backup").exists() or not previous.exists():
+        return
+    old = json.loads(previous.read_text())
+    new = json.loads(config.to_json())
+    changed = sorted(key for key in new if old.get(key) != new[key] and key != "epochs")
+    if changed:
+        raise ValueError(f"{out} holds an interrupted run with other settings ({', '.join(changed)});"
+                         " use another --out or delete it")
+
+
+class _SaveBestEmbedding(keras.callbacks.Callback):
+    """Save the embedding (with its preprocessing) whenever the validation loss improves."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self.best = np.inf
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        value = (logs or {}).get("val_loss", np.inf)
+        if value < self.best or not self.path.exists():
+            self.best = min(self.best, value)
+            partial = self.path.with_name("partial-" + self.path.name)
+            self.model.embedding.save(partial)
+            os.replace(partial, self.path)
+
+
+def load_embedding(model_dir: str | os.PathLike) -> tuple[keras.Model, dict[str, Any]]:
+    """Load a trained embedding (safe mode) and its training configuration."""
+    directory = Path(model_dir)
+    path = directory / MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no trained model at {path}: train one with `cryoem train`")
+    config = json.loads((directory / CONFIG_FILE).read_text())
+    return keras.models.load_model(path, safe_mode=True, compile=False), config
