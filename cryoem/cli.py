@@ -119,11 +119,109 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------
+# cryoem train
+# ----------------------------------------------------------------------------
+def add_train_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", type=Path, nargs="+", metavar="DATA.h5",
+                        help="training dataset(s), e.g. several proteins at the same --size")
+    parser.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR",
+                        help="folder for the model, its config, history and logs")
+    parser.add_argument("--epochs", type=int, default=20, help="epochs (default: 20)")
+    parser.add_argument("--steps-per-epoch", type=int, default=100,
+                        help="batches per epoch in rendered mode (default: 100)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+    parser.add_argument("--arch", choices=("paper", "light"), default="light",
+                        help="network: the paper's 7 blocks or a light one for CPUs "
+                             "(default: light)")
+    parser.add_argument("--width", type=float, default=1.0, help="filter-count multiplier")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="downsample images to this edge inside the model (low-pass)")
+    parser.add_argument("--mode", choices=("rendered", "fixed"), default="rendered",
+                        help="rendered: fresh images, noise and shifts every batch; fixed: the "
+                             "dataset's training split as stored (the paper's protocol)")
+    parser.add_argument("--snr-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                        help="rendered mode: SNR drawn log-uniformly in [LO, HI] per image "
+                             "(default: the dataset's SNR, noiseless if it has none)")
+    parser.add_argument("--max-shift", type=float, default=None, metavar="PX",
+                        help="rendered mode: shifts within ±PX (default: the dataset's)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--patience", type=int, default=6, help="early-stopping patience (epochs)")
+    parser.add_argument("--threads", type=int, default=None, help="TensorFlow threads")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train the Siamese distance network on projections."""
+    from . import datasets, siamese
+
+    siamese.configure_threads(args.threads)
+    data = [datasets.load(path) for path in args.data]
+    first = data[0].attrs
+    snr = first.get("snr", float("inf"))
+    snr_range = tuple(args.snr_range) if args.snr_range else (
+        None if not np.isfinite(snr) else (snr, snr))
+    config = siamese.TrainingConfig(
+        arch=args.arch, width=args.width, input_size=args.input_size, mode=args.mode,
+        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, patience=args.patience, snr_range=snr_range,
+        max_shift=args.max_shift if args.max_shift is not None else first.get("max_shift", 0.0),
+        ctf=bool(first.get("ctf", False)), seed=args.seed,
+    )
+    start = time.perf_counter()
+    history = siamese.train(data, args.out, config)
+    best = min(history.get("val_loss", [float("nan")]))
+    print(f"trained {args.arch} network for {len(history['loss'])} epochs in "
+          f"{time.perf_counter() - start:.0f} s: best validation L_DE {best:.4f} rad²; "
+          f"model in {args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------
+# cryoem distances
+# ----------------------------------------------------------------------------
+def add_distances_args(parser: argparse.ArgumentParser) -> None:
+    from .distance import ESTIMATORS
+
+    parser.add_argument("data", type=Path, metavar="DATA.h5", help="dataset")
+    parser.add_argument("--estimator", choices=ESTIMATORS, default="learned")
+    parser.add_argument("--model", type=Path, default=None, metavar="MODEL_DIR",
+                        help="trained model (learned estimator)")
+    parser.add_argument("--sigma2", type=float, default=0.2,
+                        help="noise variance in rad² (perturbed estimator, default: 0.2)")
+    parser.add_argument("--split", choices=("test", "validation", "train", "all"), default="test",
+                        help="which projections (default: test)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True, metavar="D.h5",
+                        help="output HDF5 file with the distance matrix")
+
+
+def run_distances(args: argparse.Namespace) -> int:
+    """Estimate the distance matrix between projections of a dataset."""
+    from . import datasets, distance
+
+    data = datasets.load(args.data)
+    indices = np.arange(len(data)) if args.split == "all" else data.split[args.split]
+    estimator = distance.make_estimator(args.estimator, model_dir=args.model, sigma2=args.sigma2,
+                                        seed=args.seed).fit(data)
+    start = time.perf_counter()
+    matrix = estimator.matrix(data, indices)
+    elapsed = time.perf_counter() - start
+    score = distance.l_de(matrix, distance.ExactDistance().matrix(data, indices))
+    distance.save_matrix(args.out, matrix, indices, estimator=args.estimator, source=str(args.data),
+                         l_de=score)
+    print(f"wrote {args.out}: {len(indices)}×{len(indices)} {args.estimator} distances "
+          f"({args.split} split) in {elapsed:.1f} s; L_DE against the truth {score:.4f} rad²")
+    return 0
+
+
+# ----------------------------------------------------------------------------
 # Assembly
 # ----------------------------------------------------------------------------
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
                           Callable[[argparse.Namespace], int]]] = {
     "generate": (add_generate_args, run_generate),
+    "train": (add_train_args, run_train),
+    "distances": (add_distances_args, run_distances),
     "volumes": (add_volumes_args, run_volumes),
 }
 
@@ -149,7 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, ConnectionError) as error:
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, ConnectionError,
+            RuntimeError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"cryoem {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -53,6 +53,8 @@ __all__ = [
     "l_de",
     "binned_error",
     "upper_triangle",
+    "save_matrix",
+    "load_matrix",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -351,3 +353,40 @@ def binned_error(estimated: ArrayLike, true: ArrayLike, bins: int = 12) -> dict[
         "mean_absolute_error": mean_of(np.abs(est - ref)),
         "bias": mean_of(est - ref),
     }
+
+
+# ----------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------
+def save_matrix(path: str | os.PathLike, matrix: ArrayLike, indices: ArrayLike,
+                **attributes: Any) -> Path:
+    """Write a distance matrix and the dataset indices it covers to HDF5 (atomically)."""
+    import h5py
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with h5py.File(partial, "w") as f:
+            f.create_dataset("distances", data=np.asarray(matrix, dtype=np.float32))
+            f.create_dataset("indices", data=np.asarray(indices, dtype=np.int64))
+            f.attrs["format"] = "cryoem-distances-1"
+            f.attrs.update({k: v for k, v in attributes.items() if v is not None})
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_matrix(path: str | os.PathLike) -> tuple[FloatArray, NDArray[np.int64], dict[str, Any]]:
+    """Read ``(distances, indices, attributes)`` written by :func:`save_matrix`."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no distance file at {path}")
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("format") != "cryoem-distances-1":
+            raise ValueError(f"{path} is not a cryoem distance file")
+        return f["distances"][()].astype(np.float64), f["indices"][()], dict(f.attrs)

@@ -15,7 +15,8 @@ from numpy.typing import ArrayLike
 
 from . import rotations
 
-__all__ = ["projection_gallery", "volume_slices", "orientation_coverage", "isosurface", "save"]
+__all__ = ["projection_gallery", "volume_slices", "orientation_coverage", "isosurface",
+           "dp_dq", "training_curves", "save"]
 
 
 def projection_gallery(images: ArrayLike, titles: Sequence[str] | None = None,
@@ -99,6 +100,58 @@ def isosurface(volume: ArrayLike, level: float | None = None, voxel_size: float 
                                     zaxis_title="z (Å)", aspectmode="cube"),
                          margin=dict(l=0, r=0, t=30, b=0))
     return figure
+
+
+def dp_dq(true: ArrayLike, estimated: ArrayLike, title: str = "", max_points: int = 20000,
+          seed: int = 0) -> Any:
+    """The paper's dP/dQ figure: estimated vs true distance, as a scatter and a density.
+
+    Matrices are reduced to their pairs ``i < j``; at most ``max_points`` pairs
+    are drawn in the scatter (all of them enter the density).
+    """
+    import matplotlib.pyplot as plt
+
+    from .distance import upper_triangle
+
+    d_true, d_est = np.asarray(true), np.asarray(estimated)
+    if d_true.ndim == 2:
+        d_true, d_est = upper_triangle(d_true), upper_triangle(d_est)
+    shown = np.random.default_rng(seed).permutation(len(d_true))[:max_points]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4))
+    left.scatter(d_true[shown], d_est[shown], s=1, alpha=0.2)
+    right.hist2d(d_true, d_est, bins=60, range=[[0, np.pi], [0, np.pi]], cmap="viridis")
+    for ax in (left, right):
+        ax.plot([0, np.pi], [0, np.pi], "r--", lw=1)
+        ax.set_xlim(0, np.pi)
+        ax.set_ylim(0, np.pi)
+        ax.set_xlabel("true distance $d_q$ (rad)")
+        ax.set_ylabel("estimated distance $d_p$ (rad)")
+        ax.set_aspect("equal")
+    left.set_title("pairs")
+    right.set_title("density")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(history: dict[str, Sequence[float]], title: str = "training") -> Any:
+    """Training and validation loss (L_DE, rad²) per epoch, on a log scale."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in ("loss", "val_loss"):
+        if key in history:
+            values = history[key]
+            ax.plot(np.arange(1, len(values) + 1), values,
+                    label="validation" if key.startswith("val") else "training")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("$L_{DE}$ (rad²)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
 
 
 def save(figure: Any, path: str | os.PathLike, dpi: int = 120) -> Path:

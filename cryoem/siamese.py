@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -337,6 +338,7 @@ class TrainingConfig:
     near_angle: float = 0.5
     bins: int = 16
     cap: float = 10.0
+    max_seconds: float | None = None  # stop after the epoch that crosses this time budget
     seed: int = 0
     symmetry: str = "C1"
     sources: list[str] = field(default_factory=list)
@@ -395,6 +397,8 @@ def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
         keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0),
     ]
+    if config.max_seconds is not None:
+        callbacks.append(_TimeBudget(config.max_seconds))
     history = model.fit(train_data, validation_data=val_data, epochs=config.epochs,
                         callbacks=callbacks, verbose=verbose)
     return {key: [float(v) for v in values] for key, values in history.history.items()}
@@ -435,6 +439,22 @@ def _check_resume(out: Path, config: TrainingConfig) -> None:
     if changed:
         raise ValueError(f"{out} holds an interrupted run with other settings ({', '.join(changed)});"
                          " use another --out or delete it")
+
+
+class _TimeBudget(keras.callbacks.Callback):
+    """Stop training at the end of the epoch that exceeds ``seconds`` of wall time."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.start = 0.0
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        if time.perf_counter() - self.start > self.seconds:
+            self.model.stop_training = True
 
 
 class _SaveBestEmbedding(keras.callbacks.Callback):
