@@ -58,6 +58,7 @@ __all__ = [
     "FixedBatches",
     "RenderedBatches",
     "train",
+    "save_model",
     "load_embedding",
     "configure_threads",
 ]
@@ -350,7 +351,8 @@ class TrainingConfig:
 
 def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
           config: TrainingConfig | None = None, validation: Dataset | None = None,
-          verbose: int | str = "auto") -> dict[str, list[float]]:
+          verbose: int | str = "auto",
+          callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict[str, list[float]]:
     """Train the Siamese network on one or more datasets and save it in ``out_dir``.
 
     ``out_dir`` receives ``model.keras`` (the best embedding by validation
@@ -358,7 +360,9 @@ def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
     TensorBoard ``logs/`` and, while training, ``backup/``: rerunning the same
     call after an interruption resumes from the last finished epoch.
 
-    Returns the Keras history (``loss``, ``val_loss``, ``learning_rate``).
+    Returns the Keras history (``loss``, ``val_loss``, ``learning_rate``) of
+    this call; ``history.csv`` holds every epoch across resumed calls.
+    Extra Keras ``callbacks`` run after the built-in ones.
     """
     if not datasets:
         raise ValueError("train needs at least one dataset")
@@ -389,7 +393,7 @@ def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
     model = InBatchModel(embedding, config.bins, config.cap)
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     model.build((None, config.image_size, config.image_size))
-    callbacks = [
+    all_callbacks = [
         keras.callbacks.BackupAndRestore(str(out / "backup")),
         _SaveBestEmbedding(out / MODEL_FILE),
         keras.callbacks.ReduceLROnPlateau(factor=0.5, patience=max(1, config.patience // 3)),
@@ -398,9 +402,9 @@ def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
         keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0),
     ]
     if config.max_seconds is not None:
-        callbacks.append(_TimeBudget(config.max_seconds))
+        all_callbacks.append(_TimeBudget(config.max_seconds))
     history = model.fit(train_data, validation_data=val_data, epochs=config.epochs,
-                        callbacks=callbacks, verbose=verbose)
+                        callbacks=[*all_callbacks, *callbacks], verbose=verbose)
     return {key: [float(v) for v in values] for key, values in history.history.items()}
 
 
@@ -458,20 +462,40 @@ class _TimeBudget(keras.callbacks.Callback):
 
 
 class _SaveBestEmbedding(keras.callbacks.Callback):
-    """Save the embedding (with its preprocessing) whenever the validation loss improves."""
+    """Save the embedding (with its preprocessing) whenever the validation loss improves.
+
+    The best loss so far is kept in ``best.json`` beside the model, so a
+    resumed run does not overwrite a better model from before the interruption.
+    """
 
     def __init__(self, path: Path) -> None:
         super().__init__()
         self.path = path
+        self.record = path.with_name("best.json")
         self.best = np.inf
+        if self.record.exists() and path.exists():
+            self.best = float(json.loads(self.record.read_text())["val_loss"])
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        value = (logs or {}).get("val_loss", np.inf)
+        value = float((logs or {}).get("val_loss", np.inf))
         if value < self.best or not self.path.exists():
             self.best = min(self.best, value)
             partial = self.path.with_name("partial-" + self.path.name)
             self.model.embedding.save(partial)
             os.replace(partial, self.path)
+            self.record.write_text(json.dumps({"val_loss": value, "epoch": epoch + 1}))
+
+
+def save_model(embedding: keras.Model, config: TrainingConfig,
+               out_dir: str | os.PathLike) -> Path:
+    """Save an embedding and its configuration as :func:`load_embedding` reads them."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).write_text(config.to_json())
+    partial = out / ("partial-" + MODEL_FILE)
+    embedding.save(partial)
+    os.replace(partial, out / MODEL_FILE)
+    return out
 
 
 def load_embedding(model_dir: str | os.PathLike) -> tuple[keras.Model, dict[str, Any]]:

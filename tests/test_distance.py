@@ -1,0 +1,264 @@
+"""Phase 1: the distance estimators against each other and the Siamese network's training."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from cryoem import cli, datasets, distance, rotations, volumes
+
+siamese = pytest.importorskip("cryoem.siamese")
+keras = siamese.keras
+
+
+def in_memory_dataset(orientations, symmetry="C1", images=None):
+    n = len(orientations)
+    return datasets.Dataset(
+        projections=images, orientations=np.asarray(orientations), shifts=np.zeros((n, 2)),
+        volume=np.zeros((4, 4, 4), dtype=np.float32),
+        split={"train": np.arange(n), "validation": np.arange(0), "test": np.arange(n)},
+        attrs={"symmetry": symmetry})
+
+
+# ---------------------------------------------------------------- exact and perturbed
+def test_exact_matches_the_geodesic_distance():
+    data = in_memory_dataset(rotations.sample_uniform(40, seed=0))
+    d = distance.ExactDistance().matrix(data)
+    np.testing.assert_allclose(d, rotations.geodesic_distance_matrix(data.orientations), atol=1e-6)
+    i, j = np.array([0, 3, 5]), np.array([7, 3, 1])
+    np.testing.assert_allclose(distance.ExactDistance().pairs(data, i, j), d[i, j], atol=1e-6)
+
+
+@pytest.mark.parametrize("symmetry", ["C2", "D3", "O"])
+def test_symmetry_related_orientations_are_at_distance_zero(symmetry):
+    q = rotations.sample_uniform(5, seed=1)
+    group = rotations.point_group(symmetry)
+    moved = rotations.multiply(q, group[np.arange(5) % len(group)])
+    data = in_memory_dataset(np.concatenate([q, moved]), symmetry)
+    d = distance.ExactDistance().matrix(data)
+    np.testing.assert_allclose(np.diag(d[:5, 5:]), 0, atol=1e-6)
+    plain = rotations.geodesic_distance_matrix(data.orientations)
+    assert np.all(d <= plain + 1e-9)
+    assert np.allclose(d, d.T)
+
+
+def test_perturbed_with_zero_variance_is_exact():
+    data = in_memory_dataset(rotations.sample_uniform(30, seed=2))
+    np.testing.assert_allclose(distance.PerturbedDistance(0.0).matrix(data),
+                               distance.ExactDistance().matrix(data), atol=1e-12)
+
+
+def test_perturbed_noise_has_the_requested_variance():
+    data = in_memory_dataset(rotations.sample_uniform(400, seed=3))
+    exact = distance.ExactDistance().matrix(data)
+    noisy = distance.PerturbedDistance(0.04, seed=1).matrix(data)
+    assert np.allclose(noisy, noisy.T) and np.all(np.diag(noisy) == 0)
+    assert noisy.min() >= 0 and noisy.max() <= np.pi
+    middle = (exact > 1.0) & (exact < 2.0)  # far from the clipping at 0 and π
+    assert np.var((noisy - exact)[middle]) == pytest.approx(0.04, rel=0.05)
+    assert abs(np.mean((noisy - exact)[middle])) < 0.01
+    i, j = np.array([1, 10, 50]), np.array([2, 10, 7])
+    np.testing.assert_allclose(distance.PerturbedDistance(0.04, seed=1).pairs(data, i, j),
+                               noisy[i, j], atol=1e-12)
+    assert not np.allclose(distance.PerturbedDistance(0.04, seed=2).matrix(data), noisy)
+    with pytest.raises(ValueError):
+        distance.PerturbedDistance(-1.0)
+
+
+# ---------------------------------------------------------------- euclidean
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "small.h5"
+    return datasets.load(datasets.generate(volumes.resolve("4ake", 32), 400, path, seed=0))
+
+
+def test_euclidean_identical_images_are_at_zero_and_the_map_is_monotone(small_dataset):
+    estimator = distance.EuclideanDistance(n_pairs=5000).fit(small_dataset)
+    x, y = estimator.knots
+    assert np.all(np.diff(y) >= 0) and y.min() >= 0 and y.max() <= np.pi
+    images = small_dataset.projections[:3]
+    twin = datasets.Dataset(np.concatenate([images, images]), np.zeros((6, 4)), np.zeros((6, 2)),
+                            small_dataset.volume, small_dataset.split, small_dataset.attrs)
+    d = estimator.matrix(twin)
+    np.testing.assert_allclose(np.diag(d[:3, 3:]), estimator._map(np.zeros(3)), atol=1e-9)
+    assert np.all(np.diag(d) == 0)
+    assert np.all(estimator.pairs(twin, [0, 1], [3, 4]) == estimator._map(np.zeros(2)))
+    assert estimator._map(np.zeros(1))[0] <= np.median(y)
+
+
+def test_euclidean_follows_small_distances(small_dataset):
+    """A weak baseline, as the paper found: informative for near views, flat beyond."""
+    test = small_dataset.split["test"]
+    truth = distance.ExactDistance().matrix(small_dataset, test)
+    estimate = distance.EuclideanDistance().fit(small_dataset).matrix(small_dataset, test)
+    constant = np.full_like(truth, np.mean(distance.upper_triangle(truth)))
+    assert distance.l_de(estimate, truth) < distance.l_de(constant, truth)
+    binned = distance.binned_error(estimate, truth, bins=6)
+    assert binned["mean_estimate"][0] < binned["mean_estimate"][-1] - 0.5
+    with pytest.raises(RuntimeError):
+        distance.EuclideanDistance().matrix(small_dataset, test)
+
+
+# ---------------------------------------------------------------- the network's pieces
+def test_uniform_pair_weights_equalise_the_bins():
+    rng = np.random.default_rng(0)
+    targets = np.abs(rng.normal(2.0, 0.6, (40, 40)))
+    targets = np.clip((targets + targets.T) / 2, 0, np.pi)
+    mask, weights = (np.asarray(t) for t in siamese.uniform_pair_weights(targets, bins=8,
+                                                                          cap=1e9))
+    values = targets[mask]
+    assert mask.sum() == 40 * 39 // 2 and weights.sum() == pytest.approx(1.0)
+    which = np.clip((values / np.pi * 8).astype(int), 0, 7)
+    per_bin = np.bincount(which, weights=weights, minlength=8)
+    occupied = np.bincount(which, minlength=8) > 0
+    np.testing.assert_allclose(per_bin[occupied], 1 / occupied.sum(), rtol=1e-5)
+    # With a cap, a bin with a single pair cannot dominate.
+    _, capped = siamese.uniform_pair_weights(targets, bins=8, cap=2.0)
+    assert np.max(np.asarray(capped)) < np.max(weights)
+
+
+def test_in_batch_and_per_pair_models_agree():
+    embedding = siamese.build_embedding(24, arch="light", width=0.25, feature_dim=16)
+    images = np.random.default_rng(1).standard_normal((6, 24, 24)).astype(np.float32)
+    matrix = np.asarray(siamese.InBatchModel(embedding)(images))
+    i, j = np.triu_indices(6, k=1)
+    pairs = siamese.per_pair_model(embedding).predict([images[i], images[j]], verbose=0)
+    np.testing.assert_allclose(pairs, matrix[i, j], atol=2e-3)
+    assert np.all(matrix >= 0) and np.all(matrix <= np.pi)
+
+
+def test_target_matrix_is_the_exact_distance():
+    q = rotations.sample_uniform(12, seed=4)
+    for symmetry in ("C1", "C3"):
+        expected = distance.ExactDistance().matrix(in_memory_dataset(q, symmetry))
+        np.testing.assert_allclose(siamese.target_matrix(q, rotations.point_group(symmetry)),
+                                   expected, atol=1e-5)
+
+
+def test_rendered_batches_are_reproducible_with_near_pairs_and_fresh_noise(small_dataset):
+    volume = small_dataset.volume
+    common = dict(volumes=[volume], pixel_sizes=[small_dataset.pixel_size], symmetries=["C1"],
+                  signal_variances=[small_dataset.attrs["signal_variance"]], batch_size=16,
+                  steps=3, near_angle=0.3, seed=5)
+    noisy = siamese.RenderedBatches(snr_range=(0.5, 0.5), **common)
+    clean = siamese.RenderedBatches(snr_range=None, **common)
+    images, targets = noisy[1]
+    again, _ = siamese.RenderedBatches(snr_range=(0.5, 0.5), **common)[1]
+    np.testing.assert_array_equal(images, again)
+    clean_images, clean_targets = clean[1]
+    np.testing.assert_array_equal(targets, clean_targets)
+    noise = images - clean_images
+    assert np.var(noise) == pytest.approx(small_dataset.attrs["signal_variance"] / 0.5, rel=0.1)
+    near = np.diag(targets[:8, 8:])  # the partners q·δ
+    assert np.all(near <= 0.3 + 1e-5)
+    other, _ = noisy[2]
+    assert not np.allclose(other, images)
+
+
+# ---------------------------------------------------------------- training, saving, loading
+def untrained_l_de(data, config, indices):
+    keras.utils.set_random_seed(config.seed)
+    embedding = siamese.build_embedding(data.size, config.input_size, config.arch,
+                                        config.feature_dim, config.width)
+    features = np.asarray(embedding.predict(data.projections[indices], verbose=0))
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    d = distance.LearnedDistance._distance(features @ features.T)
+    return distance.l_de(d, distance.ExactDistance().matrix(data, indices))
+
+
+@pytest.fixture(scope="module")
+def trained(small_dataset, tmp_path_factory):
+    siamese.configure_threads(2)
+    out = tmp_path_factory.mktemp("model")
+    config = siamese.TrainingConfig(arch="light", width=0.5, epochs=8, steps_per_epoch=25,
+                                    batch_size=48, patience=20, seed=1)
+    history = siamese.train([small_dataset], out, config, verbose=0)
+    return out, config, history
+
+
+def test_short_training_beats_an_untrained_network(small_dataset, trained):
+    out, config, history = trained
+    test = small_dataset.split["test"]
+    learned = distance.LearnedDistance(out).matrix(small_dataset, test)
+    truth = distance.ExactDistance().matrix(small_dataset, test)
+    before = untrained_l_de(small_dataset, config, test)
+    after = distance.l_de(learned, truth)
+    assert after < 0.6 * before, (before, after)
+    assert len(history["loss"]) == 8 and history["val_loss"][-1] < history["val_loss"][0]
+    for name in ("model.keras", "config.json", "history.csv", "best.json"):
+        assert (out / name).exists()
+    assert not (out / "backup").exists()  # removed once training finished
+
+
+def test_save_load_predict_is_identical(small_dataset, trained, tmp_path):
+    out, config, _ = trained
+    test = small_dataset.split["test"][:20]
+    first = distance.LearnedDistance(out).matrix(small_dataset, test)
+    second = distance.LearnedDistance(out).matrix(small_dataset, test)
+    np.testing.assert_array_equal(first, second)
+    model = distance.LearnedDistance(out)
+    copy = siamese.save_model(model.embedding, siamese.TrainingConfig(**{
+        **config.__dict__, "image_size": small_dataset.size}), tmp_path / "copy")
+    np.testing.assert_allclose(distance.LearnedDistance(copy).matrix(small_dataset, test), first,
+                               atol=1e-6)
+    i, j = np.array([0, 4, 9]), np.array([5, 4, 1])
+    np.testing.assert_allclose(model.pairs(small_dataset, i, j, test), first[i, j], atol=1e-5)
+
+
+def test_wrong_image_size_fails_clearly(trained, tmp_path):
+    out, _, _ = trained
+    other = datasets.load(datasets.generate(volumes.resolve("phantom", 24), 8, tmp_path / "o.h5"))
+    with pytest.raises(ValueError, match="takes 32×32 images"):
+        distance.LearnedDistance(out).matrix(other)
+    with pytest.raises(FileNotFoundError, match="cryoem train"):
+        distance.LearnedDistance(tmp_path / "nothing")
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_training_resumes_where_it_stopped(small_dataset, tmp_path):
+    config = siamese.TrainingConfig(width=0.25, epochs=4, steps_per_epoch=3, batch_size=16,
+                                    patience=10, feature_dim=8)
+    with pytest.raises(KeyboardInterrupt):
+        siamese.train([small_dataset], tmp_path, config, verbose=0, callbacks=[_Interrupt()])
+    assert (tmp_path / "backup").exists()
+    changed = siamese.TrainingConfig(**{**config.__dict__, "learning_rate": 0.5})
+    with pytest.raises(ValueError, match="learning_rate"):
+        siamese.train([small_dataset], tmp_path, changed, verbose=0)
+    history = siamese.train([small_dataset], tmp_path, config, verbose=0)
+    assert len(history["loss"]) == 2  # epochs 3 and 4 only
+    with open(tmp_path / "history.csv") as f:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
+    assert epochs == [0, 1, 2, 3]
+
+
+def test_fixed_mode_and_cli(small_dataset, tmp_path, capsys):
+    model = tmp_path / "model"
+    code = cli.main(["train", str(small_dataset.path), "--out", str(model), "--epochs", "1",
+                     "--mode", "fixed", "--batch-size", "32", "--width", "0.25"])
+    assert code == 0 and "best validation L_DE" in capsys.readouterr().out
+    for estimator in ("learned", "exact", "perturbed", "euclidean"):
+        out = tmp_path / f"{estimator}.h5"
+        assert cli.main(["distances", str(small_dataset.path), "--estimator", estimator,
+                         "--model", str(model), "--out", str(out)]) == 0
+        matrix, indices, attrs = distance.load_matrix(out)
+        assert matrix.shape == (len(indices),) * 2 and attrs["estimator"] == estimator
+    assert distance.load_matrix(tmp_path / "exact.h5")[2]["l_de"] == 0
+    assert cli.main(["distances", str(small_dataset.path), "--estimator", "learned",
+                     "--out", str(tmp_path / "x.h5")]) == 2
+    assert "needs a trained model" in capsys.readouterr().err
+
+
+def test_scores():
+    truth = np.array([[0, 1, 2], [1, 0, 3], [2, 3, 0]], dtype=float)
+    estimate = truth + np.array([[0, 0.5, 0], [0.5, 0, -1], [0, -1, 0]])
+    assert distance.l_de(estimate, truth) == pytest.approx((0.25 + 0 + 1) / 3)
+    binned = distance.binned_error(estimate, truth, bins=3)
+    assert binned["count"].sum() == 3
+    assert np.nansum(binned["mean_absolute_error"] * binned["count"]) == pytest.approx(1.5)
+    with pytest.raises(ValueError):
+        distance.l_de(np.zeros(3), np.zeros(4))
