@@ -148,6 +148,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, default=6, help="early-stopping patience (epochs)")
     parser.add_argument("--threads", type=int, default=None, help="TensorFlow threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a finished model in --out (an interrupted run resumes)")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -168,7 +170,7 @@ def run_train(args: argparse.Namespace) -> int:
         ctf=bool(first.get("ctf", False)), seed=args.seed,
     )
     start = time.perf_counter()
-    history = siamese.train(data, args.out, config)
+    history = siamese.train(data, args.out, config, overwrite=args.overwrite)
     best = min(history.get("val_loss", [float("nan")]))
     print(f"trained {args.arch} network for {len(history['loss'])} epochs in "
           f"{time.perf_counter() - start:.0f} s: best validation L_DE {best:.4f} rad²; "

@@ -352,13 +352,15 @@ class TrainingConfig:
 def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
           config: TrainingConfig | None = None, validation: Dataset | None = None,
           verbose: int | str = "auto",
-          callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict[str, list[float]]:
+          callbacks: Sequence[keras.callbacks.Callback] = (),
+          overwrite: bool = False) -> dict[str, list[float]]:
     """Train the Siamese network on one or more datasets and save it in ``out_dir``.
 
     ``out_dir`` receives ``model.keras`` (the best embedding by validation
     loss, preprocessing included), ``config.json``, ``history.csv``,
     TensorBoard ``logs/`` and, while training, ``backup/``: rerunning the same
-    call after an interruption resumes from the last finished epoch.
+    call after an interruption resumes from the last finished epoch.  A folder
+    holding a finished model is refused unless ``overwrite``, which clears it.
 
     Returns the Keras history (``loss``, ``val_loss``, ``learning_rate``) of
     this call; ``history.csv`` holds every epoch across resumed calls.
@@ -376,7 +378,12 @@ def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
     config.sources = [str(d.path) for d in datasets]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _check_resume(out, config)
+    resuming = _check_resume(out, config)
+    if not resuming and (out / MODEL_FILE).exists():
+        if not overwrite:
+            raise FileExistsError(f"{out} already holds a trained model; pass overwrite=True "
+                                  "(--overwrite) or choose another folder")
+        _clear_run(out)
     (out / CONFIG_FILE).write_text(config.to_json())
 
     keras.utils.set_random_seed(config.seed)
@@ -395,7 +402,7 @@ def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
     model.build((None, config.image_size, config.image_size))
     all_callbacks = [
         keras.callbacks.BackupAndRestore(str(out / "backup")),
-        _SaveBestEmbedding(out / MODEL_FILE),
+        _SaveBestEmbedding(out / MODEL_FILE, resuming),
         keras.callbacks.ReduceLROnPlateau(factor=0.5, patience=max(1, config.patience // 3)),
         keras.callbacks.EarlyStopping(patience=config.patience),
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
@@ -432,17 +439,27 @@ def _signal_variance(data: Dataset) -> float:
     return float(np.var(projection.project(data.volume, sample)))
 
 
-def _check_resume(out: Path, config: TrainingConfig) -> None:
-    """Refuse to resume a run in ``out`` that was started with different settings."""
+def _check_resume(out: Path, config: TrainingConfig) -> bool:
+    """Whether ``out`` holds an interrupted run to resume; refuse one with other settings."""
     previous = out / CONFIG_FILE
     if not (out / "backup").exists() or not previous.exists():
-        return
+        return False
     old = json.loads(previous.read_text())
     new = json.loads(config.to_json())
     changed = sorted(key for key in new if old.get(key) != new[key] and key != "epochs")
     if changed:
         raise ValueError(f"{out} holds an interrupted run with other settings ({', '.join(changed)});"
                          " use another --out or delete it")
+    return True
+
+
+def _clear_run(out: Path) -> None:
+    """Remove a finished run's files before training a new one in the same folder."""
+    import shutil
+
+    for name in (MODEL_FILE, "best.json", "history.csv", CONFIG_FILE):
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "logs", ignore_errors=True)
 
 
 class _TimeBudget(keras.callbacks.Callback):
@@ -468,12 +485,12 @@ class _SaveBestEmbedding(keras.callbacks.Callback):
     resumed run does not overwrite a better model from before the interruption.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, resuming: bool) -> None:
         super().__init__()
         self.path = path
         self.record = path.with_name("best.json")
         self.best = np.inf
-        if self.record.exists() and path.exists():
+        if resuming and self.record.exists() and path.exists():
             self.best = float(json.loads(self.record.read_text())["val_loss"])
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:

@@ -236,6 +236,20 @@ def test_interrupted_training_resumes_where_it_stopped(small_dataset, tmp_path):
     assert epochs == [0, 1, 2, 3]
 
 
+def test_a_finished_model_is_not_replaced_silently(small_dataset, trained, tmp_path):
+    out, config, _ = trained
+    before = (out / "model.keras").read_bytes()
+    with pytest.raises(FileExistsError, match="already holds"):
+        siamese.train([small_dataset], out, config, verbose=0)
+    assert (out / "model.keras").read_bytes() == before
+    quick = siamese.TrainingConfig(width=0.25, epochs=1, steps_per_epoch=2, batch_size=16,
+                                   feature_dim=8)
+    siamese.train([small_dataset], tmp_path, quick, verbose=0)
+    siamese.train([small_dataset], tmp_path, quick, verbose=0, overwrite=True)
+    with open(tmp_path / "history.csv") as f:
+        assert len(list(csv.DictReader(f))) == 1  # the old run's history went with it
+
+
 def test_fixed_mode_and_cli(small_dataset, tmp_path, capsys):
     model = tmp_path / "model"
     code = cli.main(["train", str(small_dataset.path), "--out", str(model), "--epochs", "1",

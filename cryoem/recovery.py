@@ -1,0 +1,330 @@
+"""Recovery: orientations whose geodesic distances match estimated ones (Phase 2).
+
+Minimise ``L_OR = Σ w_ij (d̂_ij − d_q(q_i, q_j))² / Σ w_ij`` over all
+orientations at once — one ``(N, 4)`` tensor, normalised on use, TensorFlow
+gradients, Adam with a decaying learning rate, stopped when the loss stops
+improving.
+
+Initialisation decides everything with learned distances, so the default is
+spectral (:func:`spectral_initialization`): ``cos²(d_ij/2) = <q_i, q_j>²`` is
+the Gram matrix of the 10-dimensional vectors ``vec(q qᵀ)`` (symmetric part,
+off-diagonal entries weighted by √2).  Its 10 leading eigenvectors, scaled by
+``√λ``, embed those vectors up to an unknown orthogonal ``10 × 10`` transform;
+the decoder alternates between reading each point's nearest rank-one unit-trace
+matrix ``q qᵀ`` (its top eigenvector) and fitting the transform by Procrustes,
+from several starts, and keeps the lowest residual — which also flags a failed
+decode.  From exact distances it returns exact orientations (up to O(4)) with
+no gradient step.
+
+Two modes:
+
+* full batch (:func:`recover`) when the ``N × N`` matrix fits in memory;
+* pairs (:func:`recover_pairs`), given a list of pairs and their estimated
+  distances, for large N: memory grows with the number of pairs only.
+  :func:`extend_to_points` places further points from their distances to
+  recovered landmarks, in closed form (the sampled analogue of the spectral
+  initialisation).
+
+Distances cannot see global transformations: results are right up to O(4) at
+best, and :mod:`cryoem.alignment` scores them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from . import rotations
+from ._progress import progress_bar
+
+__all__ = [
+    "RecoveryResult",
+    "spectral_initialization",
+    "extend_to_points",
+    "recover",
+    "recover_pairs",
+    "loss",
+]
+
+FloatArray = NDArray[np.float64]
+
+_SQRT2 = np.sqrt(2.0)
+_ROWS, _COLS = np.triu_indices(4)
+_SCALE = np.where(_ROWS == _COLS, 1.0, _SQRT2)
+
+
+@dataclass
+class RecoveryResult:
+    """Recovered orientations and how they were found."""
+
+    quaternions: FloatArray
+    loss_history: list[float] = field(default_factory=list)
+    initial_loss: float = float("nan")
+    init_residual: float | None = None
+    steps: int = 0
+    seconds: float = 0.0
+
+    @property
+    def final_loss(self) -> float:
+        """The last L_OR (rad²)."""
+        return self.loss_history[-1] if self.loss_history else self.initial_loss
+
+
+# ----------------------------------------------------------------------------
+# Spectral initialisation
+# ----------------------------------------------------------------------------
+def _vec(q: FloatArray) -> FloatArray:
+    """``vec(q qᵀ)`` in the 10-dimensional orthonormal basis of symmetric 4×4 matrices."""
+    outer = q[:, :, None] * q[:, None, :]
+    return outer[:, _ROWS, _COLS] * _SCALE
+
+
+def _unvec(x: FloatArray) -> FloatArray:
+    m = np.zeros((len(x), 4, 4))
+    values = x / _SCALE
+    m[:, _ROWS, _COLS] = values
+    m[:, _COLS, _ROWS] = values
+    return m
+
+
+def _top_eigenvectors(m: FloatArray) -> FloatArray:
+    values, vectors = np.linalg.eigh(m)
+    top = vectors[..., -1] * np.sqrt(np.clip(values[..., -1:], 0, None))
+    return top / np.maximum(np.linalg.norm(top, axis=-1, keepdims=True), 1e-12)
+
+
+def _decode(embedding: FloatArray, restarts: int, iterations: int,
+            rng: np.random.Generator) -> tuple[FloatArray, float]:
+    """Quaternions from points ``Y ≈ vec(q qᵀ) Rᵀ``: alternate top eigenvectors and Procrustes."""
+    best_q, best_residual = None, np.inf
+    for start in range(restarts):
+        transform = np.eye(10) if start == 0 else np.linalg.qr(rng.standard_normal((10, 10)))[0]
+        for _ in range(iterations):
+            q = _top_eigenvectors(_unvec(embedding @ transform))
+            u, _, vt = np.linalg.svd(embedding.T @ _vec(q))
+            transform = u @ vt
+        q = _top_eigenvectors(_unvec(embedding @ transform))
+        residual = float(np.mean(np.sum((embedding @ transform - _vec(q)) ** 2, axis=1)))
+        if residual < best_residual:
+            best_q, best_residual = q, residual
+    assert best_q is not None
+    return rotations.canonical(best_q), best_residual
+
+
+def spectral_initialization(distances: ArrayLike, restarts: int = 8, iterations: int = 60,
+                            seed: int = 0) -> tuple[FloatArray, float]:
+    """Orientations from a dense distance matrix, up to O(4), and the decoder's residual.
+
+    The residual is the mean squared distance between each embedded point and
+    the nearest ``vec(q qᵀ)``: near 0 for consistent distances, large (≳ 0.1)
+    when the decode failed.
+    """
+    from scipy.linalg import eigh
+
+    d = np.asarray(distances, dtype=np.float64)
+    if d.ndim != 2 or d.shape[0] != d.shape[1]:
+        raise ValueError(f"expected a square distance matrix, got shape {d.shape}")
+    n = len(d)
+    if n < 10:
+        raise ValueError("the spectral initialisation needs at least 10 orientations")
+    gram = np.cos(np.clip(d, 0, np.pi) / 2) ** 2
+    gram = (gram + gram.T) / 2
+    np.fill_diagonal(gram, 1.0)
+    values, vectors = eigh(gram, subset_by_index=[n - 10, n - 1])
+    embedding = vectors * np.sqrt(np.clip(values, 0, None))
+    return _decode(embedding, restarts, iterations, np.random.default_rng(seed))
+
+
+def extend_to_points(landmarks: ArrayLike, distances: ArrayLike) -> FloatArray:
+    """Place points from their distances ``(M, K)`` to ``K`` known landmark orientations.
+
+    ``cos²(d/2) = <q, q_k>² = <vec(q qᵀ), vec(q_k q_kᵀ)>`` is linear in
+    ``vec(q qᵀ)``: a least-squares solve per point (all points at once), then
+    the top eigenvector.  Exact for exact distances when K ≥ 10 landmarks are
+    in general position; O(M·K) time and memory.
+    """
+    basis = _vec(rotations.normalize(landmarks))  # (K, 10)
+    targets = np.cos(np.clip(np.asarray(distances, dtype=np.float64), 0, np.pi) / 2) ** 2
+    if targets.shape[1] != len(basis):
+        raise ValueError(f"{targets.shape[1]} distances per point for {len(basis)} landmarks")
+    solution, *_ = np.linalg.lstsq(basis, targets.T, rcond=None)  # (10, M)
+    return rotations.canonical(_top_eigenvectors(_unvec(solution.T)))
+
+
+# ----------------------------------------------------------------------------
+# Gradient descent
+# ----------------------------------------------------------------------------
+def loss(quaternions: ArrayLike, distances: ArrayLike, weights: ArrayLike | None = None) -> float:
+    """L_OR of orientations against a dense distance matrix (pairs ``i < j``), rad²."""
+    q = rotations.normalize(quaternions)
+    d_hat = np.asarray(distances, dtype=np.float64)
+    d_q = 2 * np.arccos(np.clip(np.abs(q @ q.T), 0, 1))
+    rows, cols = np.triu_indices(len(q), k=1)
+    w = np.ones(len(rows)) if weights is None else np.asarray(weights)[rows, cols]
+    return float(np.sum(w * (d_hat[rows, cols] - d_q[rows, cols]) ** 2) / np.sum(w))
+
+
+def _initial(n: int, init: str | ArrayLike, distances: FloatArray | None, seed: int
+             ) -> tuple[FloatArray, float | None]:
+    if isinstance(init, str):
+        if init == "random":
+            return rotations.sample_uniform(n, seed=seed), None
+        if init == "spectral":
+            if distances is None:
+                raise ValueError("the spectral initialisation needs the dense distance matrix")
+            return spectral_initialization(distances, seed=seed)
+        raise ValueError(f"unknown initialisation {init!r}: spectral, random or an (N, 4) array")
+    q = rotations.normalize(init)
+    if q.shape != (n, 4):
+        raise ValueError(f"initial orientations must have shape ({n}, 4), got {q.shape}")
+    return q, None
+
+
+def _descend(q0: FloatArray, rows: NDArray[np.int64], cols: NDArray[np.int64],
+             targets: FloatArray, weights: FloatArray, steps: int, learning_rate: float,
+             tolerance: float, patience: int, progress: bool) -> tuple[FloatArray, list[float]]:
+    """Adam on the pair loss; stops when the loss improved by < ``tolerance`` (relative) for
+    ``patience`` steps."""
+    import tensorflow as tf
+
+    q = tf.Variable(q0.astype(np.float32))
+    rows_t, cols_t = tf.constant(rows), tf.constant(cols)
+    targets_t = tf.constant(targets, tf.float32)
+    weights_t = tf.constant(weights / weights.sum(), tf.float32)
+    schedule = tf.keras.optimizers.schedules.ExponentialDecay(learning_rate, max(steps // 4, 1),
+                                                              0.5)
+    optimizer = tf.keras.optimizers.Adam(schedule)
+
+    @tf.function
+    def step() -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            unit = tf.math.l2_normalize(q, axis=1)
+            cosine = tf.abs(tf.reduce_sum(tf.gather(unit, rows_t) * tf.gather(unit, cols_t), 1))
+            d = 2.0 * tf.acos(tf.clip_by_value(cosine, 0.0, 1.0 - 1e-7))
+            value = tf.reduce_sum(weights_t * tf.square(d - targets_t))
+        optimizer.apply_gradients([(tape.gradient(value, q), q)])
+        return value
+
+    history: list[float] = []
+    best, stale = np.inf, 0
+    for _ in progress_bar(range(steps), total=steps, enable=progress, desc="recovering"):
+        value = float(step())
+        history.append(value)
+        if value < best * (1 - tolerance):
+            best, stale = value, 0
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    return rotations.canonical(q.numpy().astype(np.float64)), history
+
+
+def _pair_weights(targets: FloatArray, max_distance: float | None, far_weight: float) -> FloatArray:
+    weights = np.ones_like(targets)
+    if max_distance is not None:
+        weights[targets > max_distance] = far_weight
+    return weights
+
+
+def recover(
+    distances: ArrayLike,
+    init: str | ArrayLike = "spectral",
+    steps: int = 2000,
+    learning_rate: float = 0.01,
+    max_distance: float | None = None,
+    far_weight: float = 0.1,
+    restarts: int = 1,
+    tolerance: float = 1e-5,
+    patience: int = 100,
+    seed: int = 0,
+    progress: bool = False,
+) -> RecoveryResult:
+    """Recover orientations from a dense ``(N, N)`` matrix of estimated distances (full batch).
+
+    Parameters
+    ----------
+    init
+        ``"spectral"`` (default), ``"random"`` or ``(N, 4)`` quaternions.
+    max_distance, far_weight
+        Pairs whose *estimated* distance exceeds ``max_distance`` weigh
+        ``far_weight`` (the learned distance plateaus at large distances).
+    restarts
+        Runs from different seeds (the spectral decode's random starts and, for
+        random initialisations, the orientations); the lowest final loss wins.
+    steps, learning_rate, tolerance, patience
+        Adam's budget, initial rate (halved every ``steps/4``) and the stopping rule.
+    """
+    import time
+
+    d = np.asarray(distances, dtype=np.float64)
+    if d.ndim != 2 or d.shape[0] != d.shape[1]:
+        raise ValueError(f"expected a square distance matrix, got shape {d.shape}")
+    rows, cols = np.triu_indices(len(d), k=1)
+    targets = np.clip(d[rows, cols], 0, np.pi)
+    weights = _pair_weights(targets, max_distance, far_weight)
+    best: RecoveryResult | None = None
+    for restart in range(restarts):
+        start = time.perf_counter()
+        q0, residual = _initial(len(d), init, d, seed + restart)
+        initial_loss = loss(q0, d, _dense(weights, rows, cols, len(d)))
+        q, history = (_descend(q0, rows, cols, targets, weights, steps, learning_rate, tolerance,
+                               patience, progress) if steps > 0 else (q0, []))
+        result = RecoveryResult(q, history, initial_loss, residual, len(history),
+                                time.perf_counter() - start)
+        if best is None or result.final_loss < best.final_loss:
+            best = result
+    assert best is not None
+    return best
+
+
+def _dense(weights: FloatArray, rows: NDArray, cols: NDArray, n: int) -> FloatArray:
+    full = np.zeros((n, n))
+    full[rows, cols] = weights
+    return full
+
+
+def recover_pairs(
+    n: int,
+    rows: ArrayLike,
+    cols: ArrayLike,
+    distances: ArrayLike,
+    init: str | ArrayLike = "random",
+    steps: int = 2000,
+    learning_rate: float = 0.01,
+    max_distance: float | None = None,
+    far_weight: float = 0.1,
+    tolerance: float = 1e-5,
+    patience: int = 100,
+    seed: int = 0,
+    progress: bool = False,
+) -> RecoveryResult:
+    """Recover ``n`` orientations from estimated distances of a list of pairs (sparse mode).
+
+    Memory grows with the number of pairs, not ``n²``: mix random pairs with
+    each projection's nearest neighbours.  ``init`` is ``"random"`` or
+    ``(n, 4)`` quaternions (e.g. landmarks recovered densely and the rest
+    placed by :func:`extend_to_points`).
+    """
+    import time
+
+    rows = np.asarray(rows, dtype=np.int64)
+    cols = np.asarray(cols, dtype=np.int64)
+    targets = np.clip(np.asarray(distances, dtype=np.float64), 0, np.pi)
+    if not (rows.shape == cols.shape == targets.shape) or rows.ndim != 1:
+        raise ValueError("rows, cols and distances must be 1D arrays of the same length")
+    if len(rows) and (min(rows.min(), cols.min()) < 0 or max(rows.max(), cols.max()) >= n):
+        raise ValueError(f"pair indices must be in [0, {n})")
+    if isinstance(init, str) and init == "spectral":
+        raise ValueError("pairs mode has no dense matrix: use 'random' or give (n, 4) quaternions")
+    start = time.perf_counter()
+    q0, _ = _initial(n, init, None, seed)
+    weights = _pair_weights(targets, max_distance, far_weight)
+    unit = rotations.normalize(q0)
+    d0 = 2 * np.arccos(np.clip(np.abs(np.sum(unit[rows] * unit[cols], axis=1)), 0, 1))
+    initial_loss = float(np.sum(weights * (d0 - targets) ** 2) / np.sum(weights))
+    q, history = (_descend(q0, rows, cols, targets, weights, steps, learning_rate, tolerance,
+                           patience, progress) if steps > 0 else (q0, []))
+    return RecoveryResult(q, history, initial_loss, None, len(history),
+                          time.perf_counter() - start)
