@@ -12,8 +12,8 @@ off-diagonal entries weighted by √2).  Its 10 leading eigenvectors, scaled by
 ``√λ``, embed those vectors up to an unknown orthogonal ``10 × 10`` transform;
 the decoder alternates between reading each point's nearest rank-one unit-trace
 matrix ``q qᵀ`` (its top eigenvector) and fitting the transform by Procrustes,
-from several starts, and keeps the lowest residual — which also flags a failed
-decode.  From exact distances it returns exact orientations (up to O(4)) with
+from starts that satisfy the (linear) unit-trace constraint, until one fits;
+its residual also flags a failed decode.  From exact distances it returns exact orientations (up to O(4)) with
 no gradient step.
 
 Two modes:
@@ -46,6 +46,8 @@ __all__ = [
     "recover",
     "recover_pairs",
     "loss",
+    "save_orientations",
+    "load_orientations",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -95,12 +97,34 @@ def _top_eigenvectors(m: FloatArray) -> FloatArray:
     return top / np.maximum(np.linalg.norm(top, axis=-1, keepdims=True), 1e-12)
 
 
+def _start_transform(embedding: FloatArray, rng: np.random.Generator) -> FloatArray:
+    """A random orthogonal ``R`` that already satisfies the unit-trace constraint.
+
+    ``tr(q qᵀ) = 1`` is linear: ``<vec(q qᵀ), t> = 1`` with ``t = vec(I)``, so
+    ``Y R t = 1`` and ``R t`` must be the least-squares solution ``u`` of
+    ``Y u = 1``.  A reflection turns ``Q t`` onto ``u`` for a random ``Q``.
+    """
+    t = np.where(_ROWS == _COLS, 1.0, 0.0)  # vec(I)
+    u, *_ = np.linalg.lstsq(embedding, np.ones(len(embedding)), rcond=None)
+    q = np.linalg.qr(rng.standard_normal((10, 10)))[0]
+    a, b = q @ t / np.linalg.norm(t), u / max(np.linalg.norm(u), 1e-12)
+    w = a - b
+    householder = np.eye(10) - 2 * np.outer(w, w) / max(w @ w, 1e-300)
+    return (householder @ q).T
+
+
 def _decode(embedding: FloatArray, restarts: int, iterations: int,
-            rng: np.random.Generator) -> tuple[FloatArray, float]:
-    """Quaternions from points ``Y ≈ vec(q qᵀ) Rᵀ``: alternate top eigenvectors and Procrustes."""
+            rng: np.random.Generator, tolerance: float = 1e-10) -> tuple[FloatArray, float]:
+    """Quaternions from points ``Y ≈ vec(q qᵀ) Rᵀ``: alternate top eigenvectors and Procrustes.
+
+    Starts satisfy the trace constraint (:func:`_start_transform`); the
+    alternation has a few poor local minima, so up to ``restarts`` starts run
+    and the first whose residual is below ``tolerance`` (consistent distances)
+    ends the search; otherwise the lowest residual wins.
+    """
     best_q, best_residual = None, np.inf
-    for start in range(restarts):
-        transform = np.eye(10) if start == 0 else np.linalg.qr(rng.standard_normal((10, 10)))[0]
+    for _ in range(restarts):
+        transform = _start_transform(embedding, rng)
         for _ in range(iterations):
             q = _top_eigenvectors(_unvec(embedding @ transform))
             u, _, vt = np.linalg.svd(embedding.T @ _vec(q))
@@ -109,11 +133,13 @@ def _decode(embedding: FloatArray, restarts: int, iterations: int,
         residual = float(np.mean(np.sum((embedding @ transform - _vec(q)) ** 2, axis=1)))
         if residual < best_residual:
             best_q, best_residual = q, residual
+        if best_residual < tolerance:
+            break
     assert best_q is not None
     return rotations.canonical(best_q), best_residual
 
 
-def spectral_initialization(distances: ArrayLike, restarts: int = 8, iterations: int = 60,
+def spectral_initialization(distances: ArrayLike, restarts: int = 40, iterations: int = 60,
                             seed: int = 0) -> tuple[FloatArray, float]:
     """Orientations from a dense distance matrix, up to O(4), and the decoder's residual.
 
@@ -328,3 +354,52 @@ def recover_pairs(
                            patience, progress) if steps > 0 else (q0, []))
     return RecoveryResult(q, history, initial_loss, None, len(history),
                           time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------
+ORIENTATIONS_FORMAT = "cryoem-orientations-1"
+
+
+def save_orientations(path: "str | os.PathLike[str]", quaternions: ArrayLike,
+                      indices: ArrayLike, loss_history: ArrayLike = (),
+                      **attributes: object) -> "Path":
+    """Write recovered orientations (with the dataset indices they belong to) atomically."""
+    import os
+    from pathlib import Path
+
+    import h5py
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with h5py.File(partial, "w") as f:
+            f.create_dataset("orientations", data=rotations.normalize(quaternions))
+            f.create_dataset("indices", data=np.asarray(indices, dtype=np.int64))
+            f.create_dataset("loss_history", data=np.asarray(loss_history, dtype=np.float64))
+            f.attrs["format"] = ORIENTATIONS_FORMAT
+            f.attrs["quaternion_order"] = "".join(rotations.QUATERNION_ORDER)
+            f.attrs.update({k: v for k, v in attributes.items() if v is not None})
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_orientations(path: "str | os.PathLike[str]") -> tuple[FloatArray, NDArray[np.int64],
+                                                              dict[str, object]]:
+    """Read ``(quaternions, indices, attributes)`` written by :func:`save_orientations`."""
+    from pathlib import Path
+
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no orientation file at {path}")
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("format") != ORIENTATIONS_FORMAT:
+            raise ValueError(f"{path} is not a cryoem orientation file")
+        return f["orientations"][()], f["indices"][()], dict(f.attrs)

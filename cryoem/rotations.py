@@ -135,7 +135,10 @@ def axis_angle_to_quaternion(axis: ArrayLike, angle: ArrayLike) -> FloatArray:
     """Quaternion of a rotation by ``angle`` (radians) about ``axis``."""
     axis = np.asarray(axis, dtype=np.float64)
     axis = axis / np.linalg.norm(axis, axis=-1, keepdims=True)
-    half = 0.5 * np.asarray(angle, dtype=np.float64)[..., None]
+    angle = np.asarray(angle, dtype=np.float64)
+    shape = np.broadcast_shapes(axis.shape[:-1], angle.shape)
+    half = 0.5 * np.broadcast_to(angle, shape)[..., None]
+    axis = np.broadcast_to(axis, shape + (3,))
     return np.concatenate([np.cos(half), np.sin(half) * axis], axis=-1)
 
 
