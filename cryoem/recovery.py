@@ -32,6 +32,7 @@ best, and :mod:`cryoem.alignment` scores them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -45,6 +46,8 @@ __all__ = [
     "extend_to_points",
     "recover",
     "recover_pairs",
+    "recover_sampled",
+    "sample_pairs",
     "loss",
     "save_orientations",
     "load_orientations",
@@ -354,6 +357,84 @@ def recover_pairs(
                            patience, progress) if steps > 0 else (q0, []))
     return RecoveryResult(q, history, initial_loss, None, len(history),
                           time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------
+# Large N: landmarks, extension and sampled pairs
+# ----------------------------------------------------------------------------
+PairDistances = Callable[[NDArray[np.int64], NDArray[np.int64]], FloatArray]
+
+
+def sample_pairs(quaternions: ArrayLike, random_per_point: int = 20, neighbours: int = 10,
+                 seed: int = 0) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Pairs for sparse recovery: random partners plus each point's nearest neighbours.
+
+    Neighbours are found among the current orientation estimates with a KD-tree
+    on ``vec(q qᵀ)``, where ``‖X_i − X_j‖² = 2 − 2<q_i, q_j>²`` is monotone in
+    the geodesic distance: O(N log N), no N × N matrix.
+    """
+    from scipy.spatial import cKDTree
+
+    q = rotations.normalize(quaternions)
+    n = len(q)
+    rng = np.random.default_rng(seed)
+    rows = np.repeat(np.arange(n), random_per_point)
+    cols = rng.integers(0, n, len(rows))
+    if neighbours > 0:
+        _, near = cKDTree(_vec(q)).query(_vec(q), k=min(neighbours + 1, n))
+        rows = np.concatenate([rows, np.repeat(np.arange(n), near.shape[1] - 1)])
+        cols = np.concatenate([cols, near[:, 1:].ravel()])
+    keep = rows != cols
+    low, high = np.minimum(rows[keep], cols[keep]), np.maximum(rows[keep], cols[keep])
+    unique = np.unique(low * n + high)
+    return unique // n, unique % n
+
+
+def recover_sampled(
+    n: int,
+    pair_distances: PairDistances,
+    landmarks: int = 1000,
+    random_per_point: int = 20,
+    neighbours: int = 10,
+    chunk: int = 20000,
+    seed: int = 0,
+    progress: bool = False,
+    **descent: Any,
+) -> RecoveryResult:
+    """Recover ``n`` orientations in bounded memory from a function giving pair distances.
+
+    1. Dense spectral recovery of ``landmarks`` random points.
+    2. Every point placed from its distances to the landmarks
+       (:func:`extend_to_points`, ``chunk`` points at a time).
+    3. Gradient descent on random pairs plus nearest neighbours
+       (:func:`sample_pairs`, :func:`recover_pairs`; ``descent`` holds its options).
+
+    Memory: O(landmarks² + chunk·landmarks + n·(random_per_point + neighbours)).
+    """
+    import time
+
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(n, size=min(landmarks, n), replace=False))
+    rows, cols = np.triu_indices(len(chosen), k=1)
+    dense = np.zeros((len(chosen), len(chosen)))
+    dense[rows, cols] = pair_distances(chosen[rows], chosen[cols])
+    dense += dense.T
+    anchor, residual = spectral_initialization(dense, seed=seed)
+    q0 = np.empty((n, 4))
+    for begin in progress_bar(range(0, n, chunk), total=-(-n // chunk), enable=progress,
+                              desc="placing"):
+        block = np.arange(begin, min(begin + chunk, n))
+        d = pair_distances(np.repeat(block, len(chosen)), np.tile(chosen, len(block)))
+        q0[block] = extend_to_points(anchor, d.reshape(len(block), len(chosen)))
+    q0[chosen] = anchor
+    pair_rows, pair_cols = sample_pairs(q0, random_per_point, neighbours, seed)
+    targets = pair_distances(pair_rows, pair_cols)
+    result = recover_pairs(n, pair_rows, pair_cols, targets, init=q0, seed=seed,
+                           progress=progress, **descent)
+    result.init_residual = residual
+    result.seconds = time.perf_counter() - start
+    return result
 
 
 # ----------------------------------------------------------------------------

@@ -164,3 +164,19 @@ def test_recovery_input_errors():
         recovery.recover_pairs(5, [0], [7], [1.0])
     with pytest.raises(ValueError):
         recovery.recover_pairs(5, [0], [1], [1.0], init="spectral")
+
+
+def test_sampled_recovery_in_bounded_memory():
+    q = rotations.sample_uniform(3000, seed=15)
+
+    def exact_pairs(i, j):
+        return rotations.geodesic_distance(q[i], q[j])
+
+    result = recovery.recover_sampled(3000, exact_pairs, landmarks=100, random_per_point=5,
+                                      neighbours=5, chunk=700, steps=50)
+    assert result.init_residual < 1e-8
+    assert alignment.align_o4(result.quaternions, q).mean < 1e-3
+    rows, cols = recovery.sample_pairs(q, random_per_point=3, neighbours=4)
+    assert np.all(rows < cols) and len(rows) <= 3000 * 7
+    near = rotations.geodesic_distance(q[rows], q[cols])
+    assert np.median(near) < 1.5  # the neighbours pull the median far below random (2.2)
