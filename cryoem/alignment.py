@@ -28,6 +28,7 @@ The mean error of Haar-random orientations, before any alignment, is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -101,62 +102,100 @@ def _procrustes(m: FloatArray) -> FloatArray:
     return u @ np.diag([1.0, 1.0, d]) @ vt
 
 
-def _physical_branch(estimated: FloatArray, true: FloatArray,
+def _closest_mates(estimated: FloatArray, mates: FloatArray,
+                   move: Callable[[FloatArray], FloatArray]) -> FloatArray:
+    """Per point, the symmetry mate ``q_i·g`` (``mates`` is (N, |G|, 4)) closest after ``move``."""
+    errors = rotations.geodesic_distance(estimated[:, None, :], move(mates))
+    return mates[np.arange(len(mates)), np.argmin(errors, axis=1)]
+
+
+def _physical_branch(estimated: FloatArray, mates: FloatArray, start: FloatArray,
                      iterations: int) -> tuple[FloatArray, FloatArray]:
-    """Best ``a`` for ``q̂_i ≈ q_i·a``, i.e. ``R̂_i ≈ R_i A``: Procrustes, then reweighting."""
+    """Best ``a`` for ``q̂_i ≈ q_i·g_i·a``, i.e. ``R̂_i ≈ R_i G_i A``.
+
+    Alternates the per-point symmetry mate and Procrustes on the rotation
+    matrices, reweighted towards the minimum of the mean geodesic error.
+    """
     r_hat = rotations.quaternion_to_matrix(estimated)
-    r_true = rotations.quaternion_to_matrix(true)
+    a = start
     weights = np.ones(len(estimated))
+    true = mates[:, 0]
+    r_true = rotations.quaternion_to_matrix(true)
     for _ in range(iterations + 1):
-        # argmin_A Σ w_i ‖R̂_i − R_i A‖² = Procrustes of Σ w_i R_iᵀ R̂_i.
-        a_matrix = _procrustes(np.einsum("n,nji,njk->ik", weights, r_true, r_hat))
+        if mates.shape[1] > 1:
+            true = _closest_mates(estimated, mates, lambda m: rotations.multiply(m, a))
+            r_true = rotations.quaternion_to_matrix(true)
+        # argmin_A Σ w_i ‖R̂_i − R_i A‖² = Procrustes of Σ w_i R_iᵀ R̂_i (three matrix products).
+        weighted = r_true * weights[:, None, None]
+        a_matrix = _procrustes(sum(weighted[:, k, :].T @ r_hat[:, k, :] for k in range(3)))
         a = rotations.matrix_to_quaternion(a_matrix)
-        errors = rotations.geodesic_distance(estimated, rotations.multiply(true, a))
+        # d(q̂_i, q_i·a) from one product: q_i·a = M_a q_i.
+        moved = true @ rotations.multiply(np.eye(4), a)
+        cosines = np.abs(np.sum(estimated * moved, axis=1))
+        errors = 2 * np.arccos(np.clip(cosines, 0.0, 1.0))
         weights = 1.0 / np.maximum(errors, 1e-3)  # L1 (mean geodesic) by reweighting
     return a, errors
 
 
-def align_physical(estimated: ArrayLike, true: ArrayLike, iterations: int = 10) -> Alignment:
+def _starts(order: int, restarts: int, rng: np.random.Generator, dimension: int) -> list[FloatArray]:
+    """The identity plus random starts (only useful when a symmetry or sign must be guessed)."""
+    identity = np.eye(4) if dimension == 4 else np.array([1.0, 0.0, 0.0, 0.0])
+    random = ([np.linalg.qr(rng.standard_normal((4, 4)))[0] for _ in range(restarts)]
+              if dimension == 4 else list(rotations.sample_uniform(restarts, rng)))
+    return [identity] + (random if order > 1 or dimension == 4 else [])
+
+
+def align_physical(estimated: ArrayLike, true: ArrayLike, symmetry: str = "C1",
+                   iterations: int = 10, restarts: int = 8, seed: int = 0) -> Alignment:
     """Physical error ``e_or``: best global rotation of the volume and handedness.
 
-    Runs in O(N): a few 3×3 SVDs after one pass over the orientations.
+    With a point group, each true orientation may be replaced by any of its
+    symmetry mates ``q_i·g`` (same image); the mate is chosen per point, and
+    a few random starts guard against a wrong first assignment.  Runs in
+    O(N·|G|): a few 3×3 SVDs after passes over the orientations.
     """
     est, ref = _check_pair(estimated, true)
+    group = rotations.point_group(symmetry)
+    rng = np.random.default_rng(seed)
     best: Alignment | None = None
     for flipped in (False, True):
         candidate = flip_handedness(ref) if flipped else ref
-        a, errors = _physical_branch(est, candidate, iterations)
-        result = Alignment(errors, "physical", a, flipped)
-        if best is None or result.mean < best.mean:
-            best = result
+        mates = rotations.multiply(candidate[:, None, :], group)
+        for start in _starts(len(group), restarts, rng, 3):
+            a, errors = _physical_branch(est, mates, start, iterations)
+            result = Alignment(errors, "physical", a, flipped)
+            if best is None or result.mean < best.mean:
+                best = result
     assert best is not None
     return best
 
 
-def align_o4(estimated: ArrayLike, true: ArrayLike, restarts: int = 8, iterations: int = 30,
-             seed: int = 0) -> Alignment:
+def align_o4(estimated: ArrayLike, true: ArrayLike, symmetry: str = "C1", restarts: int = 8,
+             iterations: int = 30, seed: int = 0) -> Alignment:
     """The paper's error ``e_or_o4``: best ``T ∈ O(4)`` on the quaternions.
 
-    Alternates the per-point signs ``s_i = sign<q̂_i, T q_i>`` and the 4D
-    orthogonal Procrustes for ``T``, from the identity and ``restarts``
-    random starts, keeping the lowest mean error.
+    Alternates the per-point signs ``s_i = sign<q̂_i, T q_i>`` (and symmetry
+    mates) and the 4D orthogonal Procrustes for ``T``, reweighted towards the
+    mean geodesic error, from the identity and ``restarts`` random starts,
+    keeping the lowest mean error.
     """
     est, ref = _check_pair(estimated, true)
+    mates = rotations.multiply(ref[:, None, :], rotations.point_group(symmetry))
     rng = np.random.default_rng(seed)
-    starts = [np.eye(4)] + [np.linalg.qr(rng.standard_normal((4, 4)))[0] for _ in range(restarts)]
     best: Alignment | None = None
-    for t in starts:
+    for t in _starts(len(mates[0]), restarts, rng, 4):
         weights = np.ones(len(est))
         for _ in range(iterations):
-            moved = ref @ t.T
-            signs = np.where(np.sum(est * moved, axis=1) < 0, -1.0, 1.0)
-            errors = 2 * np.arccos(np.clip(np.abs(np.sum(est * moved, axis=1)), 0, 1))
+            chosen = _closest_mates(est, mates, lambda m: m @ t.T)
+            moved = chosen @ t.T
+            cosines = np.sum(est * moved, axis=1)
+            signs = np.where(cosines < 0, -1.0, 1.0)
+            errors = 2 * np.arccos(np.clip(np.abs(cosines), 0, 1))
             weights = 1.0 / np.maximum(errors, 1e-3)
-            u, _, vt = np.linalg.svd((est * (signs * weights)[:, None]).T @ ref)
+            u, _, vt = np.linalg.svd((est * (signs * weights)[:, None]).T @ chosen)
             t = u @ vt
-        moved = ref @ t.T
-        errors = rotations.geodesic_distance(est, moved)
-        result = Alignment(errors, "o4", t)
+        chosen = _closest_mates(est, mates, lambda m: m @ t.T)
+        result = Alignment(rotations.geodesic_distance(est, chosen @ t.T), "o4", t)
         if best is None or result.mean < best.mean:
             best = result
     assert best is not None

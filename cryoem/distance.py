@@ -110,14 +110,8 @@ class ExactDistance(Estimator):
         return rotations.point_group(self.symmetry or data.attrs.get("symmetry", "C1"))
 
     def matrix(self, data: Dataset, indices: ArrayLike | None = None) -> FloatArray:
-        q = rotations.normalize(data.orientations[_select(data, indices)])
-        best = np.zeros((len(q), len(q)))
-        for g in self._group(data):  # |<q_i, q_j g>|, largest over the group
-            best = np.maximum(best, np.abs(q @ rotations.multiply(q, g).T))
-        best = np.maximum(best, best.T)
-        d = 2 * np.arccos(np.clip(best, 0.0, 1.0))
-        np.fill_diagonal(d, 0.0)
-        return d
+        q = data.orientations[_select(data, indices)]
+        return rotations.symmetric_distance_matrix(q, self._group(data))
 
     def pairs(self, data: Dataset, i: ArrayLike, j: ArrayLike,
               indices: ArrayLike | None = None) -> FloatArray:

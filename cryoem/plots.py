@@ -166,3 +166,155 @@ def save(figure: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
     figure.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(figure)
     return path
+
+
+# ----------------------------------------------------------------------------
+# Orientation recovery (Phase 2)
+# ----------------------------------------------------------------------------
+__all__ += ["viewing_directions", "orientation_errors", "recovery_errors", "loss_vs_error",
+            "recovery_curves"]
+
+
+def viewing_directions(estimated: ArrayLike, true: ArrayLike, title: str = "",
+                       max_points: int = 500, seed: int = 0) -> Any:
+    """Estimated vs true viewing directions on a Mollweide map, one segment per projection.
+
+    ``true`` should already be in the estimate's frame (``Alignment.apply(true)``).
+    Estimated directions are coloured by their angle to the true one (degrees);
+    grey segments join each pair (pairs that straddle the map's edge are not
+    joined).  At most ``max_points`` projections are drawn.  Two axes: the
+    map and its colour bar.
+    """
+    import matplotlib.pyplot as plt
+
+    est = rotations.viewing_direction(estimated)
+    ref = rotations.viewing_direction(true)
+    shown = np.random.default_rng(seed).permutation(len(est))[:max_points]
+    est, ref = est[shown], ref[shown]
+    angle = np.degrees(np.arccos(np.clip(np.sum(est * ref, axis=1), -1, 1)))
+
+    def lon_lat(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.arctan2(d[:, 1], d[:, 0]), np.arcsin(np.clip(d[:, 2], -1, 1))
+
+    (lon_e, lat_e), (lon_t, lat_t) = lon_lat(est), lon_lat(ref)
+    fig = plt.figure(figsize=(8, 4.5))
+    ax = fig.add_subplot(111, projection="mollweide")
+    joined = np.abs(lon_e - lon_t) < np.pi / 2
+    for k in np.flatnonzero(joined):
+        ax.plot([lon_t[k], lon_e[k]], [lat_t[k], lat_e[k]], color="0.6", lw=0.5, zorder=1)
+    ax.scatter(lon_t, lat_t, s=14, facecolors="none", edgecolors="k", linewidths=0.5,
+               label="true (aligned)", zorder=2)
+    points = ax.scatter(lon_e, lat_e, c=angle, s=8, cmap="viridis", vmin=0, vmax=180,
+                        label="estimated", zorder=3)
+    fig.colorbar(points, ax=ax, shrink=0.7, label="viewing-direction error (°)")
+    ax.grid(True)
+    ax.legend(loc="lower right", fontsize=7)
+    ax.set_title(f"{title} — median {np.median(angle):.1f}°" if title
+                 else f"median {np.median(angle):.1f}°", fontsize=10)
+    return fig
+
+
+def orientation_errors(alignments: Any, bins: int = 18, title: str = "") -> Any:
+    """Histograms of the per-projection errors of one or several alignments (one axes).
+
+    ``alignments`` is a :class:`cryoem.alignment.Alignment` or a mapping
+    ``label → Alignment``; counts come from :meth:`Alignment.histogram`
+    (on ``[0, π]``), drawn as fractions of the projections, with each mean
+    as a dashed vertical line.
+    """
+    import matplotlib.pyplot as plt
+
+    from collections.abc import Mapping
+
+    named = alignments if isinstance(alignments, Mapping) else {"": alignments}
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k, (label, alignment) in enumerate(named.items()):
+        counts, edges = alignment.histogram(bins)
+        color = f"C{k}"
+        name = f"{label}: " if label else ""
+        ax.stairs(counts / max(counts.sum(), 1), edges, color=color, lw=1.5,
+                  label=f"{name}mean {alignment.mean:.3f} rad ({alignment.metric})")
+        ax.axvline(alignment.mean, color=color, ls="--", lw=1)
+    ax.set_xlim(0, np.pi)
+    ax.set_xlabel("per-projection error $e_i$ (rad)")
+    ax.set_ylabel("fraction of projections")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def recovery_errors(table: Any, reference: float | None = None,
+                    title: str = "E_OR by estimator and metric") -> Any:
+    """Grouped bars: ``table[estimator][metric]`` = mean error (rad); one axes.
+
+    ``reference`` (e.g. :data:`cryoem.alignment.RANDOM_MEAN_ERROR`) is drawn
+    as a dashed horizontal line.
+    """
+    import matplotlib.pyplot as plt
+
+    estimators = list(table)
+    metrics = list(dict.fromkeys(m for row in table.values() for m in row))
+    width = 0.8 / max(len(metrics), 1)
+    x = np.arange(len(estimators))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(estimators) + 2), 4))
+    for k, metric in enumerate(metrics):
+        values = [table[e].get(metric, np.nan) for e in estimators]
+        bars = ax.bar(x + (k - (len(metrics) - 1) / 2) * width, values, width, label=metric)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    if reference is not None:
+        ax.axhline(reference, color="k", ls="--", lw=1, label=f"random ({reference:.2f} rad)")
+    ax.set_xticks(x, estimators, rotation=20, ha="right")
+    ax.set_ylabel("$E_{OR}$ (rad)")
+    ax.set_ylim(0, np.pi)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def loss_vs_error(losses: Sequence[float], errors: Sequence[float],
+                  labels: Sequence[str] | None = None, title: str = "",
+                  xlabel: str = "$L_{OR}$ (rad²)", ylabel: str = "$E_{OR}$ (rad)") -> Any:
+    """Scatter of the final loss against the error, one point per run (optionally labelled)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.scatter(losses, errors, s=30)
+    for k, label in enumerate(labels or []):
+        ax.annotate(label, (losses[k], errors[k]), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def recovery_curves(histories: Any, title: str = "recovery") -> Any:
+    """L_OR (rad², log scale) per gradient step for one or several runs; one axes.
+
+    ``histories`` is a sequence of losses or a mapping ``label → sequence``
+    (e.g. ``[result.initial_loss, *result.loss_history]``: step 0 is the
+    initialisation).
+    """
+    import matplotlib.pyplot as plt
+
+    from collections.abc import Mapping
+
+    named = histories if isinstance(histories, Mapping) else {"": histories}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, values in named.items():
+        values = np.asarray(values, dtype=np.float64)
+        ax.plot(np.arange(len(values)), values, label=label or None)
+    ax.set_yscale("log")
+    ax.set_xlabel("gradient step")
+    ax.set_ylabel("$L_{OR}$ (rad²)")
+    ax.set_title(title)
+    if any(named):
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

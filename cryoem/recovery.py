@@ -185,11 +185,12 @@ def extend_to_points(landmarks: ArrayLike, distances: ArrayLike) -> FloatArray:
 # ----------------------------------------------------------------------------
 # Gradient descent
 # ----------------------------------------------------------------------------
-def loss(quaternions: ArrayLike, distances: ArrayLike, weights: ArrayLike | None = None) -> float:
+def loss(quaternions: ArrayLike, distances: ArrayLike, weights: ArrayLike | None = None,
+         symmetry: str = "C1") -> float:
     """L_OR of orientations against a dense distance matrix (pairs ``i < j``), rad²."""
     q = rotations.normalize(quaternions)
     d_hat = np.asarray(distances, dtype=np.float64)
-    d_q = 2 * np.arccos(np.clip(np.abs(q @ q.T), 0, 1))
+    d_q = rotations.symmetric_distance_matrix(q, symmetry)
     rows, cols = np.triu_indices(len(q), k=1)
     w = np.ones(len(rows)) if weights is None else np.asarray(weights)[rows, cols]
     return float(np.sum(w * (d_hat[rows, cols] - d_q[rows, cols]) ** 2) / np.sum(w))
@@ -211,13 +212,36 @@ def _initial(n: int, init: str | ArrayLike, distances: FloatArray | None, seed: 
     return q, None
 
 
+def right_multiplication_matrices(group: ArrayLike) -> FloatArray:
+    """4×4 matrices ``M_g`` with ``q·g = M_g q`` for each quaternion ``g`` of a group."""
+    basis = np.eye(4)
+    return np.stack([rotations.multiply(basis, g).T for g in rotations.normalize(group)])
+
+
+def to_asymmetric_unit(quaternions: ArrayLike, symmetry: str = "C1") -> FloatArray:
+    """The representative ``q·g`` of each orientation closest to the identity.
+
+    The orientations of a symmetric particle are defined up to ``q → q·g``;
+    the set of rotations nearer the identity than any of their symmetry mates
+    (the Dirichlet cell of the group) is an asymmetric unit, so picking the
+    mate with the largest ``|w|`` is a canonical choice.
+    """
+    group = rotations.point_group(symmetry)
+    mates = rotations.multiply(rotations.normalize(quaternions)[:, None, :], group)
+    best = np.argmax(np.abs(mates[..., 0]), axis=1)
+    return rotations.canonical(mates[np.arange(len(mates)), best])
+
+
 def _descend(q0: FloatArray, rows: NDArray[np.int64], cols: NDArray[np.int64],
              targets: FloatArray, weights: FloatArray, steps: int, learning_rate: float,
-             tolerance: float, patience: int, progress: bool) -> tuple[FloatArray, list[float]]:
+             tolerance: float, patience: int, progress: bool,
+             symmetry: str = "C1") -> tuple[FloatArray, list[float]]:
     """Adam on the pair loss; stops when the loss improved by < ``tolerance`` (relative) for
-    ``patience`` steps."""
+    ``patience`` steps.  With a point group the distance is ``min_g d(q_i, q_j·g)``."""
     import tensorflow as tf
 
+    mates = tf.constant(right_multiplication_matrices(rotations.point_group(symmetry)),
+                        tf.float32)
     q = tf.Variable(q0.astype(np.float32))
     rows_t, cols_t = tf.constant(rows), tf.constant(cols)
     targets_t = tf.constant(targets, tf.float32)
@@ -230,7 +254,8 @@ def _descend(q0: FloatArray, rows: NDArray[np.int64], cols: NDArray[np.int64],
     def step() -> tf.Tensor:
         with tf.GradientTape() as tape:
             unit = tf.math.l2_normalize(q, axis=1)
-            cosine = tf.abs(tf.reduce_sum(tf.gather(unit, rows_t) * tf.gather(unit, cols_t), 1))
+            moved = tf.einsum("kab,pb->kpa", mates, tf.gather(unit, cols_t))  # q_j·g
+            cosine = tf.reduce_max(tf.abs(tf.reduce_sum(tf.gather(unit, rows_t) * moved, -1)), 0)
             d = 2.0 * tf.acos(tf.clip_by_value(cosine, 0.0, 1.0 - 1e-7))
             value = tf.reduce_sum(weights_t * tf.square(d - targets_t))
         optimizer.apply_gradients([(tape.gradient(value, q), q)])
@@ -247,7 +272,7 @@ def _descend(q0: FloatArray, rows: NDArray[np.int64], cols: NDArray[np.int64],
             stale += 1
             if stale >= patience:
                 break
-    return rotations.canonical(q.numpy().astype(np.float64)), history
+    return to_asymmetric_unit(q.numpy().astype(np.float64), symmetry), history
 
 
 def _pair_weights(targets: FloatArray, max_distance: float | None, far_weight: float) -> FloatArray:
@@ -267,6 +292,7 @@ def recover(
     restarts: int = 1,
     tolerance: float = 1e-5,
     patience: int = 100,
+    symmetry: str = "C1",
     seed: int = 0,
     progress: bool = False,
 ) -> RecoveryResult:
@@ -284,8 +310,18 @@ def recover(
         random initialisations, the orientations); the lowest final loss wins.
     steps, learning_rate, tolerance, patience
         Adam's budget, initial rate (halved every ``steps/4``) and the stopping rule.
+    symmetry
+        Point group of the particle: the distances are then ``min_g d(q_i, q_j·g)``
+        and the loss uses the same; orientations come back in the asymmetric
+        unit (:func:`to_asymmetric_unit`).  The spectral decode assumes plain
+        distances, so a symmetric group starts from random orientations
+        (use ``restarts``).
     """
     import time
+
+    if rotations.point_group(symmetry).shape[0] > 1 and isinstance(init, str) \
+            and init == "spectral":
+        init = "random"
 
     d = np.asarray(distances, dtype=np.float64)
     if d.ndim != 2 or d.shape[0] != d.shape[1]:
@@ -297,9 +333,9 @@ def recover(
     for restart in range(restarts):
         start = time.perf_counter()
         q0, residual = _initial(len(d), init, d, seed + restart)
-        initial_loss = loss(q0, d, _dense(weights, rows, cols, len(d)))
+        initial_loss = loss(q0, d, _dense(weights, rows, cols, len(d)), symmetry)
         q, history = (_descend(q0, rows, cols, targets, weights, steps, learning_rate, tolerance,
-                               patience, progress) if steps > 0 else (q0, []))
+                               patience, progress, symmetry) if steps > 0 else (q0, []))
         result = RecoveryResult(q, history, initial_loss, residual, len(history),
                                 time.perf_counter() - start)
         if best is None or result.final_loss < best.final_loss:
@@ -326,6 +362,7 @@ def recover_pairs(
     far_weight: float = 0.1,
     tolerance: float = 1e-5,
     patience: int = 100,
+    symmetry: str = "C1",
     seed: int = 0,
     progress: bool = False,
 ) -> RecoveryResult:
@@ -350,11 +387,10 @@ def recover_pairs(
     start = time.perf_counter()
     q0, _ = _initial(n, init, None, seed)
     weights = _pair_weights(targets, max_distance, far_weight)
-    unit = rotations.normalize(q0)
-    d0 = 2 * np.arccos(np.clip(np.abs(np.sum(unit[rows] * unit[cols], axis=1)), 0, 1))
+    d0 = rotations.symmetric_distance(q0[rows], q0[cols], symmetry)
     initial_loss = float(np.sum(weights * (d0 - targets) ** 2) / np.sum(weights))
     q, history = (_descend(q0, rows, cols, targets, weights, steps, learning_rate, tolerance,
-                           patience, progress) if steps > 0 else (q0, []))
+                           patience, progress, symmetry) if steps > 0 else (q0, []))
     return RecoveryResult(q, history, initial_loss, None, len(history),
                           time.perf_counter() - start)
 

@@ -80,6 +80,7 @@ __all__ = [
     "viewing_direction",
     "point_group",
     "symmetric_distance",
+    "symmetric_distance_matrix",
     "SAMPLING_MODES",
 ]
 
@@ -490,6 +491,19 @@ def symmetric_distance(q1: ArrayLike, q2: ArrayLike, symmetry: str | ArrayLike =
     q2 = _as_quaternions(q2)
     moved = multiply(q2[..., None, :], group)  # (..., |G|, 4)
     return np.min(geodesic_distance(q1[..., None, :], moved), axis=-1)
+
+
+def symmetric_distance_matrix(q: ArrayLike, symmetry: str | ArrayLike = "C1") -> FloatArray:
+    """All pairwise ``min_g d(q_i, q_j·g)`` as an ``(N, N)`` matrix (symmetric, zero diagonal)."""
+    group = point_group(symmetry) if isinstance(symmetry, str) else normalize(symmetry)
+    unit = normalize(q)
+    best = np.zeros((len(unit), len(unit)))
+    for g in group:  # |<q_i, q_j g>|, largest over the group
+        best = np.maximum(best, np.abs(unit @ multiply(unit, g).T))
+    best = np.maximum(best, best.T)
+    d = 2.0 * np.arccos(np.clip(best, 0.0, 1.0))
+    np.fill_diagonal(d, 0.0)
+    return d
 
 
 # ----------------------------------------------------------------------------

@@ -245,12 +245,7 @@ class FixedBatches(keras.utils.PyDataset):
 
 def target_matrix(quaternions: NDArray, group: NDArray) -> NDArray[np.float32]:
     """Symmetry-aware true distances ``min_g d(q_i, q_j·g)`` as a ``(B, B)`` matrix."""
-    q = rotations.normalize(quaternions)
-    best = np.zeros((len(q), len(q)))
-    for g in group:
-        best = np.maximum(best, np.abs(q @ rotations.multiply(q, g).T))
-    best = np.maximum(best, best.T)
-    return (2 * np.arccos(np.clip(best, 0.0, 1.0))).astype(np.float32)
+    return rotations.symmetric_distance_matrix(quaternions, group).astype(np.float32)
 
 
 class RenderedBatches(keras.utils.PyDataset):

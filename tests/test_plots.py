@@ -1,0 +1,65 @@
+"""The Phase-2 figures of cryoem.plots build, with the expected number of axes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib")
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from cryoem import alignment, plots, rotations  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.fixture
+def pair():
+    true = rotations.sample_uniform(40, seed=0)
+    noise = rotations.axis_angle_to_quaternion(np.random.default_rng(1).standard_normal((40, 3)),
+                                               np.full(40, 0.2))
+    return rotations.multiply(true, noise), true
+
+
+def test_viewing_directions(pair):
+    estimated, true = pair
+    fit = alignment.align_physical(estimated, true)
+    fig = plots.viewing_directions(estimated, fit.apply(true), title="test", max_points=30)
+    assert len(fig.axes) == 2  # map + colour bar
+
+
+def test_orientation_errors(pair):
+    estimated, true = pair
+    one = alignment.align_o4(estimated, true)
+    assert len(plots.orientation_errors(one).axes) == 1
+    both = {"o4": one, "physical": alignment.align_physical(estimated, true)}
+    fig = plots.orientation_errors(both, bins=12, title="errors")
+    assert len(fig.axes) == 1
+    assert len(fig.axes[0].get_legend().get_texts()) == 2
+
+
+def test_recovery_errors():
+    table = {"exact": {"o4": 0.0, "physical": 1.6}, "learned": {"o4": 1.2, "physical": 1.9}}
+    fig = plots.recovery_errors(table, reference=alignment.RANDOM_MEAN_ERROR)
+    assert len(fig.axes) == 1
+    assert len(fig.axes[0].patches) == 4
+
+
+def test_loss_vs_error():
+    fig = plots.loss_vs_error([0.1, 0.2, 0.5], [0.05, 0.3, 1.2], labels=["a", "b", "c"],
+                              title="runs")
+    assert len(fig.axes) == 1
+
+
+def test_recovery_curves():
+    assert len(plots.recovery_curves([1.0, 0.5, 0.2]).axes) == 1
+    fig = plots.recovery_curves({"spectral": [0.5, 0.4], "random": [1.2, 0.9, 0.7]})
+    assert len(fig.axes) == 1
+    assert len(fig.axes[0].get_lines()) == 2
