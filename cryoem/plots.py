@@ -208,9 +208,10 @@ def viewing_directions(estimated: ArrayLike, true: ArrayLike, title: str = "",
                         label="estimated", zorder=3)
     fig.colorbar(points, ax=ax, shrink=0.7, label="viewing-direction error (°)")
     ax.grid(True)
+    ax.tick_params(labelsize=7)
     ax.legend(loc="lower right", fontsize=7)
     ax.set_title(f"{title} — median {np.median(angle):.1f}°" if title
-                 else f"median {np.median(angle):.1f}°", fontsize=10)
+                 else f"median {np.median(angle):.1f}°", fontsize=10, pad=14)
     return fig
 
 
@@ -231,9 +232,8 @@ def orientation_errors(alignments: Any, bins: int = 18, title: str = "") -> Any:
     for k, (label, alignment) in enumerate(named.items()):
         counts, edges = alignment.histogram(bins)
         color = f"C{k}"
-        name = f"{label}: " if label else ""
         ax.stairs(counts / max(counts.sum(), 1), edges, color=color, lw=1.5,
-                  label=f"{name}mean {alignment.mean:.3f} rad ({alignment.metric})")
+                  label=f"{label or alignment.metric}: mean {alignment.mean:.3f} rad")
         ax.axvline(alignment.mean, color=color, ls="--", lw=1)
     ax.set_xlim(0, np.pi)
     ax.set_xlabel("per-projection error $e_i$ (rad)")
