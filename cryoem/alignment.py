@@ -183,7 +183,13 @@ def align_o4(estimated: ArrayLike, true: ArrayLike, symmetry: str = "C1", restar
     mates = rotations.multiply(ref[:, None, :], rotations.point_group(symmetry))
     rng = np.random.default_rng(seed)
     best: Alignment | None = None
-    for t in _starts(len(mates[0]), restarts, rng, 4):
+    # The physical transforms are part of O(4): starting from the physical optimum
+    # guarantees e_or_o4 <= e_or even when the random starts miss.
+    physical = align_physical(est, ref, symmetry, seed=seed)
+    as_o4 = rotations.multiply(np.eye(4), physical.transform).T  # q -> q·a as a matrix
+    if physical.flipped:
+        as_o4 = as_o4 @ np.diag([1.0, -1.0, -1.0, 1.0])
+    for t in [as_o4] + _starts(len(mates[0]), restarts, rng, 4):
         weights = np.ones(len(est))
         for _ in range(iterations):
             chosen = _closest_mates(est, mates, lambda m: m @ t.T)

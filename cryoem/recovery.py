@@ -73,8 +73,8 @@ class RecoveryResult:
 
     @property
     def final_loss(self) -> float:
-        """The last L_OR (rad²)."""
-        return self.loss_history[-1] if self.loss_history else self.initial_loss
+        """L_OR (rad²) of the returned orientations: the best point the descent visited."""
+        return min(self.loss_history) if self.loss_history else self.initial_loss
 
 
 # ----------------------------------------------------------------------------
@@ -263,16 +263,21 @@ def _descend(q0: FloatArray, rows: NDArray[np.int64], cols: NDArray[np.int64],
 
     history: list[float] = []
     best, stale = np.inf, 0
+    best_q = q0
     for _ in progress_bar(range(steps), total=steps, enable=progress, desc="recovering"):
+        before = q.numpy()  # the loss returned by a step belongs to the point before it
         value = float(step())
         history.append(value)
+        if value < best:
+            best_q = before.astype(np.float64)
         if value < best * (1 - tolerance):
             best, stale = value, 0
         else:
+            best = min(best, value)
             stale += 1
             if stale >= patience:
                 break
-    return to_asymmetric_unit(q.numpy().astype(np.float64), symmetry), history
+    return to_asymmetric_unit(best_q, symmetry), history
 
 
 def _pair_weights(targets: FloatArray, max_distance: float | None, far_weight: float) -> FloatArray:
