@@ -58,9 +58,11 @@ class FrameResolution:
     score
         Mean common-line correlation of the choice.
     runner_up
-        Best score of a candidate that is neither the choice nor its handedness twin.
+        Best score of an alternative: the other branch, or a candidate of this
+        branch far (> 0.5 rad) from the choice and its handedness twin.
     noise
-        Standard error of a pair-mean score (spread of per-pair correlations / √pairs).
+        Standard error of the score difference to the runner-up (paired over
+        the same image pairs).
     """
 
     quaternions: FloatArray
@@ -222,8 +224,8 @@ def _refine(lines: NDArray[np.complex128], recovered: FloatArray, pairs_i: NDArr
     return rotations.canonical(rotations.multiply(delta, start))
 
 
-def resolve_frame(images: ArrayLike, recovered: ArrayLike, n_pairs: int = 4000,
-                  n_axes: int = 600, n_angles: int = 120, radii: ArrayLike | None = None,
+def resolve_frame(images: ArrayLike, recovered: ArrayLike, n_pairs: int = 1500,
+                  n_axes: int = 300, n_angles: int = 72, radii: ArrayLike | None = None,
                   refine_pairs: int = 20000, seed: int = 0,
                   progress: bool = False) -> FrameResolution:
     """Choose ``C`` and the branch so that ``R'_i = C·f(R̂_i)`` agree with the images' common lines.
@@ -263,27 +265,34 @@ def resolve_frame(images: ArrayLike, recovered: ArrayLike, n_pairs: int = 4000,
         best = _refine(lines, matrices, fine_i, fine_j, start, transposed, step)
         per_pair = score_candidates(lines, matrices, fine_i, fine_j, best[None], transposed,
                                     per_pair=True)[0]
-        found.append((float(per_pair.mean()), transposed, best, per_pair, scores, axes, k, a))
-
+        found.append((float(per_pair.mean()), transposed, best, per_pair, scores))
     found.sort(key=lambda item: -item[0])
-    score, transposed, best, per_pair, scores, _, _, _ = found[0]
-    other_branch = found[1][0]
-    runner_up = max(other_branch, _best_non_twin(scores, axes, best, step))
-    noise = float(np.std(per_pair) / np.sqrt(len(per_pair)))
+    score, transposed, best, per_pair, scores = found[0]
+
+    # Alternatives, scored on the same pairs: the other branch's best, and the best coarse
+    # candidates of this branch away from the choice and its handedness twin.
+    alternatives = [found[1][3]]
+    far = _far_candidates(scores, axes, best, step)
+    if len(far):
+        alternatives.extend(score_candidates(lines, matrices, fine_i, fine_j, far, transposed,
+                                             per_pair=True))
+    runner = max(alternatives, key=lambda values: values.mean())
+    difference = per_pair - runner
+    noise = float(np.std(difference) / np.sqrt(len(difference)))
     base = rotations.conjugate(recovered_q) if transposed else recovered_q
     resolved = rotations.canonical(rotations.multiply(best, base))
-    return FrameResolution(resolved, best, transposed, score, runner_up, noise)
+    return FrameResolution(resolved, best, transposed, score, float(runner.mean()), noise)
 
 
-def _best_non_twin(scores: FloatArray, axes: FloatArray, best: FloatArray, step: float,
-                   exclusion: float = 0.35) -> float:
-    """Best coarse score away from the chosen ``C`` and its twin ``R_z(π)·C`` (> ``exclusion`` rad)."""
+def _far_candidates(scores: FloatArray, axes: FloatArray, best: FloatArray, step: float,
+                    exclusion: float = 0.5, count: int = 5) -> FloatArray:
+    """The ``count`` best coarse candidates farther than ``exclusion`` rad from ``C`` and ``R_z(π)·C``."""
     twin = rotations.multiply(rotations.axis_angle_to_quaternion([0, 0, 1], np.pi), best)
     candidates = _turned(_frames(axes), step * np.arange(scores.shape[1]))
     far = ((rotations.geodesic_distance(candidates, best) > exclusion)
            & (rotations.geodesic_distance(candidates, twin) > exclusion))
-    flat = scores.ravel()
-    return float(flat[far].max()) if np.any(far) else float("-inf")
+    order = np.argsort(-np.where(far, scores.ravel(), -np.inf))[:count]
+    return candidates[order[far[order]]]
 
 
 def _random_pairs(n: int, count: int, rng: np.random.Generator) -> tuple[NDArray, NDArray]:

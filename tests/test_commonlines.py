@@ -1,0 +1,88 @@
+"""Resolving the frame that distances cannot see, from the images' common lines."""
+
+import numpy as np
+import pytest
+
+from cryoem import alignment, commonlines, projection, recovery, rotations, volumes
+
+
+@pytest.fixture(scope="module")
+def views():
+    """Projections of an asymmetric (chiral) phantom and their true orientations."""
+    phantom = volumes.gaussian_phantom(32, n_blobs=8, sigma=1.8, seed=4)
+    q = rotations.sample_uniform(250, seed=1)
+    return projection.project(phantom.data, q), q
+
+
+def scrambled(q, seed, transposed):
+    """What recovery from distances may return: B·f(R_i)·A with f the identity or transpose."""
+    b, a = rotations.sample_uniform(2, seed=seed)
+    base = rotations.conjugate(q) if transposed else q
+    return rotations.multiply(rotations.multiply(b, base), a)
+
+
+@pytest.mark.parametrize("seed, transposed", [(3, False), (4, True)])
+def test_exact_orientations_up_to_o4_are_resolved(views, seed, transposed):
+    images, q = views
+    recovered = scrambled(q, seed, transposed)
+    assert alignment.align_o4(recovered, q).mean < 1e-6
+    assert alignment.align_physical(recovered, q).mean > 0.3  # wrong for reconstruction
+    result = commonlines.resolve_frame(images, recovered, seed=seed)
+    assert alignment.align_physical(result.quaternions, q).mean < 0.01
+    assert result.transposed == transposed
+    assert result.distinguishable and result.score > 0.9
+
+
+def test_low_snr_still_picks_the_right_frame(views):
+    images, q = views
+    noisy, _ = projection.add_noise(images, 1 / 16, seed=2)
+    estimate = recovery.spectral_initialization(rotations.geodesic_distance_matrix(q))[0]
+    clean = commonlines.resolve_frame(images, estimate)
+    result = commonlines.resolve_frame(noisy, estimate)
+    # The right (C, branch): same branch, C within the noise of the clean choice or its twin
+    # (a wrong choice is off by a radian or more); precision is limited by 250 noisy images.
+    assert result.transposed == clean.transposed
+    twin = rotations.multiply(rotations.axis_angle_to_quaternion([0, 0, 1], np.pi),
+                              clean.rotation)
+    off = min(rotations.geodesic_distance(result.rotation, clean.rotation),
+              rotations.geodesic_distance(result.rotation, twin))
+    assert off < 0.25
+    assert alignment.align_physical(result.quaternions, q).mean < 0.25
+    assert result.confidence > 5
+
+
+def test_the_handedness_twin_scores_the_same(views):
+    """R_i -> R_z(π)·R_i is the mirror image up to A: the score cannot tell them apart."""
+    images, q = views
+    lines = commonlines.fourier_lines(images)
+    matrices = rotations.quaternion_to_matrix(q)
+    i, j = np.arange(0, 200), np.arange(50, 250)
+    identity = np.array([[1.0, 0, 0, 0]])
+    twin = rotations.axis_angle_to_quaternion([0, 0, 1], np.pi)[None]
+    other = rotations.axis_angle_to_quaternion([1, 0, 0], 0.7)[None]
+    scores = [commonlines.score_candidates(lines, matrices, i, j, c, False)[0]
+              for c in (identity, twin, other)]
+    assert scores[0] == pytest.approx(scores[1], abs=1e-6) and scores[0] > 0.95
+    assert scores[2] < scores[0] - 0.1
+
+
+def test_fourier_lines_are_central_sections(views):
+    """Line at angle 0 = 1D Fourier transform of the image summed along y (2D slice theorem)."""
+    images, _ = views
+    radii = np.arange(1, 9)
+    lines = commonlines.fourier_lines(images[:3], n_angles=4, radii=radii)
+    profile = images[:3].sum(axis=1)  # integrate over y: function of x
+    x = np.arange(32) - 16
+    expected = np.exp(-2j * np.pi * radii[:, None] * x[None, :] / 32) @ profile.T  # (R, 3)
+    expected = (expected / np.linalg.norm(expected, axis=0)).T
+    np.testing.assert_allclose(lines[:, 0, :], expected, atol=1e-6)
+    # Angle π is the conjugate line (real images).
+    np.testing.assert_allclose(lines[:, 2, :], np.conj(lines[:, 0, :]), atol=1e-6)
+
+
+def test_bad_inputs(views):
+    images, q = views
+    with pytest.raises(ValueError):
+        commonlines.resolve_frame(images[:5], q[:4])
+    with pytest.raises(ValueError):
+        commonlines.resolve_frame(images[:2], q[:2])
