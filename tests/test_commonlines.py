@@ -86,3 +86,24 @@ def test_bad_inputs(views):
         commonlines.resolve_frame(images[:5], q[:4])
     with pytest.raises(ValueError):
         commonlines.resolve_frame(images[:2], q[:2])
+
+
+def test_recover_command_resolves_the_frame_by_default(tmp_path, capsys):
+    from cryoem import cli, datasets
+
+    data = tmp_path / "d.h5"
+    datasets.generate(volumes.gaussian_phantom(24, n_blobs=8, sigma=1.5, seed=2), 300, data,
+                      seed=1)
+    out = tmp_path / "o.h5"
+    assert cli.main(["recover", str(data), "--estimator", "exact", "--out", str(out),
+                     "--quiet", "--steps", "50"]) == 0
+    text = capsys.readouterr().out
+    assert "handedness" in text and "common lines" in text
+    q, indices, attrs = recovery.load_orientations(out)
+    assert len(q) == len(indices) == len(datasets.load(data, images=False).split["test"])
+    assert attrs["e_or_o4_rad"] < 1e-3 and attrs["e_or_rad"] < 0.02
+    assert attrs["e_or_before_frame_rad"] > 0.3 and attrs["frame_resolved"]
+    plain = tmp_path / "plain.h5"
+    assert cli.main(["recover", str(data), "--estimator", "exact", "--out", str(plain),
+                     "--quiet", "--steps", "0", "--no-resolve-frame"]) == 0
+    assert not recovery.load_orientations(plain)[2]["frame_resolved"]
