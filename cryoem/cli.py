@@ -297,6 +297,135 @@ def run_recover(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------
+# cryoem reconstruct
+# ----------------------------------------------------------------------------
+def add_reconstruct_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", type=Path, metavar="DATA.h5", help="dataset")
+    parser.add_argument("--orientations", type=Path, default=None, metavar="ORIENT.h5",
+                        help="recovered orientations (default: the true ones, an oracle)")
+    parser.add_argument("--out", type=Path, required=True, metavar="MAP.mrc")
+    parser.add_argument("--reference", type=Path, default=None, metavar="TRUE.mrc",
+                        help="map to score against (default: the dataset's ground truth)")
+    parser.add_argument("--half-maps", action="store_true",
+                        help="also reconstruct two random halves and report their FSC at 0.143")
+    parser.add_argument("--oracle-shifts", action="store_true",
+                        help="use the true shifts (an oracle reconstruction, labelled as such)")
+    parser.add_argument("--iterations", type=int, default=30, help="conjugate-gradient steps")
+    parser.add_argument("--regularization", type=float, default=1e-3,
+                        help="Tikhonov weight relative to the data term's mean diagonal")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_reconstruct(args: argparse.Namespace) -> int:
+    """Reconstruct a map from projections and orientations; report its FSC resolution."""
+    from . import alignment, datasets, reconstruction, recovery, resolution, volumes
+
+    data = datasets.load(args.data)
+    notes = []
+    if args.orientations is None:
+        indices = np.arange(len(data))
+        orientations = data.orientations
+        notes.append("true orientations (oracle)")
+    else:
+        orientations, indices, _ = recovery.load_orientations(args.orientations)
+        orientations = _into_truth_frame(orientations, data, indices, alignment, notes)
+    shifts = data.shifts[indices] if args.oracle_shifts else None
+    if args.oracle_shifts:
+        notes.append("true shifts (oracle)")
+    elif np.any(data.shifts != 0):
+        notes.append("no shifts estimated yet: the images' shifts are ignored")
+    options = dict(shifts=shifts, ctf=data.ctf[indices] if data.ctf is not None else None,
+                   pixel_size=data.pixel_size, iterations=args.iterations,
+                   regularization=args.regularization, progress=not args.quiet)
+    images = data.projections[indices]
+    result = reconstruction.reconstruct(images, orientations, **options)
+    volumes.save_map(volumes.Volume(result.data, data.pixel_size, args.out.stem), args.out)
+    reference = (volumes.load_map(args.reference).data if args.reference is not None
+                 else data.volume)
+    line = f"wrote {args.out}: {len(indices)} images, {result.iterations} CG iterations"
+    if reference is not None:
+        curve = resolution.fsc(result.data, reference, data.pixel_size)
+        line += f"; FSC 0.5 against the truth: {curve.resolution(0.5):.2f} Å"
+    if args.half_maps:
+        first, second, _ = reconstruction.half_maps(images, orientations, **options)
+        for k, half in enumerate((first, second), start=1):
+            volumes.save_map(volumes.Volume(half.data, data.pixel_size),
+                             args.out.with_name(f"{args.out.stem}_half{k}.mrc"))
+        curve = resolution.fsc(first.data, second.data, data.pixel_size, mask=True)
+        line += f"; half maps FSC 0.143: {curve.resolution(0.143):.2f} Å"
+    print(line + (f" [{'; '.join(notes)}]" if notes else ""))
+    return 0
+
+
+def _into_truth_frame(orientations: np.ndarray, data: object, indices: np.ndarray,
+                      alignment: object, notes: list[str]) -> np.ndarray:
+    """Turn resolved orientations into the truth's frame with the physical transform.
+
+    The reconstruction itself never needs this: it only puts the map in the
+    same frame (and hand) as the ground truth so that an FSC can compare them.
+    """
+    from . import rotations
+
+    truth = getattr(data, "orientations")[indices]
+    fit = alignment.align_physical(orientations, truth, getattr(data, "attrs").get("symmetry", "C1"))
+    moved = rotations.multiply(orientations, rotations.conjugate(fit.transform))
+    if fit.flipped:
+        moved = alignment.flip_handedness(moved)
+    notes.append("orientations put in the truth's frame by the physical alignment "
+                 f"(global rotation{', mirrored' if fit.flipped else ''}; E_OR {fit.mean:.3f} rad)"
+                 " before reconstructing, only so the FSC can compare the maps")
+    return moved
+
+
+# ----------------------------------------------------------------------------
+# cryoem export-relion / import-relion
+# ----------------------------------------------------------------------------
+def add_export_relion_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", type=Path, metavar="DATA.h5", help="dataset")
+    parser.add_argument("--orientations", type=Path, default=None, metavar="ORIENT.h5",
+                        help="recovered orientations (default: the dataset's own)")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR")
+    parser.add_argument("--overwrite", action="store_true")
+
+
+def run_export_relion(args: argparse.Namespace) -> int:
+    """Write the particles as an MRCS stack and a RELION STAR file."""
+    from . import datasets, recovery, relion
+
+    data = datasets.load(args.data)
+    orientations = indices = None
+    if args.orientations is not None:
+        orientations, indices, _ = recovery.load_orientations(args.orientations)
+    star = relion.export_relion(data, args.out, orientations=orientations, indices=indices,
+                                overwrite=args.overwrite)
+    count = len(data) if indices is None else len(indices)
+    print(f"wrote {star} and its stack: {count} particles at {data.pixel_size:.3g} Å/px")
+    return 0
+
+
+def add_import_relion_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("star", type=Path, metavar="PARTICLES.star")
+    parser.add_argument("--out", type=Path, required=True, metavar="DATA.h5")
+    parser.add_argument("--size", type=int, default=None,
+                        help="resample the particles to this box (what a trained model expects)")
+    parser.add_argument("--pixel-size", type=float, default=None,
+                        help="Å/px when the STAR file lacks it")
+    parser.add_argument("--overwrite", action="store_true")
+
+
+def run_import_relion(args: argparse.Namespace) -> int:
+    """Turn a RELION particle set (STAR + MRCS) into a dataset."""
+    from . import datasets, relion
+
+    path = relion.import_relion(args.star, args.out, size=args.size, pixel_size=args.pixel_size,
+                                overwrite=args.overwrite)
+    data = datasets.load(path, images=False)
+    print(f"wrote {path}: {len(data)} particles of {data.size} px at {data.pixel_size:.3g} Å/px"
+          f"{', with CTF' if data.ctf is not None else ''}")
+    return 0
+
+
+# ----------------------------------------------------------------------------
 # Assembly
 # ----------------------------------------------------------------------------
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
@@ -305,6 +434,9 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
     "train": (add_train_args, run_train),
     "distances": (add_distances_args, run_distances),
     "recover": (add_recover_args, run_recover),
+    "reconstruct": (add_reconstruct_args, run_reconstruct),
+    "export-relion": (add_export_relion_args, run_export_relion),
+    "import-relion": (add_import_relion_args, run_import_relion),
     "volumes": (add_volumes_args, run_volumes),
 }
 

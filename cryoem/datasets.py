@@ -7,6 +7,7 @@ Layout of a dataset file (all arrays chunked for streaming)::
     /shifts         (N, 2)    float64   true in-plane shifts (dx, dy) in pixels
     /ctf            (N, 7)    float64   CTF parameters (attribute "fields"), only with a CTF
     /volume         (L, L, L) float32   the ground-truth map at the same L and pixel size
+                                        (absent for imported particles)
     /split/train, /split/validation, /split/test   int64 indices (disjoint)
 
 and attributes on the root: ``format``, ``version`` (of cryoem), ``source``,
@@ -43,7 +44,7 @@ from . import __version__, projection, rotations
 from ._progress import progress_bar
 from .volumes import Volume
 
-__all__ = ["Dataset", "generate", "load", "read_images", "split_indices", "FORMAT",
+__all__ = ["Dataset", "generate", "save", "load", "read_images", "split_indices", "FORMAT",
            "DEFAULT_SPLIT"]
 
 #: Identifies a cryoem dataset file.
@@ -66,7 +67,7 @@ class Dataset:
     projections: NDArray[np.float32] | None
     orientations: NDArray[np.float64]
     shifts: NDArray[np.float64]
-    volume: NDArray[np.float32]
+    volume: NDArray[np.float32] | None
     split: dict[str, NDArray[np.int64]]
     attrs: dict[str, Any]
     ctf: projection.CTFParameters | None = None
@@ -78,7 +79,12 @@ class Dataset:
     @property
     def size(self) -> int:
         """Image edge ``L`` in pixels."""
-        return int(self.volume.shape[0])
+        if "size" in self.attrs:
+            return int(self.attrs["size"])
+        source = self.projections if self.projections is not None else self.volume
+        if source is None:
+            raise ValueError("this dataset holds neither images nor a volume")
+        return int(source.shape[-1])
 
     @property
     def pixel_size(self) -> float:
@@ -215,6 +221,55 @@ def generate(
     return out
 
 
+def save(path: str | os.PathLike, projections: NDArray, orientations: NDArray,
+         shifts: NDArray, pixel_size: float, *, ctf: projection.CTFParameters | None = None,
+         volume: NDArray | None = None, split: dict[str, NDArray] | None = None,
+         overwrite: bool = False, **attributes: Any) -> Path:
+    """Write a dataset from arrays in memory (e.g. imported particles), atomically.
+
+    ``split`` defaults to :func:`split_indices` with seed 0; ``attributes`` are
+    stored on the root next to the format, version, pixel size and convention.
+    """
+    import h5py
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    projections = np.asarray(projections, dtype=np.float32)
+    n, size = len(projections), projections.shape[-1]
+    if projections.shape != (n, size, size) or np.shape(orientations) != (n, 4) \
+            or np.shape(shifts) != (n, 2):
+        raise ValueError("projections (N, L, L), orientations (N, 4) and shifts (N, 2) must agree")
+    split = split or split_indices(n)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with h5py.File(partial, "w") as f:
+            f.create_dataset("projections", data=projections,
+                             chunks=(max(1, min(n, 2**18 // (size * size))), size, size))
+            f.create_dataset("orientations", data=rotations.normalize(orientations))
+            f.create_dataset("shifts", data=np.asarray(shifts, dtype=np.float64))
+            if ctf is not None:
+                f.create_dataset("ctf", data=ctf.as_array())
+                f["ctf"].attrs["fields"] = list(projection.CTFParameters.FIELDS)
+            if volume is not None:
+                f.create_dataset("volume", data=np.asarray(volume, dtype=np.float32))
+            for name, indices in split.items():
+                f.create_dataset(f"split/{name}", data=np.asarray(indices, dtype=np.int64))
+            f.attrs.update({"format": FORMAT, "version": __version__,
+                            "pixel_size": float(pixel_size), "convention": CONVENTION,
+                            "quaternion_order": "".join(rotations.QUATERNION_ORDER),
+                            "ctf": ctf is not None,
+                            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                                timespec="seconds")})
+            f.attrs.update({k: v for k, v in attributes.items() if v is not None})
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def _attributes(volume: Volume, snr: float, noise_var: float, signal_variance: float,
                 max_shift: float, ctf: bool, sampling: str, seed: int) -> dict[str, Any]:
     return {
@@ -270,7 +325,7 @@ def load(path: str | os.PathLike, images: bool = True) -> Dataset:
         try:
             orientations = f["orientations"][()]
             shifts = f["shifts"][()]
-            volume = f["volume"][()]
+            volume = f["volume"][()] if "volume" in f else None
             split = {name: f[f"split/{name}"][()] for name in ("train", "validation", "test")}
             ctf = projection.CTFParameters.from_array(f["ctf"][()]) if "ctf" in f else None
             shape = f["projections"].shape
@@ -279,11 +334,12 @@ def load(path: str | os.PathLike, images: bool = True) -> Dataset:
             raise ValueError(f"{path} is missing an array: {error}") from error
         attrs = {key: _plain(value) for key, value in f.attrs.items()}
     n = len(orientations)
-    size = volume.shape[0]
+    size = shape[-1]
+    attrs["size"] = int(size)
     expected = {"projections": (n, size, size), "orientations": (n, 4), "shifts": (n, 2),
                 "volume": (size, size, size)}
     actual = {"projections": shape, "orientations": orientations.shape, "shifts": shifts.shape,
-              "volume": volume.shape}
+              "volume": (size,) * 3 if volume is None else volume.shape}
     for name, want in expected.items():
         if tuple(actual[name]) != want:
             raise ValueError(f"{path}: {name} has shape {tuple(actual[name])}, expected {want}")

@@ -318,3 +318,48 @@ def recovery_curves(histories: Any, title: str = "recovery") -> Any:
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def common_line_scores(angles: ArrayLike, curves: Any, samples: Any = None,
+                       best: float | None = None, marks: Any = None, title: str = "") -> Any:
+    """Common-line scores of candidate frames (:func:`cryoem.commonlines.score_candidates`).
+
+    Left axes: ``curves[label]``, the scores of a one-parameter family of
+    candidates at ``angles`` (radians, drawn in degrees), e.g. ``R_z(t)·C``
+    around a chosen ``C``.  ``marks`` maps a label to an ``(angle, score)``
+    point to annotate (the choice, its handedness twin).  Right axes, only
+    when ``samples`` is given: histograms of ``samples[label]``, the scores of
+    random candidates (e.g. one per branch).  ``best`` (the chosen frame's
+    score) is drawn as a dashed line on both.
+    """
+    import matplotlib.pyplot as plt
+
+    degrees = np.degrees(np.asarray(angles, dtype=np.float64))
+    panels = 2 if samples else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
+    ax = axes[0, 0]
+    for label, values in curves.items():
+        ax.plot(degrees, np.asarray(values, dtype=np.float64), label=label)
+    for label, (angle, value) in (marks or {}).items():
+        ax.plot([np.degrees(angle)], [value], "o", color="k", ms=5)
+        ax.annotate(label, (np.degrees(angle), value), fontsize=8, xytext=(4, -12),
+                    textcoords="offset points")
+    if best is not None:
+        ax.axhline(best, color="k", ls="--", lw=1, label=f"chosen ({best:.3f})")
+    ax.set_xlabel("angle t (degrees)")
+    ax.set_ylabel("mean common-line correlation")
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
+    if samples:
+        ax = axes[0, 1]
+        for label, values in samples.items():
+            ax.hist(np.asarray(values, dtype=np.float64), bins=30, alpha=0.6, label=label)
+        if best is not None:
+            ax.axvline(best, color="k", ls="--", lw=1, label="chosen")
+        ax.set_xlabel("mean common-line correlation")
+        ax.set_ylabel("random candidates")
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

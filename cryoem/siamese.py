@@ -418,6 +418,10 @@ def _training_batches(datasets: Sequence[Dataset], config: TrainingConfig) -> ke
                             shuffle=True, seed=config.seed)
     if config.mode != "rendered":
         raise ValueError(f"unknown training mode {config.mode!r}: rendered or fixed")
+    missing = [str(d.path) for d in datasets if d.volume is None]
+    if missing:
+        raise ValueError(f"rendered mode draws images from the ground-truth volume, which "
+                         f"{', '.join(missing)} lacks (imported particles): use --mode fixed")
     return RenderedBatches(
         [d.volume for d in datasets], [d.pixel_size for d in datasets],
         [d.attrs.get("symmetry", "C1") for d in datasets],

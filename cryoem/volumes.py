@@ -60,6 +60,7 @@ __all__ = [
     "pad_to_cube",
     "center",
     "resample",
+    "fourier_resample",
     "spherical_mask",
     "lowpass_nyquist",
     "normalize",
@@ -505,25 +506,46 @@ def center(data: ArrayLike) -> NDArray[np.float32]:
     return np.real(np.fft.ifftn(shifted)).astype(np.float32)
 
 
+def fourier_resample(data: ArrayLike, size: int,
+                     axes: tuple[int, ...] = (-3, -2, -1)) -> NDArray[np.float32]:
+    """Resample the square/cubic ``axes`` of an array to ``size`` by Fourier cropping or padding.
+
+    Values keep their scale (a constant stays the same constant); the sample
+    spacing changes by ``old / size``.  Works on stacks (e.g. images ``(N, L, L)``
+    with ``axes=(-2, -1)``).
+    """
+    data = np.asarray(data, dtype=np.float32)
+    old = data.shape[axes[0]]
+    if any(data.shape[a] != old for a in axes):
+        raise ValueError(f"resampling needs equal edges along {axes}, got shape {data.shape}")
+    if old == size:
+        return data.copy()
+    spectrum = np.fft.fftshift(np.fft.fftn(data, axes=axes), axes=axes)
+    common = min(old, size)
+    src = slice(old // 2 - common // 2, old // 2 - common // 2 + common)
+    dst = slice(size // 2 - common // 2, size // 2 - common // 2 + common)
+    shape = list(data.shape)
+    for a in axes:
+        shape[a] = size
+    out = np.zeros(shape, dtype=np.complex128)
+    index_out = [slice(None)] * data.ndim
+    index_in = [slice(None)] * data.ndim
+    for a in axes:
+        index_out[a], index_in[a] = dst, src
+    out[tuple(index_out)] = spectrum[tuple(index_in)]
+    result = np.real(np.fft.ifftn(np.fft.ifftshift(out, axes=axes), axes=axes))
+    return (result * (size / old) ** len(axes)).astype(np.float32)
+
+
 def resample(data: ArrayLike, size: int) -> NDArray[np.float32]:
     """Resample a cubic map to ``size`` voxels by Fourier cropping or zero-padding.
 
     The voxel size changes by ``old_size / size``; values keep their scale.
     """
-    data = np.asarray(data, dtype=np.float32)
-    old = data.shape[0]
+    data = np.asarray(data)
     if data.ndim != 3 or len(set(data.shape)) != 1:
         raise ValueError(f"resample needs a cubic map, got shape {data.shape}")
-    if old == size:
-        return data.copy()
-    spectrum = np.fft.fftshift(np.fft.fftn(data))
-    common = min(old, size)
-    out = np.zeros((size,) * 3, dtype=np.complex128)
-    src = slice(old // 2 - common // 2, old // 2 - common // 2 + common)
-    dst = slice(size // 2 - common // 2, size // 2 - common // 2 + common)
-    out[dst, dst, dst] = spectrum[src, src, src]
-    result = np.real(np.fft.ifftn(np.fft.ifftshift(out))) * (size / old) ** 3
-    return result.astype(np.float32)
+    return fourier_resample(data, size)
 
 
 def spherical_mask(size: int, radius: float | None = None, edge: float = 3.0) -> NDArray[np.float32]:

@@ -63,3 +63,16 @@ def test_recovery_curves():
     fig = plots.recovery_curves({"spectral": [0.5, 0.4], "random": [1.2, 0.9, 0.7]})
     assert len(fig.axes) == 1
     assert len(fig.axes[0].get_lines()) == 2
+
+
+def test_common_line_scores():
+    angles = np.linspace(-np.pi, np.pi, 37)
+    curves = {"turn": np.cos(angles) ** 2, "tilt": np.cos(angles / 2) ** 2}
+    fig = plots.common_line_scores(angles, curves, best=1.0,
+                                   marks={"C": (0.0, 1.0), "twin": (np.pi, 1.0)})
+    assert len(fig.axes) == 1
+    assert len(fig.axes[0].get_legend().get_texts()) == 3  # two curves + the chosen score
+    samples = {"plain": np.random.default_rng(0).uniform(0, 1, 50),
+               "transposed": np.random.default_rng(1).uniform(0, 0.5, 50)}
+    fig = plots.common_line_scores(angles, curves, samples=samples, best=1.0, title="landscape")
+    assert len(fig.axes) == 2

@@ -1,0 +1,200 @@
+"""RELION files: export particles for RELION/cryoSPARC, import them back as a dataset.
+
+A particle set is an ``.mrcs`` stack and a ``.star`` file (RELION ≥ 3.1) with
+an ``optics`` table (pixel size, image size, voltage, Cs, amplitude contrast)
+and a ``particles`` table (``rlnImageName``, ``rlnAngleRot/Tilt/Psi``,
+``rlnOriginXAngst/YAngst``, defocus when there is a CTF), read and written
+with ``starfile``.
+
+Conventions, tested on hand-worked cases:
+
+* angles: RELION's matrix of ``(rot, tilt, psi)`` *is* ``R_i``
+  (:mod:`cryoem.rotations`);
+* images: the ``.mrcs`` stores ``img[y, x]`` as in the datasets (no flip);
+* shifts: RELION's origin points *to* the centre: a particle drawn at
+  ``+dx`` pixels has ``rlnOriginXAngst = −dx · pixel size``;
+* defocus in Å and the astigmatism angle in degrees, as in the datasets.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from . import projection, rotations
+from .datasets import Dataset
+
+__all__ = ["export_relion", "import_relion", "read_star"]
+
+STACK_NAME = "particles.mrcs"
+STAR_NAME = "particles.star"
+
+_CTF_COLUMNS = {"defocus_u": "rlnDefocusU", "defocus_v": "rlnDefocusV",
+                "defocus_angle": "rlnDefocusAngle", "phase_shift": "rlnPhaseShift"}
+_OPTICS_COLUMNS = {"voltage": "rlnVoltage", "cs": "rlnSphericalAberration",
+                   "amplitude_contrast": "rlnAmplitudeContrast"}
+
+
+def export_relion(data: Dataset, out_dir: str | os.PathLike, *,
+                  orientations: ArrayLike | None = None, shifts: ArrayLike | None = None,
+                  indices: ArrayLike | None = None, overwrite: bool = False) -> Path:
+    """Write ``particles.mrcs`` and ``particles.star`` for the projections ``indices``.
+
+    ``orientations`` (quaternions) and ``shifts`` (pixels) default to the
+    dataset's own (the ground truth of a simulation).  Returns the STAR path.
+    """
+    import mrcfile
+    import pandas as pd
+    import starfile
+
+    out = Path(out_dir)
+    star_path, stack_path = out / STAR_NAME, out / STACK_NAME
+    if star_path.exists() and not overwrite:
+        raise FileExistsError(f"{star_path} exists; pass overwrite=True (--overwrite)")
+    index = np.arange(len(data)) if indices is None else np.asarray(indices)
+    q = data.orientations[index] if orientations is None else rotations.normalize(orientations)
+    s = data.shifts[index] if shifts is None else np.asarray(shifts, dtype=np.float64)
+    if len(q) != len(index) or s.shape != (len(index), 2):
+        raise ValueError("orientations and shifts must match the exported projections")
+    images = np.asarray(data.projections[index], dtype=np.float32)
+    out.mkdir(parents=True, exist_ok=True)
+    pixel = data.pixel_size
+
+    partial_stack = out / f".{STACK_NAME}.partial"
+    with mrcfile.new(partial_stack, overwrite=True) as mrc:
+        mrc.set_data(images)
+        mrc.set_image_stack()
+        mrc.voxel_size = pixel
+    angles = rotations.quaternion_to_euler(q)
+    particles: dict[str, Any] = {
+        "rlnImageName": [f"{k + 1:06d}@{STACK_NAME}" for k in range(len(index))],
+        "rlnAngleRot": angles[:, 0], "rlnAngleTilt": angles[:, 1], "rlnAnglePsi": angles[:, 2],
+        "rlnOriginXAngst": -s[:, 0] * pixel, "rlnOriginYAngst": -s[:, 1] * pixel,
+        "rlnOpticsGroup": np.ones(len(index), dtype=int),
+    }
+    ctf = data.ctf[index] if data.ctf is not None else None
+    optics = {"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
+              "rlnImagePixelSize": [pixel], "rlnImageSize": [images.shape[-1]],
+              "rlnImageDimensionality": [2]}
+    if ctf is not None:
+        for name, column in _CTF_COLUMNS.items():
+            particles[column] = getattr(ctf, name)
+        for name, column in _OPTICS_COLUMNS.items():
+            values = np.unique(getattr(ctf, name))
+            if len(values) != 1:
+                raise ValueError(f"{name} varies between particles: one optics group needs one")
+            optics[column] = [float(values[0])]
+    else:  # RELION requires these even without a CTF to correct
+        optics.update({"rlnVoltage": [300.0], "rlnSphericalAberration": [2.7],
+                       "rlnAmplitudeContrast": [0.1]})
+    partial_star = out / f".{STAR_NAME}.partial"
+    starfile.write({"optics": pd.DataFrame(optics), "particles": pd.DataFrame(particles)},
+                   partial_star, overwrite=True)
+    os.replace(partial_stack, stack_path)
+    os.replace(partial_star, star_path)
+    return star_path
+
+
+def read_star(path: str | os.PathLike) -> tuple[Any, Any]:
+    """The ``(optics, particles)`` tables of a RELION ≥ 3.1 STAR file (optics may be ``None``)."""
+    import starfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no STAR file at {path}")
+    try:
+        blocks = starfile.read(path, always_dict=True)
+    except Exception as error:  # noqa: BLE001 - starfile raises several types
+        raise ValueError(f"{path} is not a readable STAR file: {error}") from error
+    particles = blocks.get("particles")
+    if particles is None:
+        tables = [block for block in blocks.values() if "rlnImageName" in getattr(block, "columns", [])]
+        if not tables:
+            raise ValueError(f"{path} has no particle table (no rlnImageName column)")
+        particles = tables[0]
+    return blocks.get("optics"), particles
+
+
+def _read_images(names: list[str], folder: Path) -> NDArray[np.float32]:
+    """Images named ``index@stack.mrcs`` (1-based), each stack opened once, memory-mapped."""
+    import mrcfile
+
+    parsed = [name.split("@", 1) for name in names]
+    images = []
+    stacks: dict[str, Any] = {}
+    try:
+        for index, stack in parsed:
+            if stack not in stacks:
+                path = Path(stack) if Path(stack).is_absolute() else folder / stack
+                if not path.is_file():
+                    raise FileNotFoundError(f"image stack {path} named in the STAR file is missing")
+                stacks[stack] = mrcfile.mmap(path, mode="r", permissive=True)
+            data = stacks[stack].data
+            data = data[None] if data.ndim == 2 else data
+            images.append(np.array(data[int(index) - 1], dtype=np.float32))
+    finally:
+        for handle in stacks.values():
+            handle.close()
+    return np.stack(images)
+
+
+def import_relion(star_path: str | os.PathLike, out: str | os.PathLike, *,
+                  size: int | None = None, pixel_size: float | None = None,
+                  normalize: bool = True, overwrite: bool = False) -> Path:
+    """Turn a RELION particle set into a cryoem dataset (no ground-truth volume).
+
+    Images are resampled by Fourier cropping/padding to ``size`` pixels (the
+    pixel size follows) and, with ``normalize``, scaled to zero mean and unit
+    variance over the stack, so that a trained model sees what it expects.
+    Missing angles or origins read as zero; a CTF is kept when defocus columns exist.
+    """
+    from .datasets import save
+    from .volumes import fourier_resample
+
+    star_path = Path(star_path)
+    optics, particles = read_star(star_path)
+    images = _read_images(list(particles["rlnImageName"]), star_path.parent)
+    group = _optics_for(optics, particles)
+    pixel = pixel_size or float(group.get("rlnImagePixelSize", group.get("rlnPixelSize", 0)) or 0)
+    if not pixel > 0:
+        raise ValueError(f"{star_path}: no pixel size (rlnImagePixelSize); pass --pixel-size")
+    original = images.shape[-1]
+    if size is not None and size != original:
+        images = fourier_resample(images, size, axes=(-2, -1))
+        pixel *= original / size
+    if normalize:
+        images = (images - images.mean()) / max(float(images.std()), 1e-12)
+
+    def column(name: str) -> NDArray[np.float64]:
+        return np.asarray(particles[name], dtype=np.float64) if name in particles \
+            else np.zeros(len(particles))
+
+    angles = np.stack([column("rlnAngleRot"), column("rlnAngleTilt"), column("rlnAnglePsi")], -1)
+    shifts = -np.stack([column("rlnOriginXAngst"), column("rlnOriginYAngst")], -1) / pixel
+    ctf = None
+    if "rlnDefocusU" in particles:
+        ctf = projection.CTFParameters(
+            defocus_u=column("rlnDefocusU"),
+            defocus_v=column("rlnDefocusV") if "rlnDefocusV" in particles else column("rlnDefocusU"),
+            defocus_angle=column("rlnDefocusAngle"),
+            voltage=float(group.get("rlnVoltage", 300.0)),
+            cs=float(group.get("rlnSphericalAberration", 2.7)),
+            amplitude_contrast=float(group.get("rlnAmplitudeContrast", 0.1)),
+            phase_shift=column("rlnPhaseShift"))
+    return save(out, images, rotations.euler_to_quaternion(angles), shifts, pixel, ctf=ctf,
+                overwrite=overwrite, source=str(star_path), volume_name=star_path.stem,
+                symmetry="C1", snr=float("nan"), noisy=True, max_shift=float("nan"),
+                imported=True)
+
+
+def _optics_for(optics: Any, particles: Any) -> dict[str, Any]:
+    """The optics group of the particles (one group supported), as a plain dict."""
+    if optics is None or len(optics) == 0:
+        return {}
+    if "rlnOpticsGroup" in particles and particles["rlnOpticsGroup"].nunique() > 1:
+        raise ValueError("several optics groups: import each group separately")
+    return dict(optics.iloc[0])

@@ -1,0 +1,198 @@
+"""Phase 3: reconstruction, FSC and RELION files."""
+
+import mrcfile
+import numpy as np
+import pytest
+import starfile
+
+from cryoem import (cli, datasets, projection, reconstruction, relion, resolution, rotations,
+                    volumes)
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return volumes.resolve("phantom", 32)
+
+
+# ---------------------------------------------------------------- reconstruction
+def test_many_exact_projections_recover_a_band_limited_phantom(phantom):
+    q = rotations.sample_uniform(1500, seed=0)
+    images = projection.project(phantom.data, q)
+    result = reconstruction.reconstruct(images, q, regularization=1e-6, iterations=40)
+    curve = resolution.fsc(result.data, phantom.data)
+    assert np.all(curve.values[curve.shells <= 0.8 * 16] > 0.9)
+    assert np.corrcoef(result.data.ravel(), phantom.data.ravel())[0, 1] > 0.999
+    assert result.residuals[-1] < result.residuals[0]
+
+
+def test_shifts_and_ctf_are_undone(phantom):
+    q = rotations.sample_uniform(1500, seed=1)
+    shifts = projection.sample_shifts(1500, 3.0, seed=2)
+    ctf = projection.sample_ctf(1500, defocus_range=(8000, 15000), seed=3)
+    images = projection.project(phantom.data, q, shifts=shifts, ctf=ctf, pixel_size=3.0)
+    corrected = reconstruction.reconstruct(images, q, shifts=shifts, ctf=ctf, pixel_size=3.0,
+                                           iterations=40, regularization=1e-3)
+    ignored = reconstruction.reconstruct(images, q, pixel_size=3.0, iterations=40)
+    good = np.corrcoef(corrected.data.ravel(), phantom.data.ravel())[0, 1]
+    bad = np.corrcoef(ignored.data.ravel(), phantom.data.ravel())[0, 1]
+    assert good > 0.99 and bad < 0.95
+
+
+def test_random_orientations_give_a_poor_map(phantom):
+    q = rotations.sample_uniform(800, seed=4)
+    images = projection.project(phantom.data, q)
+    random = reconstruction.reconstruct(images, rotations.sample_uniform(800, seed=5))
+    curve = resolution.fsc(random.data, phantom.data)
+    assert curve.resolution(0.5) > 4 * 2.0  # far from Nyquist (2 px)
+
+
+def test_half_maps_are_disjoint_and_agree(phantom):
+    q = rotations.sample_uniform(1200, seed=6)
+    images = projection.project(phantom.data, q)
+    noisy, _ = projection.add_noise(images, 1.0, seed=7)
+    first, second, halves = reconstruction.half_maps(noisy, q, iterations=15)
+    assert set(np.unique(halves)) == {0, 1} and abs(np.sum(halves == 0) - 600) <= 1
+    curve = resolution.fsc(first.data, second.data, mask=True)
+    assert curve.values[0] > 0.9 and curve.values[-1] < curve.values[0]
+
+
+def test_reconstruction_errors_and_astra(phantom):
+    with pytest.raises(ValueError):
+        reconstruction.reconstruct(np.zeros((3, 8, 8)), rotations.sample_uniform(2, seed=0))
+    with pytest.raises(ValueError):
+        reconstruction.reconstruct(np.zeros((3, 8, 9)), rotations.sample_uniform(3, seed=0))
+    try:
+        import astra
+        cuda = astra.use_cuda()
+    except ImportError:
+        cuda = False
+    if not cuda:
+        with pytest.raises(RuntimeError, match="CUDA"):
+            reconstruction.reconstruct(np.zeros((3, 8, 8)), rotations.sample_uniform(3, seed=0),
+                                       backend="astra")
+
+
+# ---------------------------------------------------------------- FSC
+def test_fsc_of_a_map_with_itself_is_one(phantom):
+    curve = resolution.fsc(phantom.data, phantom.data, pixel_size=2.0)
+    np.testing.assert_allclose(curve.values, 1.0, atol=1e-9)
+    assert curve.resolution(0.5) == pytest.approx(4.0)  # Nyquist: 2 × pixel size
+    np.testing.assert_allclose(curve.frequencies[-1], 1 / 4.0)
+
+
+def test_fsc_with_noise_follows_the_snr():
+    """Two maps = signal + independent white noise: FSC ≈ S/(S+N) per shell, analytically."""
+    rng = np.random.default_rng(0)
+    size = 48
+    signal = rng.standard_normal((size,) * 3)  # white signal: flat spectrum
+    for snr in (4.0, 1.0, 0.25):
+        noise = 1 / np.sqrt(snr)
+        a = signal + noise * rng.standard_normal(signal.shape)
+        b = signal + noise * rng.standard_normal(signal.shape)
+        curve = resolution.fsc(a, b)
+        expected = snr / (snr + 1)
+        assert np.mean(curve.values[5:]) == pytest.approx(expected, abs=0.02)
+
+
+def test_fsc_resolution_threshold_crossing():
+    curve = resolution.FSC(np.arange(1.0, 11.0), np.linspace(1.0, 0.1, 10), pixel_size=1.5,
+                           size=20)
+    # values: 1.0, 0.9, ..., 0.1 at shells 1..10; 0.5 is crossed at shell 6.
+    assert curve.resolution(0.5) == pytest.approx(20 * 1.5 / 6.0)
+    flat = resolution.FSC(np.arange(1.0, 11.0), np.full(10, 0.05), 1.0, 20)
+    assert flat.resolution(0.143) == np.inf
+
+
+def test_masked_fsc_removes_the_mask_correlation():
+    """Independent noise maps: the mask alone makes them correlate; the correction removes it."""
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((2, 40, 40, 40))
+    smooth = volumes.gaussian_blobs(40, [[0, 0, 0]], [30.0], 6.0)
+    corrected = resolution.fsc(a + smooth, b + smooth, mask=True, mask_radius=10)
+    assert np.mean(np.abs(corrected.values[8:])) < 0.1
+    with pytest.raises(ValueError):
+        resolution.fsc(np.zeros((4, 4, 4)), np.zeros((5, 5, 5)))
+
+
+# ---------------------------------------------------------------- RELION
+@pytest.fixture(scope="module")
+def chiral_dataset(tmp_path_factory):
+    """A chiral phantom dataset with shifts and a CTF."""
+    path = tmp_path_factory.mktemp("relion") / "set.h5"
+    vol = volumes.gaussian_phantom(24, n_blobs=5, sigma=1.5, seed=9)
+    vol.voxel_size = 2.0
+    datasets.generate(vol, 12, path, max_shift=2.0, ctf=True, seed=4)
+    return datasets.load(path)
+
+
+def test_relion_round_trip(chiral_dataset, tmp_path):
+    star = relion.export_relion(chiral_dataset, tmp_path / "out")
+    back = datasets.load(relion.import_relion(star, tmp_path / "back.h5", normalize=False))
+    np.testing.assert_allclose(back.projections, chiral_dataset.projections, atol=1e-6)
+    np.testing.assert_allclose(rotations.geodesic_distance(back.orientations,
+                                                           chiral_dataset.orientations), 0,
+                               atol=1e-6)
+    np.testing.assert_allclose(back.shifts, chiral_dataset.shifts, atol=1e-5)
+    np.testing.assert_allclose(back.ctf.as_array(), chiral_dataset.ctf.as_array(), atol=1e-4)
+    assert back.pixel_size == pytest.approx(2.0) and back.volume is None
+    with mrcfile.open(tmp_path / "out" / "particles.mrcs") as mrc:
+        assert mrc.is_image_stack() and mrc.voxel_size.x == pytest.approx(2.0)
+
+
+def test_relion_hand_worked_conventions(chiral_dataset, tmp_path):
+    """rot=0, tilt=90°, psi=0 views along x; a +dx shift is rlnOriginXAngst = −dx·pixel."""
+    vol = chiral_dataset.volume
+    q = rotations.euler_to_quaternion([[0.0, 90.0, 0.0]])
+    image = projection.project(vol, q, shifts=[[2.0, -1.0]])
+    data = datasets.Dataset(image, q, np.array([[2.0, -1.0]]), vol,
+                            {"train": np.arange(1), "validation": np.arange(0),
+                             "test": np.arange(0)}, {"pixel_size": 2.0, "size": 24})
+    star = relion.export_relion(data, tmp_path)
+    table = starfile.read(star)["particles"]
+    assert table["rlnAngleTilt"][0] == pytest.approx(90.0)
+    assert table["rlnAngleRot"][0] == pytest.approx(0.0, abs=1e-9)
+    assert table["rlnOriginXAngst"][0] == pytest.approx(-4.0)
+    assert table["rlnOriginYAngst"][0] == pytest.approx(2.0)
+    # The stored image is the volume summed along x (image x = −z, image y = y), shifted.
+    summed = vol.sum(axis=2)
+    expected = np.roll(np.roll(summed[::-1], 1, axis=0).T, (-1, 2), axis=(0, 1))
+    with mrcfile.open(tmp_path / "particles.mrcs") as mrc:
+        np.testing.assert_allclose(mrc.data.reshape(-1, 24, 24)[0], expected,
+                                   atol=1e-3 * expected.max())
+
+
+def test_import_resamples_for_a_model(chiral_dataset, tmp_path):
+    star = relion.export_relion(chiral_dataset, tmp_path / "out")
+    imported = datasets.load(relion.import_relion(star, tmp_path / "small.h5", size=16))
+    assert imported.projections.shape == (12, 16, 16)
+    assert imported.pixel_size == pytest.approx(3.0)
+    assert abs(imported.projections.mean()) < 1e-5 and imported.projections.std() == \
+        pytest.approx(1.0, rel=1e-4)
+    np.testing.assert_allclose(imported.shifts, chiral_dataset.shifts * 16 / 24, atol=1e-5)
+
+
+def test_relion_errors(chiral_dataset, tmp_path):
+    with pytest.raises(FileNotFoundError):
+        relion.import_relion(tmp_path / "none.star", tmp_path / "x.h5")
+    star = relion.export_relion(chiral_dataset, tmp_path / "a")
+    with pytest.raises(FileExistsError):
+        relion.export_relion(chiral_dataset, tmp_path / "a")
+    (tmp_path / "a" / "particles.mrcs").unlink()
+    with pytest.raises(FileNotFoundError, match="stack"):
+        relion.import_relion(star, tmp_path / "x.h5")
+
+
+def test_reconstruct_and_relion_commands(tmp_path, capsys):
+    data = tmp_path / "d.h5"
+    assert cli.main(["generate", "--volume", "phantom", "--size", "24", "--n-projections", "600",
+                     "--out", str(data), "--no-figure", "--quiet"]) == 0
+    out = tmp_path / "map.mrc"
+    assert cli.main(["reconstruct", str(data), "--out", str(out), "--half-maps", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "FSC 0.5" in text and "0.143" in text and "oracle" in text
+    assert volumes.load_map(out).data.shape == (24, 24, 24)
+    assert (tmp_path / "map_half1.mrc").exists() and (tmp_path / "map_half2.mrc").exists()
+    assert cli.main(["export-relion", str(data), "--out", str(tmp_path / "r")]) == 0
+    assert cli.main(["import-relion", str(tmp_path / "r" / "particles.star"), "--out",
+                     str(tmp_path / "i.h5")]) == 0
+    assert len(datasets.load(tmp_path / "i.h5", images=False)) == 600
