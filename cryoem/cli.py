@@ -426,10 +426,58 @@ def run_import_relion(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------
+# cryoem pipeline
+# ----------------------------------------------------------------------------
+def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
+    from .distance import ESTIMATORS
+    from .pipeline import PipelineConfig
+
+    d = PipelineConfig()
+    parser.add_argument("--volume", default=d.volume,
+                        help=f"built-in protein, map or model file, or phantom (default: {d.volume})")
+    parser.add_argument("--n-projections", type=int, default=d.n_projections,
+                        help=f"projections generated: train + validation + test (default: "
+                             f"{d.n_projections})")
+    parser.add_argument("--test-size", type=int, default=d.test_size,
+                        help=f"projections recovered and scored (default: {d.test_size})")
+    parser.add_argument("--size", type=int, default=d.size, help=f"image edge (default: {d.size})")
+    parser.add_argument("--snr", type=float, default=d.snr, help="signal-to-noise ratio (default: inf)")
+    parser.add_argument("--max-shift", type=float, default=d.max_shift, metavar="PX")
+    parser.add_argument("--estimator", choices=ESTIMATORS, default=d.estimator)
+    parser.add_argument("--model", default=None, metavar="MODEL_DIR",
+                        help="trained model (skips training)")
+    parser.add_argument("--epochs", type=int, default=d.epochs, help="training epochs at most")
+    parser.add_argument("--train-seconds", type=float, default=d.train_seconds,
+                        help=f"training time budget (default: {d.train_seconds:.0f} s)")
+    parser.add_argument("--sigma2", type=float, default=d.sigma2, help="perturbed estimator's σ²")
+    parser.add_argument("--steps", type=int, default=d.steps, help="recovery steps at most")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--out", type=Path, default=Path("data/pipeline"), metavar="DIR",
+                        help="output folder (default: data/pipeline); rerun to resume")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run_pipeline(args: argparse.Namespace) -> int:
+    """Run the whole method: generate, train, distances, recover, resolve, reconstruct, export."""
+    from . import pipeline
+
+    config = pipeline.PipelineConfig(
+        volume=args.volume, n_projections=args.n_projections, test_size=args.test_size,
+        size=args.size, snr=args.snr, max_shift=args.max_shift, estimator=args.estimator,
+        model=args.model, epochs=args.epochs, train_seconds=args.train_seconds,
+        sigma2=args.sigma2, steps=args.steps, seed=args.seed)
+    metrics = pipeline.run(config, args.out, progress=not args.quiet)
+    print(f"\nresults in {args.out} (metrics.json, maps, figures/, relion/)")
+    print(pipeline.summary(metrics))
+    return 0
+
+
+# ----------------------------------------------------------------------------
 # Assembly
 # ----------------------------------------------------------------------------
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
                           Callable[[argparse.Namespace], int]]] = {
+    "pipeline": (add_pipeline_args, run_pipeline),
     "generate": (add_generate_args, run_generate),
     "train": (add_train_args, run_train),
     "distances": (add_distances_args, run_distances),
