@@ -363,3 +363,102 @@ def common_line_scores(angles: ArrayLike, curves: Any, samples: Any = None,
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------
+# Reconstruction (Phase 3)
+# ----------------------------------------------------------------------------
+__all__ += ["map_slices", "fsc_curves"]
+
+
+def map_slices(maps: Any, voxel_size: float = 1.0, title: str = "", size: float = 2.2) -> Any:
+    """Central slices of several ``[z, y, x]`` maps side by side: one row per map, one column per axis.
+
+    ``maps`` is a mapping ``label → (L, L, L) array`` (or a sequence of arrays).
+    Each map gets its own grey scale (its minimum to its maximum), so maps of
+    different scales stay comparable by shape.  Columns: the slices ``z = 0``,
+    ``y = 0`` and ``x = 0`` through the box centre (index ``L // 2``).
+    """
+    import matplotlib.pyplot as plt
+
+    from collections.abc import Mapping
+
+    named = dict(maps) if isinstance(maps, Mapping) else {f"map {k}": m for k, m in enumerate(maps)}
+    fig, axes = plt.subplots(len(named), 3, figsize=(3 * size, len(named) * size), squeeze=False)
+    for row, (label, volume) in enumerate(named.items()):
+        vol = np.asarray(volume, dtype=np.float32)
+        c = vol.shape[0] // 2
+        extent = np.array([-c, vol.shape[0] - c, -c, vol.shape[0] - c]) * voxel_size
+        panels = [("z = 0", vol[c], "x", "y"), ("y = 0", vol[:, c], "x", "z"),
+                  ("x = 0", vol[:, :, c], "y", "z")]
+        low, high = float(vol.min()), float(vol.max())
+        for column, (name, image, xlabel, ylabel) in enumerate(panels):
+            ax = axes[row, column]
+            ax.imshow(image, cmap="gray", origin="lower", extent=extent, vmin=low,
+                      vmax=high if high > low else low + 1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlabel(xlabel, fontsize=7, labelpad=1)
+            ax.set_ylabel(ylabel, fontsize=7, labelpad=1)
+            if row == 0:
+                ax.set_title(f"slice {name}", fontsize=9)
+        axes[row, 0].annotate(label, xy=(0, 0.5), xycoords="axes fraction", xytext=(-18, 0),
+                              textcoords="offset points", ha="right", va="center", fontsize=9,
+                              rotation=90)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def fsc_curves(curves: Any, thresholds: Sequence[float] | float = (0.5,), title: str = "") -> Any:
+    """FSC curves of one or several maps on one axes, against spatial frequency (1/Å).
+
+    ``curves`` is a :class:`cryoem.resolution.FSC` or a mapping ``label → FSC``.
+    Each threshold is a dashed horizontal line; each legend entry gives the
+    curve's resolution (:meth:`FSC.resolution`) at the first threshold
+    ("> L·px" when the curve starts below it, Nyquist when it never drops
+    below).  A dotted vertical line marks Nyquist (``1 / (2 × pixel size)``)
+    of the first curve; the top axis reads the frequency as a resolution in Å.
+    """
+    import matplotlib.pyplot as plt
+
+    from collections.abc import Mapping
+
+    named = dict(curves) if isinstance(curves, Mapping) else {"": curves}
+    levels = [float(thresholds)] if np.isscalar(thresholds) else [float(t) for t in thresholds]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for k, (label, curve) in enumerate(named.items()):
+        text = label
+        if levels:
+            value = curve.resolution(levels[0])
+            shown = f"{value:.2f} Å" if np.isfinite(value) \
+                else f"> {curve.size * curve.pixel_size:.0f} Å"
+            text = f"{label}: {shown}" if label else shown
+        ax.plot(curve.frequencies, curve.values, color=f"C{k}", lw=1.5, label=text)
+    for level in levels:
+        ax.axhline(level, color="k", ls="--", lw=0.8)
+        ax.annotate(f"{level:g}", xy=(1, level), xycoords=("axes fraction", "data"),
+                    xytext=(-3, 2), textcoords="offset points", fontsize=7, ha="right")
+    if named:
+        first = next(iter(named.values()))
+        nyquist = 1.0 / (2 * first.pixel_size)
+        ax.axvline(nyquist, color="0.5", ls=":", lw=1)
+        ax.set_xlim(0, nyquist * 1.02)
+
+        top = ax.secondary_xaxis("top")
+        ticks = nyquist * np.array([0.25, 0.5, 0.75, 1.0])
+        top.set_xticks(ticks, [f"{1 / f:.3g}" for f in ticks])
+        top.set_xlabel("resolution (Å)", fontsize=8)
+        top.tick_params(labelsize=7)
+    ax.set_ylim(min(-0.05, min((float(np.min(c.values)) for c in named.values()), default=0) - 0.05),
+                1.05)
+    ax.set_xlabel("spatial frequency (1/Å)")
+    ax.set_ylabel("Fourier shell correlation")
+    ax.grid(True, alpha=0.3)
+    if any(named) or levels:
+        ax.legend(fontsize=8, loc="best")
+    if title:
+        ax.set_title(title, pad=24)
+    fig.tight_layout()
+    return fig

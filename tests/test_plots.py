@@ -76,3 +76,29 @@ def test_common_line_scores():
                "transposed": np.random.default_rng(1).uniform(0, 0.5, 50)}
     fig = plots.common_line_scores(angles, curves, samples=samples, best=1.0, title="landscape")
     assert len(fig.axes) == 2
+
+
+# ---------------------------------------------------------------- Phase 3
+def test_map_slices():
+    rng = np.random.default_rng(0)
+    maps = {"truth": rng.standard_normal((16, 16, 16)), "reconstruction": np.zeros((16, 16, 16))}
+    fig = plots.map_slices(maps, voxel_size=2.0, title="maps")
+    assert len(fig.axes) == 6  # 2 maps × 3 slices
+    assert len(plots.map_slices([maps["truth"]]).axes) == 3
+
+
+def test_fsc_curves():
+    from cryoem import resolution
+
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((16, 16, 16))
+    b = a + rng.standard_normal((16, 16, 16))
+    same = resolution.fsc(a, a, pixel_size=2.0)
+    noisy = resolution.fsc(a, b, pixel_size=2.0)
+    unrelated = resolution.FSC(same.shells, np.full(8, 0.05), 2.0, 16)  # resolution inf
+    fig = plots.fsc_curves({"same": same, "noisy": noisy, "unrelated": unrelated},
+                           thresholds=(0.5, 0.143), title="FSC")
+    assert len(fig.axes) == 1
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert len(texts) == 3 and texts[0] == "same: 4.00 Å" and texts[2].startswith("unrelated: >")
+    assert len(plots.fsc_curves(same, thresholds=0.143).axes) == 1

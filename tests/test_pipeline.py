@@ -1,0 +1,80 @@
+"""The whole pipeline on a tiny run: files, metrics, failure, resumption."""
+
+import json
+
+import pytest
+
+from cryoem import cli, pipeline
+
+TINY = dict(volume="phantom", size=24, n_projections=400, test_size=120, estimator="exact",
+            steps=60)
+
+
+def tiny_config(**changes):
+    return pipeline.PipelineConfig(**{**TINY, **changes})
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run")
+    return folder, pipeline.run(tiny_config(), folder, progress=False, report=lambda _: None)
+
+
+def test_a_run_writes_every_file_and_key(finished):
+    folder, metrics = finished
+    for name in ("data.h5", "distances.h5", "orientations.h5", "orientations_from_distances.h5",
+                 "map.mrc", "map_true_orientations.mrc", "map_half1.mrc", "map_half2.mrc",
+                 "relion/particles.star", "relion/particles.mrcs", "figures/fsc.png",
+                 "figures/map.png", "figures/dp_dq.png", "metrics.json"):
+        assert (folder / name).exists(), name
+    assert set(pipeline.METRIC_KEYS) <= set(metrics)
+    assert metrics["e_or_unrefined_rad"] is None  # no refinement stage yet
+    assert metrics["e_or_o4_rad"] < 1e-3 and metrics["e_or_rad"] < 0.05
+    assert metrics["e_or_before_frame_rad"] > metrics["e_or_rad"]
+    assert metrics["resolution_fsc05_angstrom"] < 3.0  # pixel 1 Å: Nyquist is 2 Å
+    assert set(metrics["timings_s"]) == {name for name, _ in pipeline.STAGES}
+    assert metrics["config_hash"] == tiny_config().digest()
+
+
+def test_an_interrupted_run_resumes_to_the_same_metrics(finished, tmp_path, monkeypatch):
+    _, reference = finished
+    calls = {"n": 0}
+    original = dict(pipeline.STAGES)
+
+    def failing(run):
+        calls["n"] += 1
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(pipeline, "STAGES", tuple(
+        (name, failing if name == "reconstruct" else stage) for name, stage in pipeline.STAGES))
+    with pytest.raises(RuntimeError, match="stage 'reconstruct' failed: power cut"):
+        pipeline.run(tiny_config(), tmp_path, progress=False, report=lambda _: None)
+    record = json.loads((tmp_path / "pipeline.json").read_text())
+    assert record["finished"] == ["generate", "train", "distances", "recover", "resolve"]
+    assert record["failed"]["stage"] == "reconstruct"
+    monkeypatch.setattr(pipeline, "STAGES", tuple(original.items()))
+    lines = []
+    resumed = pipeline.run(tiny_config(), tmp_path, progress=False, report=lines.append)
+    assert "[generate] already done" in lines
+    for key in ("e_or_rad", "e_or_o4_rad", "l_or", "resolution_fsc05_angstrom",
+                "resolution_halfmap_fsc0143_angstrom"):
+        assert resumed[key] == pytest.approx(reference[key], rel=1e-6), key
+
+
+def test_other_parameters_are_refused(finished):
+    folder, _ = finished
+    with pytest.raises(ValueError, match="other parameters.*seed"):
+        pipeline.run(tiny_config(seed=3), folder, progress=False, report=lambda _: None)
+
+
+def test_pipeline_command_prints_a_summary(tmp_path, capsys):
+    argv = ["pipeline", "--volume", "phantom", "--size", "24", "--n-projections", "300",
+            "--test-size", "100", "--estimator", "perturbed", "--sigma2", "0.05", "--steps", "50",
+            "--out", str(tmp_path), "--quiet"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "E_OR physical, final" in out and "FSC 0.5" in out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["estimator"] == "perturbed" and metrics["l_de_val"] > 0
+    assert cli.main(argv[:-3] + ["--seed", "1", "--out", str(tmp_path)]) == 2
+    assert "other parameters" in capsys.readouterr().err
