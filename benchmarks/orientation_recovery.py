@@ -131,7 +131,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
                    help="what to run (default: all)")
     p.add_argument("--n", type=int, default=1650,
-                   help="orientations of the full-batch parts 1 and 3 (default: 1650)")
+                   help="orientations of parts 1, 3 and 5 (default: 1650)")
     p.add_argument("--seed", type=int, default=0, help="orientations, noise and recovery seed")
     p.add_argument("--steps", type=int, default=2000, help="Adam steps at most (recover default)")
     p.add_argument("--sigma2", type=float, default=0.8, help="PerturbedDistance variance, rad²")

@@ -462,3 +462,6 @@ def fsc_curves(curves: Any, thresholds: Sequence[float] | float = (0.5,), title:
         ax.set_title(title, pad=24)
     fig.tight_layout()
     return fig
+
+
+__all__ += ["common_line_scores"]
