@@ -473,6 +473,79 @@ def run_pipeline(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------
+# cryoem notebooks run
+# ----------------------------------------------------------------------------
+def add_notebooks_args(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    run = actions.add_parser(
+        "run", help="execute every notebook in order with papermill",
+        description="Execute notebooks/[0-9]*.ipynb in order, headless, each in a fresh kernel: "
+                    "NAME.ipynb writes its executed copy to DIR/NAME.ipynb, its metrics to "
+                    "DIR/NAME.json and its data into DIR/data-NAME/.  The first failing "
+                    "notebook stops the run.")
+    run.add_argument("--params", default="full", metavar="quick|full|FILE.yaml",
+                     help="quick: notebooks/ci-parameters.yml (minutes); full: the notebooks' "
+                          "own defaults (default); or a YAML file of the same format")
+    run.add_argument("--out", type=Path, default=Path("data/notebooks"), metavar="DIR",
+                     help="output folder (default: data/notebooks)")
+    run.add_argument("--source", type=Path, default=None, metavar="DIR",
+                     help="folder of the notebooks (default: the repository's notebooks/)")
+    run.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                     help="run only these notebooks (file name, stem or leading number)")
+    run.add_argument("--kernel", default="python3", help="Jupyter kernel (default: python3)")
+
+
+def run_notebooks(args: argparse.Namespace) -> int:
+    """Rerun all notebooks in order, headless (`cryoem notebooks run --out DIR`)."""
+    try:
+        from . import notebooks
+        import papermill  # noqa: F401
+    except ImportError as error:
+        raise RuntimeError(f"{error}; install the notebook tools with "
+                           "pip install -e \".[notebooks]\"") from None
+
+    print(f"notebooks with {args.params} parameters into {args.out}", flush=True)
+    start = time.perf_counter()
+    runs = notebooks.run_all(args.out, args.params, source=args.source, only=args.only,
+                             kernel=args.kernel, report=lambda line: print(line, flush=True))
+    print(f"{len(runs)} notebooks in {time.perf_counter() - start:.0f} s; "
+          f"publish them with: cryoem site build --notebooks {args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------
+# cryoem site build
+# ----------------------------------------------------------------------------
+def add_site_args(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    build = actions.add_parser(
+        "build", help="static HTML site from executed notebooks, viewable offline",
+        description="Build index.html (method, results table, links) and one page per executed "
+                    "notebook; pages load nothing from the network.")
+    build.add_argument("--notebooks", type=Path, default=Path("data/notebooks"), metavar="DIR",
+                       help="executed notebooks and their metrics JSON, as written by "
+                            "`cryoem notebooks run` (default: data/notebooks)")
+    build.add_argument("--out", type=Path, default=Path("data/site"), metavar="SITE_DIR",
+                       help="site folder (default: data/site)")
+
+
+def run_site(args: argparse.Namespace) -> int:
+    """Build a static site of the executed notebooks that works offline (`cryoem site build`)."""
+    try:
+        from . import notebooks
+        import nbconvert  # noqa: F401
+    except ImportError as error:
+        raise RuntimeError(f"{error}; install the site tools with pip install -e \".[site]\"") \
+            from None
+
+    pages = notebooks.build_site(args.notebooks, args.out)
+    for page in pages:
+        print(page)
+    print(f"{len(pages) - 1} notebook pages and the index; open {pages[0]}")
+    return 0
+
+
+# ----------------------------------------------------------------------------
 # Assembly
 # ----------------------------------------------------------------------------
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
@@ -486,6 +559,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
     "export-relion": (add_export_relion_args, run_export_relion),
     "import-relion": (add_import_relion_args, run_import_relion),
     "volumes": (add_volumes_args, run_volumes),
+    "notebooks": (add_notebooks_args, run_notebooks),
+    "site": (add_site_args, run_site),
 }
 
 

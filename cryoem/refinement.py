@@ -81,7 +81,7 @@ _OVERSAMPLING = 2  # correlation sampled every half pixel
 
 def _match(reference: NDArray, images_spectra: NDArray, q: FloatArray, shifts: FloatArray,
            ctf: NDArray | None, band: _Band, offsets: FloatArray, max_shift: float,
-           batch: int) -> tuple[FloatArray, FloatArray, FloatArray]:
+           batch: int, soft: bool = False) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Best candidate orientation, shift and score for every image.
 
     The image spectra are first moved back by the current shifts, so the
@@ -136,8 +136,31 @@ def _match(reference: NDArray, images_spectra: NDArray, q: FloatArray, shifts: F
         offset_y = (keep[row] - np.where(keep[row] > fine // 2, fine, 0) + dy) / _OVERSAMPLING
         offset_x = (keep[col] - np.where(keep[col] > fine // 2, fine, 0) + dx) / _OVERSAMPLING
         best_shift[start:stop] = shifts[start:stop] + np.stack([offset_x, offset_y], axis=-1)
-        best_q[start:stop] = candidates[images, which]
+        if soft:
+            # Expectation over the candidates (each at its best shift): a softmax of the
+            # scores at the spread of the scores, averaged as quaternions around q_i.
+            peaks = flat.reshape(count, k, -1).max(axis=-1)
+            spread = np.maximum(peaks.std(axis=1, keepdims=True), 1e-12)
+            weights = np.exp((peaks - peaks.max(axis=1, keepdims=True)) / spread)
+            aligned = candidates * np.sign(np.sum(candidates * q[start:stop, None, :], -1,
+                                                  keepdims=True))
+            best_q[start:stop] = rotations.normalize(np.sum(weights[..., None] * aligned, 1))
+        else:
+            best_q[start:stop] = candidates[images, which]
     return rotations.canonical(best_q), best_shift, best_score
+
+
+def _filter_by_fsc(volume: NDArray, values: FloatArray) -> NDArray:
+    """Weight each Fourier shell of a half map by ``√(2·FSC/(1 + FSC))`` (its reliability)."""
+    size = volume.shape[0]
+    fsc_full = np.clip(2 * values / (1 + values), 0.0, 1.0)
+    gains = np.concatenate([[1.0], np.sqrt(fsc_full), [0.0]])  # shell 0 … L/2, beyond
+    k = np.fft.fftfreq(size) * size
+    kr = np.fft.rfftfreq(size) * size
+    shells = np.rint(np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2
+                             + kr[None, None, :] ** 2)).astype(np.int64)
+    gain = gains[np.minimum(shells, len(gains) - 1)]
+    return np.fft.irfftn(np.fft.rfftn(volume) * gain, s=volume.shape, axes=(0, 1, 2))
 
 
 def _parabola(left: FloatArray, centre: FloatArray, right: FloatArray) -> FloatArray:
@@ -161,6 +184,7 @@ def refine(
     max_shift: float = 2.0,
     max_shift_total: float = 8.0,
     tolerance: float = 1e-3,
+    soft_iterations: int | None = None,
     batch: int = 64,
     seed: int = 0,
     progress: bool = False,
@@ -182,6 +206,11 @@ def refine(
         overall, pixels.
     tolerance
         Stop when the mean change of orientation in an iteration falls below it (rad).
+    soft_iterations
+        During the first ``soft_iterations`` (default: half of them) each image
+        moves to the score-weighted mean of its candidates rather than to the
+        best one: far less sensitive to noise while the references are still
+        blurred; later iterations take the best candidate.
     callback
         Called after each iteration with ``(iteration, orientations, shifts)``;
         whatever numbers it returns (e.g. the error against a known truth) go
@@ -194,6 +223,7 @@ def refine(
         raise ValueError(f"{n} images but {len(q)} orientations")
     current_shifts = np.zeros((n, 2)) if shifts is None else np.array(shifts, dtype=np.float64)
     halves = np.random.default_rng(seed).permutation(n) % 2
+    soft_iterations = iterations // 2 if soft_iterations is None else soft_iterations
     spectra_all = np.fft.rfft2(np.fft.ifftshift(images, axes=(-2, -1)))
     history: list[dict[str, float]] = []
     for iteration in progress_bar(range(iterations), total=iterations, enable=progress,
@@ -206,6 +236,7 @@ def refine(
                 ctf=ctf[chosen] if ctf is not None else None, pixel_size=pixel_size,
                 iterations=15).data)
         curve = resolution.fsc(maps[0], maps[1], pixel_size, mask=True)
+        maps = [_filter_by_fsc(m, curve.values) for m in maps]
         below = np.flatnonzero(curve.values < resolution.THRESHOLD_HALF_MAPS)
         shell = curve.shells[below[0]] if len(below) else curve.shells[-1]
         band = _Band(size, min(size / 2 - 1, max(6.0, 1.2 * shell + 2)))
@@ -219,11 +250,13 @@ def refine(
                         if ctf is not None else None)
             new_q[chosen], new_shifts[chosen], scores[chosen] = _match(
                 maps[half], spectra_all[chosen][:, band.mask], q[chosen],
-                current_shifts[chosen], transfer, band, offsets, max_shift, batch)
+                current_shifts[chosen], transfer, band, offsets, max_shift, batch,
+                soft=iteration < soft_iterations)
         new_shifts = np.clip(new_shifts, -max_shift_total, max_shift_total)
         moved = float(np.mean(rotations.geodesic_distance(new_q, q)))
         q, current_shifts = new_q, new_shifts
         entry = {"iteration": iteration + 1, "step_rad": step,
+                 "soft": float(iteration < soft_iterations),
                  "halfmap_fsc0143_angstrom": curve.resolution(resolution.THRESHOLD_HALF_MAPS),
                  "band_radius_px": float(np.sqrt((band.ku**2 + band.kv**2).max())),
                  "mean_change_rad": moved, "mean_score": float(np.mean(scores))}
@@ -231,6 +264,6 @@ def refine(
             entry.update(callback(iteration + 1, q, current_shifts))
         history.append(entry)
         step *= shrink
-        if moved < tolerance and iteration > 0:
+        if moved < tolerance and iteration >= soft_iterations:
             break
     return RefinementResult(q, current_shifts, halves, history)

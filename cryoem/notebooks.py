@@ -1,0 +1,695 @@
+"""Rerun the notebooks end to end, and publish them as a static site that works offline.
+
+Running
+-------
+:func:`run_all` executes ``notebooks/[0-9]*.ipynb`` in order with papermill,
+each in a fresh kernel, headless (matplotlib's Agg-based inline backend, plotly's
+``plotly_mimetype`` renderer: figures become outputs, nothing opens a window).  Notebook ``NAME.ipynb`` writes its executed
+copy to ``OUT/NAME.ipynb``, its metrics to ``OUT/NAME.json`` and its data
+into ``OUT/data-NAME/`` (the ``metrics_path`` and ``out_dir`` parameters).
+Phases share nothing but files.  ``quick`` runs the parameters of
+``notebooks/ci-parameters.yml``, ``full`` the notebooks' own defaults, and a
+YAML file of the same format any others.  The first failing notebook stops
+the run with :class:`NotebookFailed`, its partly executed copy kept.
+
+The site
+--------
+:func:`build_site` turns a folder of executed notebooks into static HTML:
+``index.html`` (the method, a table of every notebook's metrics, links) and
+one page per notebook, with a single local copy of ``plotly.min.js``.  No
+page loads anything over the network.
+
+The route, and why: nbconvert's ``HTMLExporter`` with its ``lab`` template,
+the converter Jupyter itself uses, gives JupyterLab's look with its CSS
+inlined, and executed notebooks already carry their matplotlib figures as
+base64 PNGs.  Site generators (Jupyter Book, Sphinx, mkdocs, Quarto) would
+bring a large toolchain and themes that fetch from CDNs, for four pages.
+Three things make the pages offline:
+
+* A small template that extends ``lab`` and empties its blocks that load
+  require.js, MathJax, mermaid and the widget manager from CDNs.
+* Math in Markdown cells is converted to MathML when the page is built
+  (``latex2mathml``), which browsers render natively: no script at all.
+  Math that does not convert stays as its TeX source.
+* Plotly figures are stored in the notebooks as
+  ``application/vnd.plotly.v1+json`` (the kernel's renderer); the builder
+  turns each into a ``<div>`` and a ``Plotly.newPlot`` call that uses the
+  site's one ``plotly.min.js``, copied from the installed plotly package.
+  The notebooks keep calling the cryoem API only, and no page carries its
+  own 5 MB copy of plotly.js.
+
+:func:`external_resources` lists what a page would load from the network;
+:func:`build_site` refuses to finish a page that has any.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+__all__ = ["NotebookRun", "NotebookFailed", "default_source", "list_notebooks",
+           "load_parameters", "run_notebook", "run_all", "build_site", "external_resources",
+           "plotly_js_path", "plotly_html", "convert_plotly_outputs", "PLOTLY_MIME",
+           "METHOD_HTML"]
+
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+KERNEL = "python3"
+CI_PARAMETERS = "ci-parameters.yml"
+
+#: Environment of the kernels: no display, figures as data.  matplotlib's inline backend
+#: draws with Agg, headless, and keeps each figure as a PNG output; plain ``agg`` (as set
+#: by CI) would leave the executed notebooks, and so the site, without any figure.
+HEADLESS_ENV = {"MPLBACKEND": "module://matplotlib_inline.backend_inline",
+                "PLOTLY_RENDERER": "plotly_mimetype"}
+
+
+# ----------------------------------------------------------------------------
+# Running
+# ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NotebookRun:
+    """One executed notebook: its name and the files it wrote.
+
+    Attributes
+    ----------
+    name : str
+        File name of the notebook, e.g. ``"0-data-preparation.ipynb"``.
+    executed : Path
+        The executed copy.
+    metrics : Path
+        Its metrics JSON (may be missing if the notebook writes none).
+    data_dir : Path
+        The folder passed as ``out_dir``.
+    seconds : float
+        Wall-clock execution time.
+    """
+
+    name: str
+    executed: Path
+    metrics: Path
+    data_dir: Path
+    seconds: float
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised; ``executed`` is its partly executed copy."""
+
+    def __init__(self, name: str, executed: Path, reason: str):
+        super().__init__(f"notebook {name} failed: {reason} (partly executed copy: {executed})")
+        self.name = name
+        self.executed = executed
+        self.reason = reason
+
+
+def default_source() -> Path:
+    """The folder of the notebooks: the repository's ``notebooks/``, else ``./notebooks``.
+
+    Returns
+    -------
+    Path
+        An existing folder.
+
+    Raises
+    ------
+    FileNotFoundError
+        When neither exists.
+    """
+    for candidate in (Path(__file__).resolve().parent.parent / "notebooks", Path("notebooks")):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("no notebooks/ folder found next to the package or here; "
+                            "give the folder explicitly")
+
+
+def list_notebooks(source: str | os.PathLike, only: Sequence[str] | None = None) -> list[Path]:
+    """The numbered notebooks ``[0-9]*.ipynb`` of a folder, in order.
+
+    Parameters
+    ----------
+    source : path
+        Folder holding the notebooks.
+    only : sequence of str, optional
+        Keep only these: file names, names without ``.ipynb``, or their
+        leading number (``"0"``).
+
+    Returns
+    -------
+    list of Path
+
+    Raises
+    ------
+    FileNotFoundError
+        When there is no notebook, or one in ``only`` is not there.
+    """
+    paths = sorted(Path(source).glob("[0-9]*.ipynb"))
+    if not paths:
+        raise FileNotFoundError(f"no numbered notebooks ([0-9]*.ipynb) in {source}")
+    if only is None:
+        return paths
+    chosen = []
+    for wanted in only:
+        matches = [p for p in paths if wanted in (p.name, p.stem, p.name.split("-", 1)[0])]
+        if not matches:
+            raise FileNotFoundError(f"no notebook {wanted!r} in {source} "
+                                    f"(have: {', '.join(p.name for p in paths)})")
+        chosen += [p for p in matches if p not in chosen]
+    return sorted(chosen)
+
+
+def load_parameters(spec: str | os.PathLike, source: str | os.PathLike,
+                    names: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """Parameters per notebook name, from ``quick``, ``full`` or a YAML file.
+
+    Parameters
+    ----------
+    spec : str or path
+        ``"full"`` (every notebook's own defaults: no overrides), ``"quick"``
+        (``SOURCE/ci-parameters.yml``) or a YAML file of the same format: a
+        mapping from notebook file name to a mapping of parameters.
+    source : path
+        Folder of the notebooks (where ``ci-parameters.yml`` is).
+    names : sequence of str
+        Notebook file names that exist; the file may name no others.
+
+    Returns
+    -------
+    dict
+        ``{notebook name: {parameter: value}}`` (names absent from the file
+        get no entry).
+
+    Raises
+    ------
+    FileNotFoundError
+        When the YAML file does not exist.
+    ValueError
+        When the file is not such a mapping, or names an unknown notebook.
+    """
+    if str(spec) == "full":
+        return {}
+    path = Path(source) / CI_PARAMETERS if str(spec) == "quick" else Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"no parameter file {path} (use quick, full or a YAML file)")
+    import yaml
+
+    content = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(content, dict) or not all(isinstance(v, (dict, type(None)))
+                                                for v in content.values()):
+        raise ValueError(f"{path}: expected a mapping 'NOTEBOOK.ipynb: {{parameter: value}}'")
+    unknown = sorted(set(content) - set(names)) if names else []
+    if unknown:
+        raise ValueError(f"{path} names notebooks that do not exist: {', '.join(unknown)}")
+    return {name: dict(values or {}) for name, values in content.items()}
+
+
+@contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables (inherited by kernels) for the duration of a block."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def run_notebook(path: str | os.PathLike, out: str | os.PathLike,
+                 parameters: Mapping[str, Any] | None = None, kernel: str = KERNEL) -> NotebookRun:
+    """Execute one notebook headlessly into ``out``.
+
+    Parameters
+    ----------
+    path : path
+        The notebook; it runs with its own folder as working directory.
+    out : path
+        Output folder: receives ``NAME.ipynb``, ``NAME.json`` (``metrics_path``)
+        and ``data-NAME/`` (``out_dir``), ``NAME`` being the file's stem.
+    parameters : mapping, optional
+        Overrides of the notebook's ``parameters`` cell (``out_dir`` and
+        ``metrics_path`` are always set as above).
+    kernel : str
+        Jupyter kernel name.
+
+    Returns
+    -------
+    NotebookRun
+
+    Raises
+    ------
+    NotebookFailed
+        When a cell raises; the executed copy then holds the error.
+    """
+    import papermill
+
+    path, out = Path(path).resolve(), Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    run = NotebookRun(name=path.name, executed=out / path.name, metrics=out / f"{path.stem}.json",
+                      data_dir=out / f"data-{path.stem}", seconds=0.0)
+    values = dict(parameters or {})
+    values.update(out_dir=str(run.data_dir), metrics_path=str(run.metrics))
+    run.metrics.unlink(missing_ok=True)  # never show a previous run's numbers
+    start = time.perf_counter()
+    try:
+        with _environment(HEADLESS_ENV):
+            papermill.execute_notebook(str(path), str(run.executed), parameters=values,
+                                       cwd=str(path.parent), kernel_name=kernel,
+                                       progress_bar=False, log_output=False)
+    except papermill.PapermillExecutionError as error:
+        where = f"cell In [{error.exec_count}]" if error.exec_count is not None else "a cell"
+        raise NotebookFailed(path.name, run.executed,
+                             f"{where} raised {error.ename}: {error.evalue}") from None
+    except Exception as error:  # kernel died, missing kernel, unreadable notebook...
+        raise NotebookFailed(path.name, run.executed,
+                             f"{type(error).__name__}: {error}") from error
+    return NotebookRun(run.name, run.executed, run.metrics, run.data_dir,
+                       time.perf_counter() - start)
+
+
+def run_all(out: str | os.PathLike, params: str | os.PathLike = "full",
+            source: str | os.PathLike | None = None, only: Sequence[str] | None = None,
+            kernel: str = KERNEL,
+            report: Callable[[str], None] | None = print) -> list[NotebookRun]:
+    """Execute every numbered notebook in order into ``out``; the first failure stops.
+
+    Parameters
+    ----------
+    out : path
+        Output folder (see :func:`run_notebook`).
+    params : str or path
+        ``"full"``, ``"quick"`` or a YAML file (see :func:`load_parameters`).
+    source : path, optional
+        Folder of the notebooks (default: :func:`default_source`).
+    only : sequence of str, optional
+        Run only these notebooks (see :func:`list_notebooks`).
+    kernel : str
+        Jupyter kernel name.
+    report : callable, optional
+        Receives one line per notebook (name, time), or ``None`` for silence.
+
+    Returns
+    -------
+    list of NotebookRun
+
+    Raises
+    ------
+    NotebookFailed
+        From the first notebook that fails; the later ones are not run.
+    """
+    source = Path(source) if source is not None else default_source()
+    everything = list_notebooks(source)
+    paths = list_notebooks(source, only)
+    parameters = load_parameters(params, source, [p.name for p in everything])
+    runs = []
+    for k, path in enumerate(paths, 1):
+        prefix = f"[{k}/{len(paths)}] {path.name}"
+        try:
+            run = run_notebook(path, out, parameters.get(path.name), kernel)
+        except NotebookFailed:
+            if report:
+                report(f"{prefix}  FAILED")
+            raise
+        if report:
+            report(f"{prefix}  {run.seconds:.1f} s")
+        runs.append(run)
+    return runs
+
+
+# ----------------------------------------------------------------------------
+# Offline HTML
+# ----------------------------------------------------------------------------
+_EXTERNAL = [
+    # script/link/img/... loading from http(s) or a protocol-relative address
+    re.compile(r"<(?:script|link|img|iframe|source|video|audio|embed|object|input)\b[^>]*?"
+               r"\b(?:src|href|data|srcset)\s*=\s*[\"']?\s*((?:https?:)?//[^\"'\s>]+)", re.I),
+    # CSS url(...) and @import
+    re.compile(r"url\(\s*[\"']?\s*((?:https?:)?//[^\"')\s]+)", re.I),
+    re.compile(r"@import\s+[\"']((?:https?:)?//[^\"']+)", re.I),
+    # JavaScript module imports and require.js configuration
+    re.compile(r"\bimport\s*\(?\s*[\"']((?:https?:)?//[^\"']+)", re.I),
+    re.compile(r"\b(?:src|href)\s*=\s*[\"']((?:https?:)?//[^\"']+\.(?:js|mjs|css))", re.I),
+]
+
+
+def external_resources(page: str) -> list[str]:
+    """Addresses a page would load over the network (scripts, styles, images, imports).
+
+    Links (``<a href>``) are not loads and are not listed.
+
+    Parameters
+    ----------
+    page : str
+        HTML text.
+
+    Returns
+    -------
+    list of str
+        The addresses, without duplicates, in order of appearance.
+    """
+    found: list[str] = []
+    for pattern in _EXTERNAL:
+        for match in pattern.finditer(page):
+            if match.group(1) not in found:
+                found.append(match.group(1))
+    return found
+
+
+def plotly_js_path() -> Path:
+    """``plotly.min.js`` shipped inside the installed plotly package.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    FileNotFoundError
+        When this plotly has none.
+    """
+    import plotly
+
+    root = Path(plotly.__file__).parent
+    for candidate in (root / "package_data" / "plotly.min.js", *root.rglob("plotly.min.js")):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"plotly {plotly.__version__} ships no plotly.min.js under {root}")
+
+
+def _script_json(value: Any) -> str:
+    """JSON safe inside a ``<script>`` element."""
+    text = json.dumps(value, separators=(",", ":"))  # NaN and Infinity are JavaScript too
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def plotly_html(figure: Mapping[str, Any], element_id: str) -> str:
+    """A ``<div>`` and the script that draws a plotly figure in it with a global ``Plotly``.
+
+    Parameters
+    ----------
+    figure : mapping
+        The ``application/vnd.plotly.v1+json`` content: ``data``, ``layout``,
+        optionally ``config``.
+    element_id : str
+        Unique id of the ``<div>`` in its page.
+
+    Returns
+    -------
+    str
+    """
+    config = {"responsive": True, "displaylogo": False, **dict(figure.get("config") or {})}
+    config.pop("plotlyServerURL", None)
+    config.pop("topojsonURL", None)
+    height = (figure.get("layout") or {}).get("height") or 500
+    return (f'<div id="{element_id}" class="cryoem-plotly" style="width:100%;height:{int(height)}px">'
+            f'</div>\n<script type="text/javascript">Plotly.newPlot("{element_id}", '
+            f'{_script_json(figure.get("data", []))}, {_script_json(figure.get("layout", {}))}, '
+            f'{_script_json(config)});</script>')
+
+
+def convert_plotly_outputs(notebook: Any) -> int:
+    """Replace every plotly output of a notebook by its HTML (:func:`plotly_html`), in place.
+
+    Parameters
+    ----------
+    notebook : nbformat.NotebookNode
+
+    Returns
+    -------
+    int
+        The number of figures converted (the page needs plotly.js when > 0).
+    """
+    count = 0
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if PLOTLY_MIME in data:
+                figure = data[PLOTLY_MIME]
+                if isinstance(figure, str):
+                    figure = json.loads(figure)
+                count += 1
+                output["data"] = {"text/html": plotly_html(figure, f"plotly-figure-{count}")}
+    return count
+
+
+_MATH_NS = re.compile(r'\s+xmlns="http://www\.w3\.org/1998/Math/MathML"')
+
+
+def _mathml(tex: str, display: str) -> str | None:
+    """TeX → MathML (``display`` "inline" or "block"), or None when it does not convert."""
+    try:
+        from latex2mathml.converter import convert
+    except ImportError:
+        return None
+    try:
+        return _MATH_NS.sub("", convert(tex, display=display))
+    except Exception:  # any TeX the converter does not know
+        return None
+
+
+#: The ``lab`` template without its CDN scripts (require.js, MathJax, mermaid, widgets), plus
+#: ``resources["cryoem_head"]`` in the head and ``resources["cryoem_nav"]`` above and below.
+_TEMPLATE = """\
+{%- extends 'index.html.j2' -%}
+{%- block html_head_js -%}{{ resources.cryoem_head | default('') }}{%- endblock html_head_js -%}
+{% block jupyter_widgets %}{% endblock jupyter_widgets %}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block body_header -%}{{ super() }}{{ resources.cryoem_nav | default('') }}{%- endblock body_header -%}
+{%- block body_footer -%}{{ resources.cryoem_nav | default('') }}{{ super() }}{%- endblock body_footer -%}
+"""
+
+
+def _exporter() -> Any:
+    """An nbconvert ``HTMLExporter`` (lab template) whose pages load nothing from a CDN."""
+    from jinja2 import DictLoader, pass_context
+    from nbconvert import HTMLExporter
+
+    try:
+        from nbconvert.filters.markdown_mistune import IPythonRenderer, MarkdownWithMath
+    except ImportError:  # another nbconvert: keep its Markdown renderer, math stays TeX
+        return HTMLExporter(template_name="lab", template_file="cryoem-offline.html.j2",
+                            extra_loaders=[DictLoader({"cryoem-offline.html.j2": _TEMPLATE})],
+                            exclude_anchor_links=True)
+
+    class MathMLRenderer(IPythonRenderer):
+        """nbconvert's Markdown renderer, math as MathML (TeX when it does not convert)."""
+
+        def block_math(self, body: str) -> str:
+            return _mathml(body, "block") or super().block_math(body)
+
+        def inline_math(self, body: str) -> str:
+            return _mathml(body, "inline") or super().inline_math(body)
+
+        def latex_environment(self, name: str, body: str) -> str:
+            tex = f"\\begin{{{name}}}{body}\\end{{{name}}}"
+            return _mathml(tex, "block") or super().latex_environment(name, body)
+
+    class OfflineHTMLExporter(HTMLExporter):
+        """HTMLExporter whose Markdown filter renders math as MathML."""
+
+        @pass_context
+        def markdown2html(self, context: Any, source: str) -> str:
+            cell = context.get("cell", {})
+            renderer = MathMLRenderer(
+                escape=False, attachments=cell.get("attachments", {}),
+                embed_images=self.embed_images,
+                path=context.get("resources", {}).get("metadata", {}).get("path", ""),
+                anchor_link_text=self.anchor_link_text,
+                exclude_anchor_links=self.exclude_anchor_links, **self.lexer_options)
+            return MarkdownWithMath(renderer=renderer).render(source)
+
+    return OfflineHTMLExporter(template_name="lab", template_file="cryoem-offline.html.j2",
+                               extra_loaders=[DictLoader({"cryoem-offline.html.j2": _TEMPLATE})],
+                               exclude_anchor_links=True)
+
+
+def _title(notebook: Any, fallback: str) -> str:
+    """The first Markdown heading of a notebook, without its ``#``."""
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown":
+            match = re.search(r"^#+\s+(.+)$", cell.source, flags=re.M)
+            if match:
+                return match.group(1).strip()
+    return fallback
+
+
+def _status(notebook: Any) -> str:
+    """``ok``, ``failed`` or ``not executed``, from a notebook's outputs and papermill record."""
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    if any(output.get("output_type") == "error" for cell in code for output in cell.get("outputs", [])) \
+            or notebook.metadata.get("papermill", {}).get("exception"):
+        return "failed"
+    if not any(cell.get("execution_count") for cell in code):
+        return "not executed"
+    return "ok"
+
+
+def _flatten(value: Any, key: str = "") -> Iterator[tuple[str, Any]]:
+    """Dotted keys and scalar values of a JSON value."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _flatten(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list) and len(value) > 8:
+        yield key, f"[{len(value)} values]"
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _flatten(v, f"{key}[{i}]")
+    else:
+        yield key, value
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value).lower() if value is not None else "—"
+    if isinstance(value, int):
+        return f"{value:,}".replace(",", " ")
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+METHOD_HTML = """\
+<p>This site reproduces <em>Learning to recover orientations from projections in
+single-particle cryo-EM</em> (Banjac, Donati, Defferrard, 2021, arXiv:2104.06237) with the
+<code>cryoem</code> package.  The method, in four phases, one notebook each:</p>
+<ol start="0">
+<li><strong>Data</strong>: a density map is rotated and projected along z,
+<code>p_i = Proj_z(R_i x)</code>, with shifts, noise and a CTF.</li>
+<li><strong>Distance learning</strong>: a Siamese network learns a distance between two
+projections that approximates the geodesic distance between their unknown orientations.</li>
+<li><strong>Orientation recovery</strong>: orientations whose distances match the estimated ones
+(spectral start, then gradient descent); the frame that distances cannot see is chosen from
+the images' common lines.</li>
+<li><strong>Reconstruction</strong>: the volume is rebuilt by least squares and its resolution
+measured by Fourier shell correlation.</li>
+</ol>
+<p>Two errors are reported: <code>e_or_o4</code>, the paper's metric (after the best O(4)
+transform of the quaternions), and <code>e_or</code>, the physical one (after the best global
+rotation and handedness only).  Ground truth is used only to score.</p>
+"""
+
+_STYLE = """\
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:60rem;
+margin:2rem auto;padding:0 1rem;line-height:1.5;color:#222}
+h1{font-size:1.6rem}h2{margin-top:2rem;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.5rem 0 1.5rem}td,th{padding:.2rem .8rem;
+border-bottom:1px solid #eee;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
+code{background:#f4f4f4;padding:0 .2rem}.failed{color:#b00}.muted{color:#777}
+"""
+
+
+def _nav(pages: Sequence[tuple[str, str]], current: int | None) -> str:
+    """A navigation bar: the index, then one link per page (the current one in bold)."""
+    links = ['<a href="index.html">index</a>']
+    for k, (href, title) in enumerate(pages):
+        label = html.escape(title.split(":")[0])
+        links.append(f"<strong>{label}</strong>" if k == current else f'<a href="{href}">{label}</a>')
+    return ('<nav class="cryoem-nav" style="font-family:sans-serif;padding:.6rem 1rem;'
+            'border-bottom:1px solid #ddd;margin-bottom:1rem">' + " · ".join(links) + "</nav>")
+
+
+def _index_html(entries: Sequence[Mapping[str, Any]], title: str) -> str:
+    """The index page: method, one results table per notebook, links."""
+    rows = []
+    for entry in entries:
+        status = entry["status"]
+        css = ' class="failed"' if status == "failed" else ""
+        seconds = f'{entry["seconds"]:.0f} s' if entry.get("seconds") is not None else "—"
+        rows.append(f'<tr><td><a href="{entry["href"]}">{html.escape(entry["title"])}</a></td>'
+                    f'<td{css}>{status}</td><td class="num">{seconds}</td></tr>')
+    sections = []
+    for entry in entries:
+        metrics = entry.get("metrics")
+        heading = f'<h3><a href="{entry["href"]}">{html.escape(entry["title"])}</a></h3>'
+        if not metrics:
+            sections.append(heading + '<p class="muted">no metrics file</p>')
+            continue
+        body = "".join(f"<tr><td><code>{html.escape(key)}</code></td>"
+                       f'<td class="num">{html.escape(_format(value))}</td></tr>'
+                       for key, value in _flatten(metrics))
+        sections.append(f"{heading}<table><tr><th>metric</th><th>value</th></tr>{body}</table>")
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
+            f"<h1>{html.escape(title)}</h1>\n<h2>Method</h2>\n{METHOD_HTML}"
+            f"<h2>Notebooks</h2>\n<table><tr><th>phase</th><th>run</th><th>time</th></tr>"
+            f'{"".join(rows)}</table>\n<h2>Results</h2>\n'
+            f'<p class="muted">From each notebook\'s metrics file (angles in radians, '
+            f"resolutions in Å).</p>\n{''.join(sections)}\n</body>\n</html>\n")
+
+
+def build_site(notebooks: str | os.PathLike, out: str | os.PathLike,
+               title: str = "cryoem: orientations from projections in single-particle cryo-EM"
+               ) -> list[Path]:
+    """Build the static site from a folder of executed notebooks.
+
+    Parameters
+    ----------
+    notebooks : path
+        Folder holding ``NAME.ipynb`` (executed) and ``NAME.json`` (metrics),
+        as written by :func:`run_all`; every ``*.ipynb`` in it becomes a page.
+    out : path
+        Site folder: ``index.html``, ``NAME.html`` per notebook and, when a
+        page has a plotly figure, ``plotly.min.js``.
+    title : str
+        Title of the index page.
+
+    Returns
+    -------
+    list of Path
+        The pages written, the index first.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the folder holds no notebook.
+    RuntimeError
+        When a page would load something over the network.
+    """
+    import nbformat
+
+    source, out = Path(notebooks), Path(out)
+    paths = sorted(source.glob("*.ipynb"))
+    if not paths:
+        raise FileNotFoundError(f"no notebooks (*.ipynb) in {source}; run `cryoem notebooks run` "
+                                "first")
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = [nbformat.read(path, as_version=4) for path in paths]
+    pages = [(f"{path.stem}.html", _title(nb, path.stem)) for path, nb in zip(paths, loaded)]
+    written, entries, need_plotly = [], [], False
+    exporter = _exporter()
+    for k, (path, notebook) in enumerate(zip(paths, loaded)):
+        status = _status(notebook)
+        figures = convert_plotly_outputs(notebook)
+        need_plotly |= figures > 0
+        head = '<script src="plotly.min.js"></script>' if figures else ""
+        body, _ = exporter.from_notebook_node(notebook, resources={
+            "metadata": {"name": pages[k][1], "path": str(path.parent)},
+            "cryoem_head": head, "cryoem_nav": _nav(pages, k)})
+        external = external_resources(body)
+        if external:
+            raise RuntimeError(f"{path.name}: the page would load {', '.join(external[:3])} "
+                               "from the network")
+        page = out / pages[k][0]
+        page.write_text(body, encoding="utf-8")
+        written.append(page)
+        metrics_file = path.with_suffix(".json")
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+        entries.append({"href": pages[k][0], "title": pages[k][1], "status": status,
+                        "seconds": notebook.metadata.get("papermill", {}).get("duration"),
+                        "metrics": metrics})
+    if need_plotly:
+        shutil.copyfile(plotly_js_path(), out / "plotly.min.js")
+    index = out / "index.html"
+    index.write_text(_index_html(entries, title), encoding="utf-8")
+    return [index, *written]
