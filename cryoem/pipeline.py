@@ -9,7 +9,7 @@ score: recovery, frame resolution and reconstruction never read it.
 
 Outputs in the folder: ``data.h5`` (dataset), ``model/`` (trained network),
 ``distances.h5``, ``orientations_from_distances.h5``, ``orientations.h5``
-(final), ``map.mrc`` (from the final orientations, in the truth's frame only for
+(frame resolved), ``orientations_refined.h5`` (final, with estimated shifts), ``map.mrc`` (from the final orientations, in the truth's frame only for
 scoring), ``map_true_orientations.mrc``, ``map_half1.mrc``/``map_half2.mrc``,
 ``figures/*.png``, ``relion/`` (particles for RELION), ``metrics.json``.
 """
@@ -59,6 +59,8 @@ class PipelineConfig:
     input_size: int | None = 32
     sigma2: float = 0.2
     steps: int = 2000
+    refine: bool = True
+    refine_iterations: int = 6
     seed: int = 0
 
     def digest(self) -> str:
@@ -204,11 +206,42 @@ def _resolve(run: _Run) -> None:
                            f"{frame.confidence:.1f} < 5 standard errors)")
 
 
-def _reconstruct(run: _Run) -> None:
-    from . import alignment, plots, reconstruction, recovery, resolution, rotations, volumes
+def _refine(run: _Run) -> None:
+    from . import alignment, recovery, refinement
 
+    if not run.config.refine:
+        return
     data = run.data()
     q, indices, _ = recovery.load_orientations(run.path("orientations.h5"))
+    result = refinement.refine(
+        data.projections[indices], q, ctf=data.ctf[indices] if data.ctf is not None else None,
+        pixel_size=data.pixel_size, iterations=run.config.refine_iterations,
+        seed=run.config.seed, progress=run.progress)
+    symmetry = data.attrs.get("symmetry", "C1")
+    truth = data.orientations[indices]  # only to score
+    physical = alignment.align_physical(result.quaternions, truth, symmetry)
+    run.metrics.update(e_or_unrefined_rad=run.metrics.get("e_or_rad"), e_or_rad=physical.mean,
+                       e_or_median_rad=physical.median,
+                       refinement_history=result.history)
+    recovery.save_orientations(run.path("orientations_refined.h5"), result.quaternions, indices,
+                               shifts=result.shifts, e_or_rad=physical.mean)
+
+
+def _final(run: _Run) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The orientations (and estimated shifts) the pipeline outputs: refined when refined."""
+    from . import recovery
+
+    refined = run.path("orientations_refined.h5")
+    path = refined if run.config.refine and refined.exists() else run.path("orientations.h5")
+    q, indices, attrs = recovery.load_orientations(path)
+    return q, indices, attrs.get("shifts")
+
+
+def _reconstruct(run: _Run) -> None:
+    from . import alignment, plots, reconstruction, resolution, rotations, volumes
+
+    data = run.data()
+    q, indices, shifts = _final(run)
     symmetry = data.attrs.get("symmetry", "C1")
     # Put the final orientations in the truth's frame (physical transform only), so the
     # map can be compared with the ground truth; the orientations themselves are unchanged.
@@ -220,11 +253,13 @@ def _reconstruct(run: _Run) -> None:
     options = dict(ctf=data.ctf[indices] if data.ctf is not None else None,
                    pixel_size=data.pixel_size, progress=run.progress)
     maps = {
-        "map.mrc": reconstruction.reconstruct(images, in_frame, **options),
+        "map.mrc": reconstruction.reconstruct(images, in_frame, shifts=shifts, **options),
         "map_true_orientations.mrc": reconstruction.reconstruct(
-            images, data.orientations[indices], label="true orientations (oracle)", **options),
+            images, data.orientations[indices], shifts=data.shifts[indices],
+            label="true orientations and shifts (oracle)", **options),
     }
-    first, second, _ = reconstruction.half_maps(images, in_frame, seed=run.config.seed, **options)
+    first, second, _ = reconstruction.half_maps(images, in_frame, seed=run.config.seed,
+                                                shifts=shifts, **options)
     maps.update({"map_half1.mrc": first, "map_half2.mrc": second})
     for name, result in maps.items():
         volumes.save_map(volumes.Volume(result.data, data.pixel_size, name), run.path(name))
@@ -261,11 +296,12 @@ def _fsc_figure(curves: dict[str, Any], halves: Any) -> Any:
 
 
 def _export(run: _Run) -> None:
-    from . import recovery, relion
+    from . import relion
 
-    q, indices, _ = recovery.load_orientations(run.path("orientations.h5"))
+    q, indices, shifts = _final(run)
     relion.export_relion(run.data(), run.path("relion"), orientations=q, indices=indices,
-                         shifts=np.zeros((len(indices), 2)), overwrite=True)
+                         shifts=np.zeros((len(indices), 2)) if shifts is None else shifts,
+                         overwrite=True)
 
 
 #: The stages, in order.
@@ -275,6 +311,7 @@ STAGES: tuple[tuple[str, Callable[[_Run], None]], ...] = (
     ("distances", _distances),
     ("recover", _recover),
     ("resolve", _resolve),
+    ("refine", _refine),
     ("reconstruct", _reconstruct),
     ("export", _export),
 )
@@ -389,6 +426,7 @@ def summary(metrics: dict[str, Any]) -> str:
         ("L_OR", fmt(metrics.get("l_or"), " rad²")),
         ("E_OR, paper's O(4) metric", fmt(metrics.get("e_or_o4_rad"), " rad")),
         ("E_OR physical, from distances", fmt(metrics.get("e_or_before_frame_rad"), " rad")),
+        ("E_OR physical, before refinement", fmt(metrics.get("e_or_unrefined_rad"), " rad")),
         ("E_OR physical, final", fmt(metrics.get("e_or_rad"), " rad")),
         ("FSC 0.5, final orientations", fmt(metrics.get("resolution_fsc05_angstrom"), " Å")),
         ("FSC 0.5, true orientations", fmt(metrics.get("resolution_fsc05_true_orientations_angstrom"), " Å")),

@@ -486,8 +486,11 @@ ORIENTATIONS_FORMAT = "cryoem-orientations-1"
 
 def save_orientations(path: "str | os.PathLike[str]", quaternions: ArrayLike,
                       indices: ArrayLike, loss_history: ArrayLike = (),
-                      **attributes: object) -> "Path":
-    """Write recovered orientations (with the dataset indices they belong to) atomically."""
+                      shifts: ArrayLike | None = None, **attributes: object) -> "Path":
+    """Write recovered orientations (with the dataset indices they belong to) atomically.
+
+    ``shifts`` (pixels), when estimated (e.g. by refinement), are stored beside them.
+    """
     import os
     from pathlib import Path
 
@@ -501,6 +504,8 @@ def save_orientations(path: "str | os.PathLike[str]", quaternions: ArrayLike,
             f.create_dataset("orientations", data=rotations.normalize(quaternions))
             f.create_dataset("indices", data=np.asarray(indices, dtype=np.int64))
             f.create_dataset("loss_history", data=np.asarray(loss_history, dtype=np.float64))
+            if shifts is not None:
+                f.create_dataset("shifts", data=np.asarray(shifts, dtype=np.float64))
             f.attrs["format"] = ORIENTATIONS_FORMAT
             f.attrs["quaternion_order"] = "".join(rotations.QUATERNION_ORDER)
             f.attrs.update({k: v for k, v in attributes.items() if v is not None})
@@ -513,7 +518,10 @@ def save_orientations(path: "str | os.PathLike[str]", quaternions: ArrayLike,
 
 def load_orientations(path: "str | os.PathLike[str]") -> tuple[FloatArray, NDArray[np.int64],
                                                               dict[str, object]]:
-    """Read ``(quaternions, indices, attributes)`` written by :func:`save_orientations`."""
+    """Read ``(quaternions, indices, attributes)`` written by :func:`save_orientations`.
+
+    Estimated shifts, when the file has them, are in ``attributes["shifts"]``.
+    """
     from pathlib import Path
 
     import h5py
@@ -524,4 +532,7 @@ def load_orientations(path: "str | os.PathLike[str]") -> tuple[FloatArray, NDArr
     with h5py.File(path, "r") as f:
         if f.attrs.get("format") != ORIENTATIONS_FORMAT:
             raise ValueError(f"{path} is not a cryoem orientation file")
-        return f["orientations"][()], f["indices"][()], dict(f.attrs)
+        attributes = dict(f.attrs)
+        if "shifts" in f:
+            attributes["shifts"] = f["shifts"][()]
+        return f["orientations"][()], f["indices"][()], attributes

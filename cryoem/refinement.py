@@ -180,7 +180,7 @@ def refine(
     pixel_size: float = 1.0,
     iterations: int = 8,
     step: float = 0.15,
-    shrink: float = 0.6,
+    shrink: float = 0.7,
     max_shift: float = 2.0,
     max_shift_total: float = 8.0,
     tolerance: float = 1e-3,
@@ -207,7 +207,7 @@ def refine(
     tolerance
         Stop when the mean change of orientation in an iteration falls below it (rad).
     soft_iterations
-        During the first ``soft_iterations`` (default: half of them) each image
+        During the first ``soft_iterations`` (default: a third of them) each image
         moves to the score-weighted mean of its candidates rather than to the
         best one: far less sensitive to noise while the references are still
         blurred; later iterations take the best candidate.
@@ -223,7 +223,7 @@ def refine(
         raise ValueError(f"{n} images but {len(q)} orientations")
     current_shifts = np.zeros((n, 2)) if shifts is None else np.array(shifts, dtype=np.float64)
     halves = np.random.default_rng(seed).permutation(n) % 2
-    soft_iterations = iterations // 2 if soft_iterations is None else soft_iterations
+    soft_iterations = -(-iterations // 3) if soft_iterations is None else soft_iterations
     spectra_all = np.fft.rfft2(np.fft.ifftshift(images, axes=(-2, -1)))
     history: list[dict[str, float]] = []
     for iteration in progress_bar(range(iterations), total=iterations, enable=progress,
