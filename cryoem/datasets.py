@@ -41,6 +41,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import __version__, projection, rotations
+from ._files import atomic_path
 from ._progress import progress_bar
 from .volumes import Volume
 
@@ -170,54 +171,38 @@ def generate(
     splits = split_indices(n_projections, split, seed=rng_split, test_size=test_size)
     size = volume.size
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
-    try:
-        with h5py.File(partial, "w") as f:
-            images = f.create_dataset(
-                "projections", (n_projections, size, size), dtype="float32",
-                chunks=(max(1, min(n_projections, 2**18 // (size * size))), size, size),
+    with atomic_path(out) as partial, h5py.File(partial, "w") as f:
+        images = f.create_dataset(
+            "projections", (n_projections, size, size), dtype="float32",
+            chunks=_image_chunks(n_projections, size))
+        total, total_sq = 0.0, 0.0
+        chunks = range(0, n_projections, _CHUNK_IMAGES)
+        for start in progress_bar(chunks, total=len(chunks), enable=progress,
+                                  desc="projecting"):
+            stop = min(start + _CHUNK_IMAGES, n_projections)
+            clean = projection.project(
+                volume.data, orientations[start:stop],
+                shifts=shifts[start:stop] if max_shift > 0 else None,
+                ctf=ctf_params[start:stop] if ctf_params is not None else None,
+                pixel_size=volume.voxel_size,
             )
-            total, total_sq = 0.0, 0.0
-            chunks = range(0, n_projections, _CHUNK_IMAGES)
+            images[start:stop] = clean
+            total += float(np.sum(clean, dtype=np.float64))
+            total_sq += float(np.sum(np.square(clean, dtype=np.float64)))
+        count = n_projections * size * size
+        signal_variance = total_sq / count - (total / count) ** 2
+        noise_var = 0.0 if np.isinf(snr) else signal_variance / snr
+        if noise_var > 0:
+            sigma = np.float32(np.sqrt(noise_var))
             for start in progress_bar(chunks, total=len(chunks), enable=progress,
-                                      desc="projecting"):
+                                      desc="adding noise"):
                 stop = min(start + _CHUNK_IMAGES, n_projections)
-                clean = projection.project(
-                    volume.data, orientations[start:stop],
-                    shifts=shifts[start:stop] if max_shift > 0 else None,
-                    ctf=ctf_params[start:stop] if ctf_params is not None else None,
-                    pixel_size=volume.voxel_size,
-                )
-                images[start:stop] = clean
-                total += float(np.sum(clean, dtype=np.float64))
-                total_sq += float(np.sum(np.square(clean, dtype=np.float64)))
-            count = n_projections * size * size
-            signal_variance = total_sq / count - (total / count) ** 2
-            noise_var = 0.0 if np.isinf(snr) else signal_variance / snr
-            if noise_var > 0:
-                sigma = np.float32(np.sqrt(noise_var))
-                for start in progress_bar(chunks, total=len(chunks), enable=progress,
-                                          desc="adding noise"):
-                    stop = min(start + _CHUNK_IMAGES, n_projections)
-                    block = images[start:stop]
-                    images[start:stop] = block + sigma * rng_noise.standard_normal(
-                        block.shape, dtype=np.float32)
-            f.create_dataset("orientations", data=orientations)
-            f.create_dataset("shifts", data=shifts)
-            if ctf_params is not None:
-                f.create_dataset("ctf", data=ctf_params.as_array())
-                f["ctf"].attrs["fields"] = list(projection.CTFParameters.FIELDS)
-            f.create_dataset("volume", data=volume.data.astype(np.float32),
-                             chunks=(1, size, size))
-            for name, indices in splits.items():
-                f.create_dataset(f"split/{name}", data=indices.astype(np.int64))
-            f.attrs.update(_attributes(volume, snr, noise_var, signal_variance, max_shift,
-                                       ctf, sampling, seed))
-        os.replace(partial, out)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+                block = images[start:stop]
+                images[start:stop] = block + sigma * rng_noise.standard_normal(
+                    block.shape, dtype=np.float32)
+        _write_truth(f, orientations, shifts, ctf_params, volume.data, splits)
+        f.attrs.update(_attributes(volume, snr, noise_var, signal_variance, max_shift,
+                                   ctf, sampling, seed))
     return out
 
 
@@ -241,33 +226,41 @@ def save(path: str | os.PathLike, projections: NDArray, orientations: NDArray,
             or np.shape(shifts) != (n, 2):
         raise ValueError("projections (N, L, L), orientations (N, 4) and shifts (N, 2) must agree")
     split = split or split_indices(n)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        with h5py.File(partial, "w") as f:
-            f.create_dataset("projections", data=projections,
-                             chunks=(max(1, min(n, 2**18 // (size * size))), size, size))
-            f.create_dataset("orientations", data=rotations.normalize(orientations))
-            f.create_dataset("shifts", data=np.asarray(shifts, dtype=np.float64))
-            if ctf is not None:
-                f.create_dataset("ctf", data=ctf.as_array())
-                f["ctf"].attrs["fields"] = list(projection.CTFParameters.FIELDS)
-            if volume is not None:
-                f.create_dataset("volume", data=np.asarray(volume, dtype=np.float32))
-            for name, indices in split.items():
-                f.create_dataset(f"split/{name}", data=np.asarray(indices, dtype=np.int64))
-            f.attrs.update({"format": FORMAT, "version": __version__,
-                            "pixel_size": float(pixel_size), "convention": CONVENTION,
-                            "quaternion_order": "".join(rotations.QUATERNION_ORDER),
-                            "ctf": ctf is not None,
-                            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                                timespec="seconds")})
-            f.attrs.update({k: v for k, v in attributes.items() if v is not None})
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as partial, h5py.File(partial, "w") as f:
+        f.create_dataset("projections", data=projections, chunks=_image_chunks(n, size))
+        _write_truth(f, orientations, shifts, ctf, volume, split)
+        f.attrs.update({"format": FORMAT, "version": __version__,
+                        "pixel_size": float(pixel_size), "convention": CONVENTION,
+                        "quaternion_order": "".join(rotations.QUATERNION_ORDER),
+                        "ctf": ctf is not None, "created": _now()})
+        f.attrs.update({k: v for k, v in attributes.items() if v is not None})
     return path
+
+
+def _image_chunks(n: int, size: int) -> tuple[int, int, int]:
+    """About 1 MB of images per HDF5 chunk."""
+    return (max(1, min(n, 2**18 // (size * size))), size, size)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_truth(f: Any, orientations: NDArray, shifts: NDArray,
+                 ctf: projection.CTFParameters | None, volume: NDArray | None,
+                 split: dict[str, NDArray]) -> None:
+    """Everything but the images and attributes: orientations, shifts, CTF, volume, split."""
+    f.create_dataset("orientations", data=rotations.normalize(orientations))
+    f.create_dataset("shifts", data=np.asarray(shifts, dtype=np.float64))
+    if ctf is not None:
+        f.create_dataset("ctf", data=ctf.as_array())
+        f["ctf"].attrs["fields"] = list(projection.CTFParameters.FIELDS)
+    if volume is not None:
+        size = volume.shape[0]
+        f.create_dataset("volume", data=np.asarray(volume, dtype=np.float32),
+                         chunks=(1, size, size))
+    for name, indices in split.items():
+        f.create_dataset(f"split/{name}", data=np.asarray(indices, dtype=np.int64))
 
 
 def _attributes(volume: Volume, snr: float, noise_var: float, signal_variance: float,
@@ -291,7 +284,7 @@ def _attributes(volume: Volume, snr: float, noise_var: float, signal_variance: f
         "particle_diameter": float(volume.particle_diameter or float("nan")),
         "convention": CONVENTION,
         "quaternion_order": "".join(rotations.QUATERNION_ORDER),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": _now(),
     }
 
 

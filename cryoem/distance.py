@@ -357,19 +357,14 @@ def save_matrix(path: str | os.PathLike, matrix: ArrayLike, indices: ArrayLike,
     """Write a distance matrix and the dataset indices it covers to HDF5 (atomically)."""
     import h5py
 
+    from ._files import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        with h5py.File(partial, "w") as f:
-            f.create_dataset("distances", data=np.asarray(matrix, dtype=np.float32))
-            f.create_dataset("indices", data=np.asarray(indices, dtype=np.int64))
-            f.attrs["format"] = "cryoem-distances-1"
-            f.attrs.update({k: v for k, v in attributes.items() if v is not None})
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as partial, h5py.File(partial, "w") as f:
+        f.create_dataset("distances", data=np.asarray(matrix, dtype=np.float32))
+        f.create_dataset("indices", data=np.asarray(indices, dtype=np.int64))
+        f.attrs["format"] = "cryoem-distances-1"
+        f.attrs.update({k: v for k, v in attributes.items() if v is not None})
     return path
 
 

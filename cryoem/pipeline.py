@@ -84,9 +84,7 @@ class _Run:
         return self.folder / name
 
     def save(self) -> None:
-        partial = self.record_path.with_name(".pipeline.json.partial")
-        partial.write_text(json.dumps(self.record, indent=2, default=_json_default))
-        os.replace(partial, self.record_path)
+        _write_json(self.record_path, self.record)
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -355,10 +353,15 @@ def write_metrics(run: _Run) -> Path:
                    config_hash=run.record["config_hash"])
     metrics.update({k: v for k, v in run.metrics.items() if k not in metrics})
     path = run.path("metrics.json")
-    partial = path.with_name(".metrics.json.partial")
-    partial.write_text(json.dumps(metrics, indent=2, default=_json_default))
-    os.replace(partial, path)
+    _write_json(path, metrics)
     return path
+
+
+def _write_json(path: Path, value: Any) -> None:
+    from ._files import atomic_path
+
+    with atomic_path(path) as partial:
+        partial.write_text(json.dumps(value, indent=2, default=_json_default))
 
 
 def run(config: PipelineConfig, out_dir: str | os.PathLike, progress: bool = True,

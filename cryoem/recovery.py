@@ -31,7 +31,9 @@ best, and :mod:`cryoem.alignment` scores them.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -484,46 +486,36 @@ def recover_sampled(
 ORIENTATIONS_FORMAT = "cryoem-orientations-1"
 
 
-def save_orientations(path: "str | os.PathLike[str]", quaternions: ArrayLike,
+def save_orientations(path: str | os.PathLike[str], quaternions: ArrayLike,
                       indices: ArrayLike, loss_history: ArrayLike = (),
-                      shifts: ArrayLike | None = None, **attributes: object) -> "Path":
+                      shifts: ArrayLike | None = None, **attributes: object) -> Path:
     """Write recovered orientations (with the dataset indices they belong to) atomically.
 
     ``shifts`` (pixels), when estimated (e.g. by refinement), are stored beside them.
     """
-    import os
-    from pathlib import Path
-
     import h5py
 
+    from ._files import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        with h5py.File(partial, "w") as f:
-            f.create_dataset("orientations", data=rotations.normalize(quaternions))
-            f.create_dataset("indices", data=np.asarray(indices, dtype=np.int64))
-            f.create_dataset("loss_history", data=np.asarray(loss_history, dtype=np.float64))
-            if shifts is not None:
-                f.create_dataset("shifts", data=np.asarray(shifts, dtype=np.float64))
-            f.attrs["format"] = ORIENTATIONS_FORMAT
-            f.attrs["quaternion_order"] = "".join(rotations.QUATERNION_ORDER)
-            f.attrs.update({k: v for k, v in attributes.items() if v is not None})
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as partial, h5py.File(partial, "w") as f:
+        f.create_dataset("orientations", data=rotations.normalize(quaternions))
+        f.create_dataset("indices", data=np.asarray(indices, dtype=np.int64))
+        f.create_dataset("loss_history", data=np.asarray(loss_history, dtype=np.float64))
+        if shifts is not None:
+            f.create_dataset("shifts", data=np.asarray(shifts, dtype=np.float64))
+        f.attrs["format"] = ORIENTATIONS_FORMAT
+        f.attrs["quaternion_order"] = "".join(rotations.QUATERNION_ORDER)
+        f.attrs.update({k: v for k, v in attributes.items() if v is not None})
     return path
 
 
-def load_orientations(path: "str | os.PathLike[str]") -> tuple[FloatArray, NDArray[np.int64],
+def load_orientations(path: str | os.PathLike[str]) -> tuple[FloatArray, NDArray[np.int64],
                                                               dict[str, object]]:
     """Read ``(quaternions, indices, attributes)`` written by :func:`save_orientations`.
 
     Estimated shifts, when the file has them, are in ``attributes["shifts"]``.
     """
-    from pathlib import Path
-
     import h5py
 
     path = Path(path)

@@ -26,6 +26,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import projection, rotations
+from ._files import atomic_path
 from .datasets import Dataset
 
 __all__ = ["export_relion", "import_relion", "read_star"]
@@ -64,8 +65,7 @@ def export_relion(data: Dataset, out_dir: str | os.PathLike, *,
     out.mkdir(parents=True, exist_ok=True)
     pixel = data.pixel_size
 
-    partial_stack = out / f".{STACK_NAME}.partial"
-    with mrcfile.new(partial_stack, overwrite=True) as mrc:
+    with atomic_path(stack_path) as partial, mrcfile.new(partial, overwrite=True) as mrc:
         mrc.set_data(images)
         mrc.set_image_stack()
         mrc.voxel_size = pixel
@@ -91,11 +91,9 @@ def export_relion(data: Dataset, out_dir: str | os.PathLike, *,
     else:  # RELION requires these even without a CTF to correct
         optics.update({"rlnVoltage": [300.0], "rlnSphericalAberration": [2.7],
                        "rlnAmplitudeContrast": [0.1]})
-    partial_star = out / f".{STAR_NAME}.partial"
-    starfile.write({"optics": pd.DataFrame(optics), "particles": pd.DataFrame(particles)},
-                   partial_star, overwrite=True)
-    os.replace(partial_stack, stack_path)
-    os.replace(partial_star, star_path)
+    with atomic_path(star_path) as partial:
+        starfile.write({"optics": pd.DataFrame(optics), "particles": pd.DataFrame(particles)},
+                       partial, overwrite=True)
     return star_path
 
 

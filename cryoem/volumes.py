@@ -44,6 +44,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import rotations
+from ._files import atomic_path
 
 __all__ = [
     "Volume",
@@ -192,13 +193,10 @@ def save_map(volume: Volume, path: str | os.PathLike) -> Path:
     import mrcfile
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    with mrcfile.new(tmp, overwrite=True) as mrc:
+    with atomic_path(path) as partial, mrcfile.new(partial, overwrite=True) as mrc:
         mrc.set_data(np.ascontiguousarray(volume.data, dtype=np.float32))
         mrc.voxel_size = volume.voxel_size
         mrc.header.origin = (0.0, 0.0, 0.0)
-    os.replace(tmp, path)
     return path
 
 

@@ -1,0 +1,107 @@
+"""Run ASPIRE's common-lines orientation estimation (``CLSyncVoting``) on images from a file.
+
+Like ``aspire_worker.py``, this script runs with the Python of ASPIRE's *own*
+virtual environment (``/work/aspire-venv``), never the project's, and talks
+to the caller only through files: images ``(N, L, L)`` in a ``.npy`` file in,
+the estimated rotation matrices (``.npy``) and a JSON result out.
+
+Usage::
+
+    aspire-venv/bin/python aspire_commonlines_worker.py --images IMAGES.npy \\
+        --rotations-out ROTATIONS.npy --out RESULT.json [--n-theta 360] \\
+        [--pixel-size 1.0] [--dtype float64] [--threads 1]
+
+What is timed (``seconds``): building ``aspire.source.ArrayImageSource`` and
+``aspire.abinitio.CLSyncVoting(src, n_theta=...)``, then
+``estimate_rotations()``: the polar Fourier transform of the (masked) images,
+the common-lines matrix (every pair, every shift within ``max_shift``), the
+voting synchronisation matrix and its leading eigenvectors.
+
+Conventions (ASPIRE 0.14.3, see ``aspire_worker.py``): images are indexed
+``[y, x]`` with the centre at ``L // 2``, as in ``cryoem``; ASPIRE's rotation
+``R`` maps the image frame into the volume frame (the beam is ``R[:, 2]``),
+so it is the *transpose* of ``cryoem``'s ``R_i`` (volume → microscope).  The
+matrices are written as ASPIRE returns them; the caller transposes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+ROTATION_CONVENTION = ("aspire: R maps the image frame into the volume frame (beam = R[:, 2]); "
+                       "cryoem's R_i = R.T")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "NUMEXPR_NUM_THREADS")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", required=True, type=Path, help="(N, L, L) .npy")
+    p.add_argument("--rotations-out", required=True, type=Path,
+                   help="(N, 3, 3) .npy: ASPIRE's estimated rotations, ASPIRE's convention")
+    p.add_argument("--out", required=True, type=Path, help="result JSON path")
+    p.add_argument("--n-theta", type=int, default=360,
+                   help="angular resolution of the polar Fourier lines (even; ASPIRE's default)")
+    p.add_argument("--pixel-size", type=float, default=1.0,
+                   help="Å per pixel (ArrayImageSource requires one; it does not change the result)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    p.add_argument("--threads", type=int, default=None,
+                   help="set OMP/BLAS thread counts (before NumPy is imported)")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads is not None:
+        for variable in THREAD_VARIABLES:
+            os.environ[variable] = str(args.threads)
+    images_path = args.images.resolve()
+    rotations_path = args.rotations_out.resolve()
+    out_path = args.out.resolve()
+    # ASPIRE writes a logs/ folder into the working directory on import.
+    with tempfile.TemporaryDirectory(prefix="aspire_cl_worker_") as scratch:
+        os.chdir(scratch)
+        import numpy as np
+
+        import aspire
+        from aspire.abinitio import CLSyncVoting
+        from aspire.source import ArrayImageSource
+
+        images = np.load(images_path).astype(args.dtype, copy=False)
+        if images.ndim != 3 or images.shape[1] != images.shape[2]:
+            raise SystemExit(f"images must be (N, L, L), got {images.shape}")
+        start = time.perf_counter()
+        source = ArrayImageSource(images, pixel_size=args.pixel_size)
+        orientation = CLSyncVoting(source, n_theta=args.n_theta)
+        orientation.estimate_rotations()
+        rotations = np.asarray(orientation.rotations, dtype=np.float64)
+        seconds = time.perf_counter() - start
+        np.save(rotations_path, rotations)
+
+    result = {
+        "aspire_version": aspire.__version__,
+        "python": platform.python_version(),
+        "method": "aspire.abinitio.CLSyncVoting",
+        "n": int(images.shape[0]),
+        "L": int(images.shape[-1]),
+        "n_theta": args.n_theta,
+        "n_rad": int(orientation.n_rad),
+        "max_shift_px": int(orientation.max_shift),
+        "dtype": args.dtype,
+        "pixel_size": args.pixel_size,
+        "seconds": seconds,
+        "threads": {variable: os.environ.get(variable) for variable in THREAD_VARIABLES},
+        "rotation_convention": ROTATION_CONVENTION,
+    }
+    out_path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
