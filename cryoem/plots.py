@@ -15,8 +15,12 @@ from numpy.typing import ArrayLike
 
 from . import rotations
 
-__all__ = ["projection_gallery", "volume_slices", "orientation_coverage", "isosurface",
-           "dp_dq", "training_curves", "save"]
+__all__ = [
+    "projection_gallery", "volume_slices", "orientation_coverage", "isosurface", "dp_dq",
+    "training_curves", "viewing_directions", "orientation_errors", "recovery_errors",
+    "loss_vs_error", "recovery_curves", "common_line_scores", "map_slices", "fsc_curves",
+    "volume_rendering", "save",
+]
 
 
 def projection_gallery(images: ArrayLike, titles: Sequence[str] | None = None,
@@ -155,11 +159,11 @@ def training_curves(history: dict[str, Sequence[float]], title: str = "training"
 
 
 def save(figure: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Save a matplotlib figure (PNG/PDF/SVG) or a plotly figure (HTML) and close it."""
+    """Save a matplotlib figure (PNG/PDF/SVG) or a plotly figure (self-contained HTML) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if hasattr(figure, "write_html"):
-        figure.write_html(path, include_plotlyjs="cdn")
+        figure.write_html(path, include_plotlyjs=True)  # embedded: works offline
         return path
     import matplotlib.pyplot as plt
 
@@ -171,8 +175,6 @@ def save(figure: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
 # ----------------------------------------------------------------------------
 # Orientation recovery (Phase 2)
 # ----------------------------------------------------------------------------
-__all__ += ["viewing_directions", "orientation_errors", "recovery_errors", "loss_vs_error",
-            "recovery_curves"]
 
 
 def viewing_directions(estimated: ArrayLike, true: ArrayLike, title: str = "",
@@ -368,7 +370,6 @@ def common_line_scores(angles: ArrayLike, curves: Any, samples: Any = None,
 # ----------------------------------------------------------------------------
 # Reconstruction (Phase 3)
 # ----------------------------------------------------------------------------
-__all__ += ["map_slices", "fsc_curves"]
 
 
 def map_slices(maps: Any, voxel_size: float = 1.0, title: str = "", size: float = 2.2) -> Any:
@@ -464,4 +465,24 @@ def fsc_curves(curves: Any, thresholds: Sequence[float] | float = (0.5,), title:
     return fig
 
 
-__all__ += ["common_line_scores"]
+
+
+def volume_rendering(volume: ArrayLike, voxel_size: float = 1.0,
+                     level: float | None = None) -> Any:
+    """An ipyvolume volume rendering for live notebooks (optional extra ``volume-rendering``).
+
+    ipyvolume's widgets load their JavaScript from a CDN, so the published site
+    uses :func:`isosurface` (plotly, works from the files alone) instead.
+    """
+    try:
+        import ipyvolume
+    except ImportError as error:
+        raise ImportError("volume rendering needs ipyvolume: pip install -e "
+                          "\".[volume-rendering]\" (ipyvolume with ipython_genutils and six, "
+                          "which it imports without declaring them)") from error
+    data = np.asarray(volume, dtype=np.float32)
+    extent = np.array([-0.5, 0.5]) * data.shape[0] * voxel_size
+    figure = ipyvolume.figure()
+    ipyvolume.volshow(data, level=[level if level is not None else 0.3 * float(data.max())],
+                      extent=[extent] * 3)
+    return figure

@@ -102,3 +102,15 @@ def test_fsc_curves():
     texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert len(texts) == 3 and texts[0] == "same: 4.00 Å" and texts[2].startswith("unrelated: >")
     assert len(plots.fsc_curves(same, thresholds=0.143).axes) == 1
+
+
+def test_volume_rendering_is_optional():
+    volume = np.zeros((8, 8, 8), dtype=np.float32)
+    volume[4, 4, 4] = 1.0
+    try:
+        import ipyvolume  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="volume-rendering"):
+            plots.volume_rendering(volume)
+    else:
+        assert plots.volume_rendering(volume) is not None
