@@ -9,7 +9,7 @@ Usage::
 
     aspire-venv/bin/python aspire_commonlines_worker.py --images IMAGES.npy \\
         --rotations-out ROTATIONS.npy --out RESULT.json [--n-theta 360] \\
-        [--pixel-size 1.0] [--dtype float64] [--threads 1]
+        [--pixel-size 1.0] [--dtype float32] [--threads 1]
 
 What is timed (``seconds``): building ``aspire.source.ArrayImageSource`` and
 ``aspire.abinitio.CLSyncVoting(src, n_theta=...)``, then
@@ -49,8 +49,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--n-theta", type=int, default=360,
                    help="angular resolution of the polar Fourier lines (even; ASPIRE's default)")
     p.add_argument("--pixel-size", type=float, default=1.0,
-                   help="Å per pixel (ArrayImageSource requires one; it does not change the result)")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+                   help="Å per pixel (ArrayImageSource needs one; the result ignores it)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="ASPIRE's working precision (the images are stored in float32)")
     p.add_argument("--threads", type=int, default=None,
                    help="set OMP/BLAS thread counts (before NumPy is imported)")
     return p.parse_args()
