@@ -81,73 +81,87 @@ _OVERSAMPLING = 2  # correlation sampled every half pixel
 
 def _match(reference: NDArray, images_spectra: NDArray, q: FloatArray, shifts: FloatArray,
            ctf: NDArray | None, band: _Band, offsets: FloatArray, max_shift: float,
-           batch: int, soft: bool = False) -> tuple[FloatArray, FloatArray, FloatArray]:
+           batch: int, soft: bool = False,
+           shortlist: int = 4) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Best candidate orientation, shift and score for every image.
 
-    The image spectra are first moved back by the current shifts, so the
-    search looks for a small correction around them; correlations are sampled
-    every half pixel (zero-padded inverse FFT) and the peak refined by a parabola.
+    The image spectra are first moved back by the current shifts.  Every
+    candidate is scored at that shift (one dot product each); the ``shortlist``
+    best then get a full shift search: correlations sampled every half pixel
+    (zero-padded inverse FFT) around the current shift, the peak refined by a
+    parabola.  In ``soft`` mode the orientation is the score-weighted mean of
+    all candidates.
     """
     size = band.size
     fine = _OVERSAMPLING * size
-    rows = np.mod(band.kv, fine).astype(np.int64)  # band frequencies in the padded layout
-    cols = band.ku.astype(np.int64)
-    evaluator = projection._SliceEvaluator(reference, precision="single")
-    n, k = len(q), len(offsets)
-    best_q = np.empty((n, 4))
-    best_shift = np.empty((n, 2))
-    best_score = np.empty(n)
+    layout = (np.mod(band.kv, fine).astype(np.int64), band.ku.astype(np.int64))
     window = int(np.ceil(max_shift * _OVERSAMPLING))
     keep = np.r_[0:window + 1, fine - window:fine]
+    evaluator = projection._SliceEvaluator(reference, precision="single")
+    n, k = len(q), len(offsets)
+    best_q, best_shift, best_score = np.empty((n, 4)), np.empty((n, 2)), np.empty(n)
     undo = np.exp(2j * np.pi / size * (band.ku * shifts[:, :1] + band.kv * shifts[:, 1:]))
     for start in range(0, n, batch):
         stop = min(start + batch, n)
-        count = stop - start
+        count, images = stop - start, np.arange(stop - start)
         candidates = rotations.multiply(offsets[None, :, :], q[start:stop, None, :])  # δ·q
         matrices = rotations.quaternion_to_matrix(candidates.reshape(-1, 4))
         slices = evaluator(band.points(matrices)).reshape(count, k, -1)
         if ctf is not None:
             slices = slices * ctf[start:stop, None, :]
-        norms = np.sqrt(np.sum(band.weights * np.abs(slices) ** 2, axis=-1))
+        norms = np.maximum(np.sqrt(np.sum(band.weights * np.abs(slices) ** 2, axis=-1)), 1e-30)
         centred = images_spectra[start:stop] * undo[start:stop]
-        grid = np.zeros((count, k, fine, fine // 2 + 1), dtype=np.complex128)
-        grid[..., rows, cols] = centred[:, None, :] * np.conj(slices)
-        correlation = np.fft.irfft2(grid, s=(fine, fine))  # ∝ Σ_k Re(Y S̄ e^{+2πik·t/L})
-        correlation = correlation[..., keep[:, None], keep[None, :]]
-        correlation /= np.maximum(norms, 1e-30)[..., None, None]
-        flat = correlation.reshape(count, -1)
-        index = np.argmax(flat, axis=1)
-        side = len(keep)
-        which, rest = np.divmod(index, side * side)
-        row, col = np.divmod(rest, side)
-        images = np.arange(count)
-        best_score[start:stop] = flat[images, index]
-        chosen = correlation[images, which]
-        inner_row = np.clip(row, 1, side - 2)
-        inner_col = np.clip(col, 1, side - 2)
-        dy = np.where(row == inner_row, _parabola(chosen[images, row - 1, inner_col],
-                                                  chosen[images, row, inner_col],
-                                                  chosen[images, (row + 1) % side, inner_col]),
-                      0.0)
-        dx = np.where(col == inner_col, _parabola(chosen[images, inner_row, col - 1],
-                                                  chosen[images, inner_row, col],
-                                                  chosen[images, inner_row, (col + 1) % side]),
-                      0.0)
-        offset_y = (keep[row] - np.where(keep[row] > fine // 2, fine, 0) + dy) / _OVERSAMPLING
-        offset_x = (keep[col] - np.where(keep[col] > fine // 2, fine, 0) + dx) / _OVERSAMPLING
-        best_shift[start:stop] = shifts[start:stop] + np.stack([offset_x, offset_y], axis=-1)
+        at_current = np.real(np.sum(band.weights * centred[:, None, :] * np.conj(slices),
+                                    axis=-1)) / norms
+        top = np.argsort(-at_current, axis=1)[:, :min(shortlist, k)]
+        which, offset, best_score[start:stop] = _shift_search(
+            centred, slices[images[:, None], top], norms[images[:, None], top], layout, keep,
+            fine)
+        best_shift[start:stop] = shifts[start:stop] + offset
         if soft:
-            # Expectation over the candidates (each at its best shift): a softmax of the
-            # scores at the spread of the scores, averaged as quaternions around q_i.
-            peaks = flat.reshape(count, k, -1).max(axis=-1)
-            spread = np.maximum(peaks.std(axis=1, keepdims=True), 1e-12)
-            weights = np.exp((peaks - peaks.max(axis=1, keepdims=True)) / spread)
+            # Expectation over the candidates: a softmax of their scores at the spread
+            # of the scores, averaged as quaternions on q_i's side of the double cover.
+            spread = np.maximum(at_current.std(axis=1, keepdims=True), 1e-12)
+            weights = np.exp((at_current - at_current.max(axis=1, keepdims=True)) / spread)
             aligned = candidates * np.sign(np.sum(candidates * q[start:stop, None, :], -1,
                                                   keepdims=True))
             best_q[start:stop] = rotations.normalize(np.sum(weights[..., None] * aligned, 1))
         else:
-            best_q[start:stop] = candidates[images, which]
+            best_q[start:stop] = candidates[images, top[images, which]]
     return rotations.canonical(best_q), best_shift, best_score
+
+
+def _shift_search(centred: NDArray, slices: NDArray, norms: FloatArray,
+                  layout: tuple[NDArray, NDArray], keep: NDArray,
+                  fine: int) -> tuple[NDArray, FloatArray, FloatArray]:
+    """For each image, the best of its candidate slices over shifts in the window ``keep``.
+
+    Returns the candidate index, the shift correction ``(dx, dy)`` in pixels
+    (half-pixel grid refined by a parabola) and the score.
+    """
+    count, k = slices.shape[:2]
+    grid = np.zeros((count, k, fine, fine // 2 + 1), dtype=np.complex64)
+    grid[..., layout[0], layout[1]] = centred[:, None, :] * np.conj(slices)
+    correlation = np.fft.irfft2(grid, s=(fine, fine))  # ∝ Σ_k Re(Y S̄ e^{+2πik·t/L})
+    correlation = correlation[..., keep[:, None], keep[None, :]] / norms[..., None, None]
+    flat = correlation.reshape(count, -1)
+    index = np.argmax(flat, axis=1)
+    side = len(keep)
+    which, rest = np.divmod(index, side * side)
+    row, col = np.divmod(rest, side)
+    images = np.arange(count)
+    chosen = correlation[images, which]
+    inner_row, inner_col = np.clip(row, 1, side - 2), np.clip(col, 1, side - 2)
+    dy = np.where(row == inner_row, _parabola(chosen[images, inner_row - 1, inner_col],
+                                              chosen[images, inner_row, inner_col],
+                                              chosen[images, inner_row + 1, inner_col]), 0.0)
+    dx = np.where(col == inner_col, _parabola(chosen[images, inner_row, inner_col - 1],
+                                              chosen[images, inner_row, inner_col],
+                                              chosen[images, inner_row, inner_col + 1]), 0.0)
+    offset_y = keep[row] - np.where(keep[row] > fine // 2, fine, 0) + dy
+    offset_x = keep[col] - np.where(keep[col] > fine // 2, fine, 0) + dx
+    offset = np.stack([offset_x, offset_y], axis=-1) / _OVERSAMPLING
+    return which, offset, flat[images, index]
 
 
 def _filter_by_fsc(volume: NDArray, values: FloatArray) -> NDArray:
