@@ -71,20 +71,20 @@ def test_candidates_and_errors():
 
 def test_refine_command(tmp_path, capsys):
     data_path = tmp_path / "d.h5"
-    datasets.generate(volumes.gaussian_phantom(24, n_blobs=8, sigma=1.5, seed=2), 200, data_path,
-                      max_shift=1.5, seed=1, test_size=200)
+    datasets.generate(volumes.gaussian_phantom(32, n_blobs=8, sigma=1.8, seed=4), 300, data_path,
+                      max_shift=1.5, seed=1, test_size=300)
     data = datasets.load(data_path)
-    axes = np.random.default_rng(1).standard_normal((200, 3))
-    start = rotations.multiply(rotations.axis_angle_to_quaternion(axes, 0.1), data.orientations)
+    axes = np.random.default_rng(1).standard_normal((300, 3))
+    start = rotations.multiply(rotations.axis_angle_to_quaternion(axes, 0.2), data.orientations)
     first = tmp_path / "o.h5"
-    recovery.save_orientations(first, start, np.arange(200))
+    recovery.save_orientations(first, start, np.arange(300))
     out = tmp_path / "r.h5"
     assert cli.main(["refine", str(data_path), "--orientations", str(first), "--out", str(out),
-                     "--iterations", "3", "--quiet"]) == 0
+                     "--iterations", "4", "--quiet"]) == 0
     assert "E_OR" in capsys.readouterr().out
     q, indices, attrs = recovery.load_orientations(out)
     assert attrs["e_or_rad"] < attrs["e_or_unrefined_rad"]
-    assert attrs["shifts"].shape == (200, 2)
+    assert attrs["shifts"].shape == (300, 2)
     assert cli.main(["reconstruct", str(data_path), "--orientations", str(out), "--out",
                      str(tmp_path / "m.mrc"), "--quiet"]) == 0
     assert "estimated shifts" in capsys.readouterr().out
