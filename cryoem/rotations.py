@@ -354,9 +354,7 @@ def sample_euler_ranges(
     rejection, however narrow the ranges.
     """
     rng = np.random.default_rng(seed)
-    _check_range("rot", rot, -360, 360)
-    _check_range("tilt", tilt, 0, 180)
-    _check_range("psi", psi, -360, 360)
+    _check_euler_ranges(rot, tilt, psi)
     cos_tilt = rng.uniform(np.cos(np.deg2rad(tilt[1])), np.cos(np.deg2rad(tilt[0])), n)
     angles = np.stack(
         [
@@ -382,9 +380,7 @@ def sample_uniform_angles(
     uniform on SO(3): views crowd towards the poles ``tilt = 0, 180°``.
     """
     rng = np.random.default_rng(seed)
-    _check_range("rot", rot, -360, 360)
-    _check_range("tilt", tilt, 0, 180)
-    _check_range("psi", psi, -360, 360)
+    _check_euler_ranges(rot, tilt, psi)
     angles = np.stack([rng.uniform(*rot, n), rng.uniform(*tilt, n), rng.uniform(*psi, n)], -1)
     return euler_to_quaternion(angles)
 
@@ -516,6 +512,9 @@ def _as_quaternions(q: ArrayLike) -> FloatArray:
     return q
 
 
-def _check_range(name: str, bounds: tuple[float, float], low: float, high: float) -> None:
-    if not (low <= bounds[0] <= bounds[1] <= high):
-        raise ValueError(f"{name} range {bounds} must satisfy {low} <= min <= max <= {high}")
+def _check_euler_ranges(rot: tuple[float, float], tilt: tuple[float, float],
+                        psi: tuple[float, float]) -> None:
+    for name, bounds, low, high in (("rot", rot, -360, 360), ("tilt", tilt, 0, 180),
+                                    ("psi", psi, -360, 360)):
+        if not (low <= bounds[0] <= bounds[1] <= high):
+            raise ValueError(f"{name} range {bounds} must satisfy {low} <= min <= max <= {high}")
