@@ -243,6 +243,11 @@ def test_euler_ranges_are_respected():
     cos_tilt = np.cos(np.deg2rad(angles[:, 1]))
     low, high = np.cos(np.deg2rad(60)), np.cos(np.deg2rad(40))
     assert stats.kstest(cos_tilt, stats.uniform(low, high - low).cdf).pvalue > 1e-3
+    for bad in ({"tilt": (0, 200)}, {"rot": (30, 10)}, {"psi": (-400, 0)}):
+        with pytest.raises(ValueError, match="range"):
+            rot.sample_euler_ranges(3, **bad)
+        with pytest.raises(ValueError, match="range"):
+            rot.sample_uniform_angles(3, **bad)
 
 
 def test_uniform_angles_are_uniform_in_tilt():
