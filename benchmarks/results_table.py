@@ -1,8 +1,8 @@
 """Regenerate the README's results table from the measured JSON files (no number typed by hand).
 
-Reads what exists of ``data/pipeline/metrics.json`` (the README's main job) and
-``benchmarks/results/{projection,distance_learning,orientation_recovery,
-reconstruction,refinement}.json``, writes ``benchmarks/results.md`` and replaces
+Reads what exists of ``benchmarks/results/{pipeline,projection,distance_learning,
+orientation_recovery,reconstruction,refinement}.json`` (``pipeline.json`` is the
+README's main job, run by ``benchmarks/pipeline.py``), writes ``benchmarks/results.md`` and replaces
 the block between ``<!-- results:start -->`` and ``<!-- results:end -->`` in
 ``README.md``.  Missing files are listed as not measured.
 
@@ -34,8 +34,9 @@ def _number(value: Any, digits: int = 3, unit: str = "") -> str:
     return str(value)
 
 
-def pipeline_rows(metrics: dict[str, Any]) -> list[str]:
+def pipeline_rows(data: dict[str, Any]) -> list[str]:
     """The default ``cryoem pipeline`` run."""
+    metrics = data["metrics"]
     total = sum((metrics.get("timings_s") or {}).values())
     return [
         "| quantity | value |", "|---|---|",
@@ -53,7 +54,8 @@ def pipeline_rows(metrics: dict[str, Any]) -> list[str]:
         f"{_number(metrics.get('resolution_fsc05_angstrom'), 2)} / "
         f"{_number(metrics.get('resolution_fsc05_true_orientations_angstrom'), 2)} Å |",
         f"| half maps FSC 0.143 | {_number(metrics.get('resolution_halfmap_fsc0143_angstrom'), 2)} Å |",
-        f"| total time (2-core CPU) | {_number(total, 0, ' s')} |",
+        f"| total time (2-core CPU) | {_number(total, 0, ' s')} "
+        f"({', '.join(f'{k} {v:.0f} s' for k, v in metrics.get('timings_s', {}).items())}) |",
     ]
 
 
@@ -114,7 +116,8 @@ def generic_rows(data: dict[str, Any]) -> list[str]:
 
 
 SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], list[str]]]] = [
-    ("Default pipeline (`cryoem pipeline`)", "data/pipeline/metrics.json", pipeline_rows),
+    ("Default pipeline (`cryoem pipeline`, `benchmarks/pipeline.py`)",
+     "benchmarks/results/pipeline.json", pipeline_rows),
     ("Projection (`benchmarks/projection.py`)", "benchmarks/results/projection.json",
      projection_rows),
     ("Distance learning (`benchmarks/distance_learning.py`)",
