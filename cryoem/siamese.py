@@ -322,7 +322,6 @@ class TrainingConfig:
     image_size: int = 64
     input_size: int | None = None
     mode: str = "rendered"  # "rendered" (unlimited, on the fly) or "fixed" (the paper's set)
-    per_pair: bool = False
     epochs: int = 20
     steps_per_epoch: int = 100
     batch_size: int = 64
