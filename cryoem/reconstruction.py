@@ -143,7 +143,7 @@ def reconstruct(
         rhs += _adjoint(points, data_terms, (size,) * 3)
         kernel += _adjoint(points, (square * weights).ravel().astype(complex), (2 * size,) * 3)
     kernel_spectrum = np.fft.rfftn(np.fft.ifftshift(kernel))
-    scale = float(kernel[size, size, size]) / size**3  # mean diagonal of AᴴWA
+    scale = float(kernel[size, size, size])  # the diagonal of AᴴWA (every voxel's is the same)
     lam = regularization * max(scale, 1e-12)
     operator = _Normal(kernel_spectrum, size, lam)
     x, residuals = _conjugate_gradients(operator, rhs, iterations, tolerance, progress)

@@ -199,6 +199,7 @@ def refine(
     max_shift_total: float = 8.0,
     tolerance: float = 1e-3,
     soft_iterations: int | None = None,
+    regularization: float = 1e-3,
     batch: int = 64,
     seed: int = 0,
     progress: bool = False,
@@ -225,6 +226,9 @@ def refine(
         moves to the score-weighted mean of its candidates rather than to the
         best one: far less sensitive to noise while the references are still
         blurred; later iterations take the best candidate.
+    regularization
+        Tikhonov weight of the half maps' reconstructions (relative to the
+        diagonal of the normal operator, see :func:`cryoem.reconstruction.reconstruct`).
     callback
         Called after each iteration with ``(iteration, orientations, shifts)``;
         whatever numbers it returns (e.g. the error against a known truth) go
@@ -248,7 +252,7 @@ def refine(
             maps.append(reconstruction.reconstruct(
                 images[chosen], q[chosen], shifts=current_shifts[chosen],
                 ctf=ctf[chosen] if ctf is not None else None, pixel_size=pixel_size,
-                iterations=15).data)
+                iterations=15, regularization=regularization).data)
         curve = resolution.fsc(maps[0], maps[1], pixel_size, mask=True)
         maps = [_filter_by_fsc(m, curve.values) for m in maps]
         below = np.flatnonzero(curve.values < resolution.THRESHOLD_HALF_MAPS)
