@@ -83,11 +83,8 @@ what it finished.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
-import os
-import platform
 import resource
 import sys
 import time
@@ -97,6 +94,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import numpy as np
+from _common import machine_info, write_report  # noqa: E402
 from numpy.typing import NDArray
 
 if TYPE_CHECKING:
@@ -612,61 +610,6 @@ def align_large(args: argparse.Namespace) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------
-def available_cores() -> int:
-    """Cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def machine_info(args: argparse.Namespace) -> dict[str, Any]:
-    """Versions, cores, accelerators and date, for the JSON."""
-    import scipy
-    import tensorflow as tf
-
-    import cryoem
-
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "available_cores": available_cores(),
-        "threads": args.threads if args.threads is not None else available_cores(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
-        "python": platform.python_version(),
-        "cryoem": cryoem.__version__,
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "tensorflow": tf.__version__,
-    }
-
-
-def jsonable(value: Any) -> Any:
-    """Arrays to lists, NumPy scalars to Python, NaN and infinities to ``None``/strings."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return jsonable(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def write_report(report: dict[str, Any], out: Path) -> None:
-    """Write the JSON (atomically, so a crash leaves the previous version)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
-    partial.write_text(json.dumps(jsonable(report), indent=2, allow_nan=False) + "\n")
-    os.replace(partial, out)
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -765,7 +708,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     configure_threads(args.threads)
     report: dict[str, Any] = {"benchmark": "orientation_recovery", "config": vars(args),
-                              "machine": machine_info(args), "rows": [], "skipped": [],
+                              "machine": machine_info(args.threads), "rows": [], "skipped": [],
                               "part_seconds": {}}
     total = time.perf_counter()
     for part in [part for part in PARTS if part in args.parts]:

@@ -27,10 +27,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -39,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import machine_info  # noqa: E402
 from numpy.typing import NDArray
 
 HERE = Path(__file__).resolve().parent
@@ -62,14 +61,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="orientations whose images are compared with ASPIRE's")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON result file")
     return p.parse_args(argv)
-
-
-def available_cores() -> int:
-    """Cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def time_cryoem(volume: NDArray[np.float32], quaternions: NDArray, repeats: int,
@@ -167,26 +158,6 @@ def benchmark_size(size: int, args: argparse.Namespace, aspire_ok: bool) -> dict
     return row
 
 
-def machine_info(args: argparse.Namespace) -> dict[str, Any]:
-    """Versions, cores and date, for the JSON."""
-    import finufft
-
-    import cryoem
-
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "available_cores": available_cores(),
-        "threads": args.threads if args.threads is not None else available_cores(),
-        "python": platform.python_version(),
-        "cryoem": cryoem.__version__,
-        "finufft": finufft.__version__,
-        "numpy": np.__version__,
-    }
-
-
 def _fmt(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
@@ -226,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
         "precision": "single",
         "repeats": args.repeats,
         "aspire_python": str(args.aspire_python) if aspire_ok else None,
-        "machine": machine_info(args),
+        "machine": machine_info(args.threads),
         "results": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

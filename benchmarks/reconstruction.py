@@ -24,11 +24,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -36,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import machine_info  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "reconstruction.json"
@@ -61,14 +60,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="dataset seed (default: 0)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON result file")
     return p.parse_args(argv)
-
-
-def available_cores() -> int:
-    """Cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def goal_applies(size: int, snr: float, n: int) -> bool:
@@ -118,26 +109,6 @@ def benchmark_case(size: int, snr: float, args: argparse.Namespace,
                             "values": half.values.tolist()}
     path.unlink(missing_ok=True)
     return row
-
-
-def machine_info(args: argparse.Namespace) -> dict[str, Any]:
-    """Versions, cores and date, for the JSON."""
-    import finufft
-
-    import cryoem
-
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "available_cores": available_cores(),
-        "threads": args.threads if args.threads is not None else available_cores(),
-        "python": platform.python_version(),
-        "cryoem": cryoem.__version__,
-        "finufft": finufft.__version__,
-        "numpy": np.__version__,
-    }
 
 
 def _json_number(value: float) -> float | str:
@@ -193,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         "config": {k: (str(v) if isinstance(v, Path) else
                        [s if math.isfinite(s) else "inf" for s in v] if k == "snrs" else v)
                    for k, v in vars(args).items()},
-        "machine": machine_info(args),
+        "machine": machine_info(args.threads),
         "results": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -64,11 +64,9 @@ rewritten after each row.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -78,6 +76,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+from _common import machine_info  # noqa: E402
+from _common import write_report as write_common_report  # noqa: E402
 from numpy.typing import NDArray
 
 if TYPE_CHECKING:
@@ -457,68 +457,13 @@ def run_aspire(args: argparse.Namespace, data: Dataset, row: dict[str, Any]) -> 
 # ----------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------
-def available_cores() -> int:
-    """Cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def machine_info(args: argparse.Namespace) -> dict[str, Any]:
-    """Versions, cores, accelerators and date, for the JSON."""
-    import importlib.metadata as metadata
-
-    import cryoem
-
-    info: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "available_cores": available_cores(),
-        "threads": args.threads if args.threads is not None else available_cores(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "python": platform.python_version(),
-        "cryoem": cryoem.__version__,
-    }
-    for package in ("numpy", "scipy", "finufft", "tensorflow", "keras"):
-        try:
-            info[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    if args.first_guess == "learned":
-        import tensorflow as tf
-
-        info["gpus"] = [d.name for d in tf.config.list_physical_devices("GPU")]
-    return info
-
-
-def jsonable(value: Any) -> Any:
-    """Arrays to lists, NumPy scalars to Python, NaN and infinities to ``None``/strings."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return jsonable(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def write_report(report: dict[str, Any], out: Path) -> None:
-    """Write the JSON (atomically, so a crash leaves the previous version)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
+    """Write the JSON atomically, without the per-image orientations kept in memory."""
     clean = {**report, "rows": [{k: v for k, v in row.items()
                                  if k != "refined_quaternions_first"} for row in report["rows"]]}
-    partial.write_text(json.dumps(jsonable(clean), indent=2, allow_nan=False) + "\n")
-    os.replace(partial, out)
+    write_common_report(clean, out)
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -593,7 +538,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     configure_threads(args.threads)
     report: dict[str, Any] = {"benchmark": "refinement", "config": vars(args),
-                              "machine": machine_info(args),
+                              "machine": machine_info(args.threads),
                               "goals": {snr_label(k): v for k, v in GOALS.items()},
                               "datasets": {}, "rows": [], "skipped": []}
     reference: FloatArray | None = None
