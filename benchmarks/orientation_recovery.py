@@ -693,20 +693,13 @@ def run_part(part: str, args: argparse.Namespace,
     return align_large(args)
 
 
-def configure_threads(threads: int | None) -> None:
-    """TensorFlow intra-op threads (before any TensorFlow work)."""
-    if threads is None:
-        return
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run the selected parts, print the table and write the JSON."""
     args = parse_args(argv)
-    configure_threads(args.threads)
+    if args.threads is not None:  # before any TensorFlow work
+        from cryoem.siamese import configure_threads
+
+        configure_threads(args.threads)
     report: dict[str, Any] = {"benchmark": "orientation_recovery", "config": vars(args),
                               "machine": machine_info(args.threads), "rows": [], "skipped": [],
                               "part_seconds": {}}

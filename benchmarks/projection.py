@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import machine_info  # noqa: E402
+from _common import machine_info, write_report  # noqa: E402
 from numpy.typing import NDArray
 
 HERE = Path(__file__).resolve().parent
@@ -200,8 +200,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine_info(args.threads),
         "results": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report, args.out)
     print(f"wrote {args.out}")
 
 

@@ -24,7 +24,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import machine_info  # noqa: E402
+from _common import machine_info, write_report  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "reconstruction.json"
@@ -161,14 +160,11 @@ def main(argv: list[str] | None = None) -> None:
         "protein": PROTEIN,
         "orientations": "true (oracle)",
         "threshold": 0.5,
-        "config": {k: (str(v) if isinstance(v, Path) else
-                       [s if math.isfinite(s) else "inf" for s in v] if k == "snrs" else v)
-                   for k, v in vars(args).items()},
+        "config": vars(args),  # write_report turns paths and infinities into strings
         "machine": machine_info(args.threads),
         "results": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report, args.out)
     print(f"wrote {args.out}")
 
 

@@ -521,22 +521,15 @@ def print_table(report: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------
-def configure_threads(threads: int | None) -> None:
-    """TensorFlow intra-op threads (before any TensorFlow work)."""
-    if threads is None:
-        return
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run every SNR, print the table and write the JSON."""
     from cryoem import datasets, rotations
 
     args = parse_args(argv)
-    configure_threads(args.threads)
+    if args.threads is not None:  # before any TensorFlow work
+        from cryoem.siamese import configure_threads
+
+        configure_threads(args.threads)
     report: dict[str, Any] = {"benchmark": "refinement", "config": vars(args),
                               "machine": machine_info(args.threads),
                               "goals": {snr_label(k): v for k, v in GOALS.items()},
