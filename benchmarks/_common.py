@@ -68,3 +68,63 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     partial = out.with_name(f".{out.name}.partial")
     partial.write_text(json.dumps(jsonable(report), indent=2, allow_nan=False) + "\n")
     os.replace(partial, out)
+
+
+def positive_snr(text: str) -> float:
+    """An SNR from ``0.0625``, ``1/16`` or ``inf`` (for argparse)."""
+    import argparse
+    from fractions import Fraction
+
+    try:
+        value = float(Fraction(text)) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError) as error:
+        raise argparse.ArgumentTypeError(f"not an SNR: {text!r}") from error
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"the SNR must be positive, got {text!r}")
+    return value
+
+
+def snr_tag(snr: float) -> str:
+    """``inf`` or the SNR as a short fraction, for file names and tables (``1-16``)."""
+    from fractions import Fraction
+
+    if math.isinf(snr):
+        return "inf"
+    return str(Fraction(snr).limit_denominator(1000)).replace("/", "-")
+
+
+def pipeline_row(runs_dir: Path, *, volume: str, snr: float, estimator: str,
+                 model: str | None = None, model_tag: str | None = None, sigma2: float = 0.2,
+                 refine: bool = False, **options: Any) -> dict[str, Any]:
+    """Run (or reuse) one ``cryoem.pipeline`` run and return its metrics and folder.
+
+    Runs live in ``runs_dir/<volume>_snr<tag>_<estimator>[...]``, so scripts that ask for
+    the same run (``paper_table.py``, ``generalisation.py``) share it; the pipeline resumes
+    or reuses a finished run and refuses one with other parameters.
+    """
+    import time
+
+    from cryoem import pipeline
+
+    name = f"{volume}_snr{snr_tag(snr)}_{estimator}"
+    if estimator == "perturbed":
+        name += f"{sigma2:g}"
+    if model_tag:
+        name += f"_{model_tag}"
+    if refine:
+        name += "_refined"
+    config = pipeline.PipelineConfig(volume=volume, snr=snr, estimator=estimator, model=model,
+                                     sigma2=sigma2, refine=refine, **options)
+    start = time.perf_counter()
+    failure = None
+    try:
+        metrics = pipeline.run(config, runs_dir / name, progress=False, report=lambda _: None)
+    except RuntimeError as error:  # a failed stage: keep what it measured, say why
+        failure = str(error)
+        metrics_path = runs_dir / name / "metrics.json"
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+        print(f"  {name}: {failure}", flush=True)
+    return {"run": name, "folder": str(runs_dir / name), "volume": volume, "snr": snr,
+            "estimator": estimator, "sigma2": sigma2 if estimator == "perturbed" else None,
+            "refined": refine, "seconds": time.perf_counter() - start, "metrics": metrics,
+            "failed": failure}

@@ -187,7 +187,8 @@ def add_distances_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", type=Path, metavar="DATA.h5", help="dataset")
     parser.add_argument("--estimator", choices=ESTIMATORS, default="learned")
     parser.add_argument("--model", type=Path, default=None, metavar="MODEL_DIR",
-                        help="trained model (learned estimator)")
+                        help="trained model (learned estimator), or `pretrained`: the general "
+                             "model shipped with cryoem")
     parser.add_argument("--sigma2", type=float, default=0.2,
                         help="noise variance in rad² (perturbed estimator, default: 0.2)")
     parser.add_argument("--split", choices=("test", "validation", "train", "all"), default="test",
@@ -227,7 +228,9 @@ def add_recover_args(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--distances", type=Path, metavar="D.h5",
                         help="distance matrix from `cryoem distances`")
     source.add_argument("--estimator", choices=ESTIMATORS, help="estimate distances here")
-    parser.add_argument("--model", type=Path, default=None, metavar="MODEL_DIR")
+    parser.add_argument("--model", type=Path, default=None, metavar="MODEL_DIR",
+                        help="trained model, or `pretrained` (the general model shipped with "
+                             "cryoem: no training)")
     parser.add_argument("--sigma2", type=float, default=0.2, help="perturbed estimator's σ²")
     parser.add_argument("--split", choices=("test", "all"), default="test",
                         help="which projections (default: test, never seen in training)")
@@ -458,6 +461,9 @@ def add_import_relion_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, metavar="DATA.h5")
     parser.add_argument("--size", type=int, default=None,
                         help="resample the particles to this box (what a trained model expects)")
+    parser.add_argument("--model", default=None, metavar="MODEL_DIR",
+                        help="resample to the image size this model expects (`pretrained`: the "
+                             "general model shipped with cryoem); overrides --size")
     parser.add_argument("--pixel-size", type=float, default=None,
                         help="Å/px when the STAR file lacks it")
     parser.add_argument("--overwrite", action="store_true")
@@ -467,12 +473,21 @@ def run_import_relion(args: argparse.Namespace) -> int:
     """Turn a RELION particle set (STAR + MRCS) into a dataset."""
     from . import datasets, relion
 
+    if args.model is not None:
+        args.size = _model_image_size(args.model)
     path = relion.import_relion(args.star, args.out, size=args.size, pixel_size=args.pixel_size,
                                 overwrite=args.overwrite)
     data = datasets.load(path, images=False)
     print(f"wrote {path}: {len(data)} particles of {data.size} px at {data.pixel_size:.3g} Å/px"
           f"{', with CTF' if data.ctf is not None else ''}")
     return 0
+
+
+def _model_image_size(model: str) -> int:
+    """The image edge a model was trained on (its config; no TensorFlow needed)."""
+    from ._models import read_config
+
+    return int(read_config(model)["image_size"])
 
 
 # ----------------------------------------------------------------------------
@@ -495,7 +510,8 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-shift", type=float, default=d.max_shift, metavar="PX")
     parser.add_argument("--estimator", choices=ESTIMATORS, default=d.estimator)
     parser.add_argument("--model", default=None, metavar="MODEL_DIR",
-                        help="trained model (skips training)")
+                        help="trained model (skips training), or `pretrained`: the general "
+                             "model shipped with cryoem")
     parser.add_argument("--epochs", type=int, default=d.epochs, help="training epochs at most")
     parser.add_argument("--train-seconds", type=float, default=d.train_seconds,
                         help=f"training time budget (default: {d.train_seconds:.0f} s)")

@@ -32,6 +32,7 @@ Example
 from __future__ import annotations
 
 import os
+import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -250,13 +251,39 @@ class LearnedDistance(Estimator):
     def image_size(self) -> int:
         return int(self.config["image_size"])
 
+    @property
+    def contract(self) -> dict[str, Any] | None:
+        """What images the model expects (general models; ``None`` otherwise)."""
+        return self.config.get("contract")
+
+    def fit(self, data: Dataset) -> "LearnedDistance":
+        """Check the dataset against the model's contract (warns when the framing differs)."""
+        contract = self.contract
+        ratio = data.attrs.get("box_ratio")
+        if contract and ratio and abs(float(ratio) / contract["box_ratio"] - 1) > 0.1:
+            warnings.warn(f"{data.path}: box-to-particle ratio {float(ratio):.2f}, but the model "
+                          f"expects {contract['box_ratio']:.2f}; its distances may be poor",
+                          stacklevel=2)
+        return self
+
     def embed(self, images: NDArray) -> FloatArray:
-        """Unit feature vectors ``(N, D)`` of images ``(N, L, L)``."""
+        """Unit feature vectors ``(N, D)`` of images ``(N, L, L)``.
+
+        A model with a contract (``--model pretrained``) takes images of any
+        square size: they are Fourier-resampled to its ``image_size`` (same
+        framing, other pixel size).  Other models need their training size.
+        """
         images = np.asarray(images, dtype=np.float32)
-        if images.ndim != 3 or images.shape[1:] != (self.image_size, self.image_size):
+        size = self.image_size
+        if (self.contract is not None and images.ndim == 3 and images.shape[1] == images.shape[2]
+                and images.shape[1] != size):
+            from .volumes import fourier_resample
+
+            images = fourier_resample(images, size, axes=(-2, -1))
+        if images.ndim != 3 or images.shape[1:] != (size, size):
             raise ValueError(
-                f"the model in {self.model_dir} takes {self.image_size}×{self.image_size} images, "
-                f"got shape {images.shape[1:]}: generate the data at --size {self.image_size} "
+                f"the model in {self.model_dir} takes {size}×{size} images, "
+                f"got shape {images.shape[1:]}: generate the data at --size {size} "
                 "or train a model at this size")
         features = self.embedding.predict(images, batch_size=self.batch_size, verbose=0)
         features = np.asarray(features, dtype=np.float64)

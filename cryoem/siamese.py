@@ -45,6 +45,8 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from . import projection, rotations  # noqa: E402
+from ._models import (CONFIG_FILE, CONTRACT_FILE, MODEL_FILE, PRETRAINED,  # noqa: E402,F401
+                      PRETRAINED_DIR, model_directory, read_config, read_contract)
 from .datasets import Dataset  # noqa: E402
 
 __all__ = [
@@ -60,6 +62,9 @@ __all__ = [
     "train",
     "save_model",
     "load_embedding",
+    "model_directory",
+    "write_contract",
+    "read_contract",
     "configure_threads",
 ]
 
@@ -72,8 +77,6 @@ ARCHITECTURES: dict[str, dict[str, tuple[int, ...]]] = {
 #: Cosines are clipped to [EPSILON, 1 − EPSILON] before arccos (infinite slope at 1).
 EPSILON = 1e-6
 
-MODEL_FILE = "model.keras"
-CONFIG_FILE = "config.json"
 
 
 def configure_threads(n: int | None) -> None:
@@ -255,7 +258,8 @@ class RenderedBatches(keras.utils.PyDataset):
     the orientations are uniform on SO(3), the other half are near partners
     ``q·δ`` with ``δ`` a rotation by an angle uniform in ``[0, near_angle]``,
     so small distances are common.  Each image gets a shift within
-    ``±max_shift`` px (triangular), a CTF when ``ctf``, and white noise at an
+    ``±max_shift`` px (triangular), a CTF when ``ctf`` (on a random ``ctf_fraction``
+    share of the images), and white noise at an
     SNR drawn log-uniformly in ``snr_range`` (relative to the clean images'
     signal variance, as in the datasets).  Everything derives from ``seed``
     and the batch number: the same run draws the same data.
@@ -265,8 +269,11 @@ class RenderedBatches(keras.utils.PyDataset):
                  symmetries: Sequence[str], signal_variances: Sequence[float],
                  batch_size: int = 64, steps: int = 100,
                  snr_range: tuple[float, float] | None = None, max_shift: float = 0.0,
-                 ctf: bool = False, near_angle: float = 0.5, seed: int = 0) -> None:
+                 ctf: bool = False, near_angle: float = 0.5, seed: int = 0,
+                 ctf_fraction: float = 1.0) -> None:
         super().__init__()
+        if not 0 <= ctf_fraction <= 1:
+            raise ValueError(f"ctf_fraction must be in [0, 1], got {ctf_fraction}")
         if snr_range is not None and not (0 < snr_range[0] <= snr_range[1]):
             raise ValueError(f"snr_range must be 0 < low <= high, got {snr_range}")
         self.volumes = [np.asarray(v, dtype=np.float32) for v in volumes]
@@ -278,6 +285,7 @@ class RenderedBatches(keras.utils.PyDataset):
         self.snr_range = snr_range
         self.max_shift = max_shift
         self.ctf = ctf
+        self.ctf_fraction = ctf_fraction
         self.near_angle = near_angle
         self.seed = seed
         self.epoch = 0
@@ -298,10 +306,17 @@ class RenderedBatches(keras.utils.PyDataset):
         near = rotations.multiply(far[: len(axes)], rotations.axis_angle_to_quaternion(axes, angles))
         q = rotations.canonical(np.concatenate([far, near]))
         shifts = projection.sample_shifts(len(q), self.max_shift, seed=rng)
-        ctf = projection.sample_ctf(len(q), seed=rng) if self.ctf else None
         images = projection.project(self.volumes[which], q,
-                                    shifts=shifts if self.max_shift > 0 else None, ctf=ctf,
+                                    shifts=shifts if self.max_shift > 0 else None,
                                     pixel_size=self.pixel_sizes[which])
+        if self.ctf:
+            with_ctf = rng.random(len(q)) < self.ctf_fraction
+            if with_ctf.any():
+                images[with_ctf] = projection.project(
+                    self.volumes[which], q[with_ctf],
+                    shifts=shifts[with_ctf] if self.max_shift > 0 else None,
+                    ctf=projection.sample_ctf(int(with_ctf.sum()), seed=rng),
+                    pixel_size=self.pixel_sizes[which])
         if self.snr_range is not None:
             log_snr = rng.uniform(*np.log(self.snr_range), len(q))
             sigma = np.sqrt(self.signal_variances[which] / np.exp(log_snr)).astype(np.float32)
@@ -330,6 +345,7 @@ class TrainingConfig:
     snr_range: tuple[float, float] | None = None
     max_shift: float = 0.0
     ctf: bool = False
+    ctf_fraction: float = 1.0  # with ``ctf``: the share of training images given a CTF
     near_angle: float = 0.5
     bins: int = 16
     cap: float = 10.0
@@ -427,7 +443,7 @@ def _training_batches(datasets: Sequence[Dataset], config: TrainingConfig) -> ke
         [d.attrs.get("signal_variance") or _signal_variance(d) for d in datasets],
         batch_size=config.batch_size, steps=config.steps_per_epoch, snr_range=config.snr_range,
         max_shift=config.max_shift, ctf=config.ctf, near_angle=config.near_angle,
-        seed=config.seed,
+        seed=config.seed, ctf_fraction=config.ctf_fraction,
     )
 
 
@@ -514,10 +530,47 @@ def save_model(embedding: keras.Model, config: TrainingConfig,
 
 
 def load_embedding(model_dir: str | os.PathLike) -> tuple[keras.Model, dict[str, Any]]:
-    """Load a trained embedding (safe mode) and its training configuration."""
-    directory = Path(model_dir)
+    """Load a trained embedding (safe mode) and its training configuration.
+
+    ``model_dir`` may be ``"pretrained"`` (see :func:`model_directory`); the
+    returned configuration then also holds the input ``contract``
+    (:func:`write_contract`).
+    """
+    directory = model_directory(model_dir)
+    config = read_config(directory)
     path = directory / MODEL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no trained model at {path}: train one with `cryoem train`")
-    config = json.loads((directory / CONFIG_FILE).read_text())
+    contract = read_contract(directory)
+    if contract is not None:
+        config["contract"] = contract
     return keras.models.load_model(path, safe_mode=True, compile=False), config
+
+
+def write_contract(model_dir: str | os.PathLike, *, proteins: Sequence[str], box_ratio: float,
+                   symmetries: dict[str, str] | None = None,
+                   training_command: str = "") -> dict[str, Any]:
+    """Record what images a model expects (``contract.json`` beside the model).
+
+    A model trained on several proteins has no single pixel size: what it
+    needs is the same *framing* — images of ``image_size`` pixels whose box is
+    ``box_ratio`` times the particle's diameter (as
+    :func:`cryoem.volumes.resolve` makes them) — and the per-image
+    standardisation that the model applies itself.  Returns the contract.
+    """
+    directory = Path(model_dir)
+    config = json.loads((directory / CONFIG_FILE).read_text())
+    contract = {
+        "image_size": config["image_size"],
+        "box_ratio": float(box_ratio),
+        "normalisation": "none needed: the model standardises each image (zero mean, unit "
+                         "variance) and downsamples it itself",
+        "proteins": list(proteins),
+        "symmetries": dict(symmetries or {}),
+        "snr_range": config.get("snr_range"),
+        "max_shift_px": config.get("max_shift"),
+        "ctf_fraction": config.get("ctf_fraction") if config.get("ctf") else 0.0,
+        "training_command": training_command,
+    }
+    (directory / CONTRACT_FILE).write_text(json.dumps(contract, indent=2))
+    return contract
