@@ -394,12 +394,13 @@ class EstimatorCache:
 
         if self.estimator is None:
             a = self.args
-            self.estimator, self.load_seconds = timed(lambda: distance.make_estimator(
+            estimator, self.load_seconds = timed(lambda: distance.make_estimator(
                 a.estimator, model_dir=a.model if a.estimator == "learned" else None,
                 sigma2=a.sigma2, seed=SEED))
-            size = getattr(self.estimator, "image_size", a.size)
+            size = getattr(estimator, "image_size", a.size)
             if size != a.size:
                 raise ValueError(f"the model {a.model} takes {size}-pixel images, not {a.size}")
+            self.estimator = estimator
         return self.estimator
 
 

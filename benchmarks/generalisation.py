@@ -57,8 +57,10 @@ HELD_OUT = ("4ake", "1hvr", "2zmm")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--stages", nargs="+", choices=("train", "evaluate"),
-                   default=["train", "evaluate"])
+    p.add_argument("--stages", nargs="+", choices=("train", "ship", "evaluate"),
+                   default=["train", "evaluate"],
+                   help="ship: write the contract of the trained model (even an interrupted "
+                        "run's best) and copy it into the package, without training")
     p.add_argument("--held-out", nargs="+", default=list(HELD_OUT),
                    help="built-in proteins kept out of training and evaluated")
     p.add_argument("--train-proteins", nargs="+", default=None,
@@ -91,6 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
     if args.quick:
+        if args.out == DEFAULT_OUT:
+            args.out = DEFAULT_OUT.with_name("generalisation_quick.json")
         args.size, args.train_seconds, args.protein_train_seconds = 32, 8.0, 8.0
         args.n_projections, args.test_size, args.steps_per_epoch = 300, 100, 5
         args.train_proteins = args.train_proteins or ["5pti", "1ubq", "19hc"]
@@ -140,19 +144,34 @@ def train_general(args: argparse.Namespace) -> dict[str, Any]:
     history = siamese.train(sets, out, config, validation=datasets.load(validation_path),
                             verbose=2, overwrite=not (out / "backup").exists())
     seconds = time.perf_counter() - start
-    contract = siamese.write_contract(out, proteins=proteins, box_ratio=volumes.DEFAULT_BOX_RATIO,
-                                      symmetries={d.attrs["volume_name"]: d.attrs.get("symmetry", "C1")
-                                                  for d in sets},
-                                      training_command=" ".join(["benchmarks/generalisation.py",
-                                                                 *sys.argv[1:]]))
+    record = finish_general(args)
+    record.update(seconds=seconds, epochs=len(history.get("loss", [])))
+    return record
+
+
+def finish_general(args: argparse.Namespace) -> dict[str, Any]:
+    """Write the general model's contract and, with ``--ship``, copy it into the package."""
+    from cryoem import siamese, volumes
+
+    proteins = training_proteins(args)
+    out = args.work_dir / "general"
+    contract = siamese.write_contract(
+        out, proteins=proteins, box_ratio=volumes.DEFAULT_BOX_RATIO,
+        symmetries={e["name"]: e.get("symmetry", "C1") for e in volumes.builtin_manifest()
+                    if e["name"] in proteins},
+        training_command=(f"python benchmarks/generalisation.py --stages train --ship "
+                          f"--train-seconds {args.train_seconds:g} --width {args.width:g} "
+                          f"--snr-range {args.snr_range[0]:g} {args.snr_range[1]:g} "
+                          f"--max-shift {args.max_shift:g} --ctf-fraction {args.ctf_fraction:g}"))
     if args.ship:
         shipped = siamese.PRETRAINED_DIR
         shipped.mkdir(parents=True, exist_ok=True)
         for name in (siamese.MODEL_FILE, siamese.CONFIG_FILE, siamese.CONTRACT_FILE,
-                     "history.csv"):
+                     "history.csv", "best.json"):
             shutil.copy2(out / name, shipped / name)
-    return {"proteins": proteins, "seconds": seconds, "epochs": len(history.get("loss", [])),
-            "best_val_loss": min(history.get("val_loss", [float("nan")])),
+    best = json.loads((out / "best.json").read_text())
+    return {"proteins": proteins, "best_val_loss": best["val_loss"], "best_epoch": best["epoch"],
+            "epochs_run": sum(1 for _ in open(out / "history.csv")) - 1,
             "contract": contract, "model": str(out), "shipped": args.ship}
 
 
@@ -203,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         report.update({k: previous[k] for k in ("general", "rows") if k in previous})
     if "train" in args.stages:
         report["general"] = train_general(args)
+        write_report(report, args.out)
+    elif "ship" in args.stages:
+        report["general"] = {**report.get("general", {}), **finish_general(args)}
         write_report(report, args.out)
     if "evaluate" in args.stages:
         report["rows"] = evaluate(args, args.work_dir / "general")
