@@ -327,10 +327,7 @@ def score(q: FloatArray, truth: FloatArray, symmetry: str, prefix: str = "e_or"
 
 def in_truth_frame(q: FloatArray, fit: Alignment) -> FloatArray:
     """``q`` moved by the physical transform of ``fit`` into the truth's frame (scoring only)."""
-    from cryoem import alignment, rotations
-
-    moved = rotations.multiply(q, rotations.conjugate(fit.transform))
-    return alignment.flip_handedness(moved) if fit.flipped else moved
+    return fit.to_truth_frame(q)
 
 
 def map_resolution(data: Dataset, images: NDArray, q: FloatArray,

@@ -293,11 +293,9 @@ def timed(call: Callable[[], Any]) -> tuple[Any, float]:
 
 def in_truth_frame(q: FloatArray, truth: FloatArray) -> FloatArray:
     """``q`` moved by the physical transform that best aligns it with the truth (scoring only)."""
-    from cryoem import alignment, rotations
+    from cryoem import alignment
 
-    fit = alignment.align_physical(q, truth)
-    moved = rotations.multiply(q, rotations.conjugate(fit.transform))
-    return alignment.flip_handedness(moved) if fit.flipped else moved
+    return alignment.align_physical(q, truth).to_truth_frame(q)
 
 
 def run_snr(args: argparse.Namespace, snr: float, data: Dataset, estimator: Any,

@@ -89,6 +89,19 @@ class Alignment:
             q = flip_handedness(q)
         return rotations.canonical(rotations.multiply(q, self.transform))
 
+    def to_truth_frame(self, estimated: ArrayLike) -> FloatArray:
+        """Move estimated orientations into the truth's frame (physical alignments only).
+
+        The inverse of :meth:`apply`: a map reconstructed from the result can
+        be compared voxel by voxel with the ground-truth map.  Used to score,
+        never to estimate.
+        """
+        if self.metric != "physical":
+            raise ValueError("only a physical alignment moves orientations between map frames")
+        moved = rotations.multiply(rotations.normalize(estimated),
+                                   rotations.conjugate(self.transform))
+        return flip_handedness(moved) if self.flipped else moved
+
 
 def flip_handedness(q: ArrayLike) -> FloatArray:
     """Quaternions of ``J R J`` with ``J = diag(1, 1, −1)``: the mirror image of the data."""

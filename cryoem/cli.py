@@ -372,13 +372,9 @@ def _into_truth_frame(orientations: np.ndarray, data: object, indices: np.ndarra
     The reconstruction itself never needs this: it only puts the map in the
     same frame (and hand) as the ground truth so that an FSC can compare them.
     """
-    from . import rotations
-
     truth = getattr(data, "orientations")[indices]
     fit = alignment.align_physical(orientations, truth, getattr(data, "attrs").get("symmetry", "C1"))
-    moved = rotations.multiply(orientations, rotations.conjugate(fit.transform))
-    if fit.flipped:
-        moved = alignment.flip_handedness(moved)
+    moved = fit.to_truth_frame(orientations)
     notes.append("orientations put in the truth's frame by the physical alignment "
                  f"(global rotation{', mirrored' if fit.flipped else ''}; E_OR {fit.mean:.3f} rad)"
                  " before reconstructing, only so the FSC can compare the maps")

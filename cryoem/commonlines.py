@@ -296,6 +296,9 @@ def _far_candidates(scores: FloatArray, axes: FloatArray, best: FloatArray, step
 
 
 def _random_pairs(n: int, count: int, rng: np.random.Generator) -> tuple[NDArray, NDArray]:
+    """``count`` random pairs ``i ≠ j``, or every pair ``i < j`` once when there are fewer."""
+    if count >= n * (n - 1) // 2:
+        return np.triu_indices(n, 1)
     i = rng.integers(0, n, count)
     j = rng.integers(0, n - 1, count)
     j = j + (j >= i)  # j ≠ i

@@ -15,9 +15,12 @@ the run with :class:`NotebookFailed`, its partly executed copy kept.
 The site
 --------
 :func:`build_site` turns a folder of executed notebooks into static HTML:
-``index.html`` (the method, a table of every notebook's metrics, links) and
-one page per notebook, with a single local copy of ``plotly.min.js``.  No
-page loads anything over the network.
+``index.html`` (the method, a table of every notebook's metrics, links), one
+page per notebook, with a single local copy of ``plotly.min.js``, and
+``results.html``: the benchmarks' results, rendered from the markdown that
+``benchmarks/results_table.py`` generates (``benchmarks/results.md``, the
+README's results section) with ``mistune`` (nbconvert's Markdown library),
+its figures copied into ``images/``.  No page loads anything over the network.
 
 The route, and why: nbconvert's ``HTMLExporter`` with its ``lab`` template,
 the converter Jupyter itself uses, gives JupyterLab's look with its CSS
@@ -58,9 +61,11 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 __all__ = ["NotebookRun", "NotebookFailed", "default_source", "list_notebooks",
            "load_parameters", "run_notebook", "run_all", "build_site", "external_resources",
            "plotly_js_path", "plotly_html", "convert_plotly_outputs", "PLOTLY_MIME",
-           "METHOD_HTML"]
+           "METHOD_HTML", "RESULTS_MD", "default_results", "results_page"]
 
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
+#: The benchmarks' results as markdown, written by ``benchmarks/results_table.py``.
+RESULTS_MD = Path("benchmarks") / "results.md"
 KERNEL = "python3"
 CI_PARAMETERS = "ci-parameters.yml"
 
@@ -585,6 +590,7 @@ h1{font-size:1.6rem}h2{margin-top:2rem;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.5rem 0 1.5rem}td,th{padding:.2rem .8rem;
 border-bottom:1px solid #eee;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
 code{background:#f4f4f4;padding:0 .2rem}.failed{color:#b00}.muted{color:#777}
+.results table{display:block;overflow-x:auto}.results img{max-width:100%}
 """
 
 
@@ -618,19 +624,131 @@ def _index_html(entries: Sequence[Mapping[str, Any]], title: str) -> str:
                        f'<td class="num">{html.escape(_format(value))}</td></tr>'
                        for key, value in _flatten(metrics))
         sections.append(f"{heading}<table><tr><th>metric</th><th>value</th></tr>{body}</table>")
+    return _page(title, f"<h1>{html.escape(title)}</h1>\n<h2>Method</h2>\n{METHOD_HTML}"
+                 f"<h2>Notebooks</h2>\n<table><tr><th>phase</th><th>run</th><th>time</th></tr>"
+                 f'{"".join(rows)}</table>\n<h2>Benchmarks</h2>\n{BENCHMARKS_HTML}'
+                 f'<h2>Results</h2>\n<p class="muted">From each notebook\'s metrics file '
+                 f"(angles in radians, resolutions in Å).</p>\n{''.join(sections)}")
+
+
+def _page(title: str, body: str) -> str:
+    """A standalone page in the site's style."""
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
-            f"<h1>{html.escape(title)}</h1>\n<h2>Method</h2>\n{METHOD_HTML}"
-            f"<h2>Notebooks</h2>\n<table><tr><th>phase</th><th>run</th><th>time</th></tr>"
-            f'{"".join(rows)}</table>\n<h2>Results</h2>\n'
-            f'<p class="muted">From each notebook\'s metrics file (angles in radians, '
-            f"resolutions in Å).</p>\n{''.join(sections)}\n</body>\n</html>\n")
+            f"{body}\n</body>\n</html>\n")
+
+
+# ----------------------------------------------------------------------------
+# The results page
+# ----------------------------------------------------------------------------
+BENCHMARKS_HTML = """\
+<p><a href="results.html">Results</a>: the paper's table regenerated beside the paper's own
+figures, our orientations against ASPIRE's common lines by SNR, one distance model on proteins
+it never saw, preferred views, and the components' benchmarks, each with the command that
+measured it.</p>
+"""
+
+_IMG = re.compile(r"<img\b[^>]*>", re.I)
+_SRC = re.compile(r'\bsrc="([^"]*)"', re.I)
+
+
+def default_results() -> Path | None:
+    """``benchmarks/results.md`` in the current directory, or None when it is not there."""
+    return RESULTS_MD if RESULTS_MD.is_file() else None
+
+
+def _markdown_html(text: str) -> str:
+    """Markdown (with tables) → HTML, by mistune, the Markdown library of nbconvert."""
+    import mistune
+
+    return mistune.create_markdown(plugins=["table"])(text)
+
+
+def _local_images(page: str, source: Path, out: Path) -> str:
+    """Copy each image a page references (relative to ``source``) into ``out/images``.
+
+    Addresses with a scheme (``data:``, ``https:``) are left alone; a missing
+    file becomes a note, so the page never shows a broken image.
+    """
+    def copy(match: re.Match[str]) -> str:
+        src = _SRC.search(match.group(0))
+        address = html.unescape(src.group(1)) if src else ""
+        if not address or re.match(r"^(?:[a-z][a-z0-9+.-]*:|//)", address, re.I):
+            return match.group(0)
+        path = source / address
+        if not path.is_file():
+            return f'<span class="muted">(figure not found: {html.escape(address)})</span>'
+        (out / "images").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, out / "images" / path.name)
+        return _SRC.sub(lambda _: f'src="images/{html.escape(path.name)}"', match.group(0), 1)
+
+    return _IMG.sub(copy, page)
+
+
+def results_page(results: str | os.PathLike | None, out: str | os.PathLike, nav: str = "",
+                 title: str = "Results") -> Path:
+    """Write ``out/results.html`` from the benchmarks' results markdown.
+
+    Parameters
+    ----------
+    results : path or None
+        The markdown (``benchmarks/results.md``); its images, relative to its
+        folder, are copied into ``out/images``.  None: a page saying how to
+        generate it.
+    out : path
+        Site folder.
+    nav : str
+        Navigation bar HTML, put above the content.
+    title : str
+        Title when the markdown does not start with a heading.
+
+    Returns
+    -------
+    Path
+        The page.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``results`` is given but does not exist.
+    RuntimeError
+        When the page would load something over the network.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if results is None:
+        body = (f"<h1>{html.escape(title)}</h1>\n<p>No results yet: run the benchmarks "
+                "(<code>python benchmarks/&lt;name&gt;.py</code>), then <code>python "
+                "benchmarks/results_table.py</code>, which writes <code>"
+                f"{html.escape(RESULTS_MD.as_posix())}</code>, and rebuild the site from the "
+                "repository's root (or give <code>--results PATH</code>).</p>")
+    else:
+        results = Path(results)
+        if not results.is_file():
+            raise FileNotFoundError(f"no results markdown {results}; generate it with "
+                                    "python benchmarks/results_table.py")
+        text = results.read_text(encoding="utf-8")
+        heading = re.match(r"\s*#+\s+(.+?)\s*\n", text)
+        if heading:
+            title, text = heading.group(1), text[heading.end():]
+        body = (f"<h1>{html.escape(title)}</h1>\n<div class=\"results\">\n"
+                f"{_local_images(_markdown_html(text), results.parent, out)}</div>")
+        body += (f'<p class="muted">Rendered from <code>{html.escape(results.name)}</code>, '
+                 "generated by <code>python benchmarks/results_table.py</code> from the JSON "
+                 "the benchmark scripts write.</p>")
+    page = _page(title, nav + "\n" + body)
+    external = external_resources(page)
+    if external:
+        raise RuntimeError(f"results page would load {', '.join(external[:3])} from the network")
+    path = out / "results.html"
+    path.write_text(page, encoding="utf-8")
+    return path
 
 
 def build_site(notebooks: str | os.PathLike, out: str | os.PathLike,
-               title: str = "cryoem: orientations from projections in single-particle cryo-EM"
-               ) -> list[Path]:
+               title: str = "cryoem: orientations from projections in single-particle cryo-EM",
+               results: str | os.PathLike | None = None) -> list[Path]:
     """Build the static site from a folder of executed notebooks.
 
     Parameters
@@ -643,16 +761,20 @@ def build_site(notebooks: str | os.PathLike, out: str | os.PathLike,
         page has a plotly figure, ``plotly.min.js``.
     title : str
         Title of the index page.
+    results : path, optional
+        The benchmarks' results markdown for ``results.html`` (default:
+        ``benchmarks/results.md`` in the current directory; when absent, the
+        page says how to generate it).  See :func:`results_page`.
 
     Returns
     -------
     list of Path
-        The pages written, the index first.
+        The pages written: the index, the notebooks' pages, ``results.html``.
 
     Raises
     ------
     FileNotFoundError
-        When the folder holds no notebook.
+        When the folder holds no notebook, or ``results`` is given and missing.
     RuntimeError
         When a page would load something over the network.
     """
@@ -666,6 +788,7 @@ def build_site(notebooks: str | os.PathLike, out: str | os.PathLike,
     out.mkdir(parents=True, exist_ok=True)
     loaded = [nbformat.read(path, as_version=4) for path in paths]
     pages = [(f"{path.stem}.html", _title(nb, path.stem)) for path, nb in zip(paths, loaded)]
+    links = [*pages, ("results.html", "Results")]  # the navigation bar's
     written, entries, need_plotly = [], [], False
     exporter = _exporter()
     for k, (path, notebook) in enumerate(zip(paths, loaded)):
@@ -675,7 +798,7 @@ def build_site(notebooks: str | os.PathLike, out: str | os.PathLike,
         head = '<script src="plotly.min.js"></script>' if figures else ""
         body, _ = exporter.from_notebook_node(notebook, resources={
             "metadata": {"name": pages[k][1], "path": str(path.parent)},
-            "cryoem_head": head, "cryoem_nav": _nav(pages, k)})
+            "cryoem_head": head, "cryoem_nav": _nav(links, k)})
         external = external_resources(body)
         if external:
             raise RuntimeError(f"{path.name}: the page would load {', '.join(external[:3])} "
@@ -690,6 +813,8 @@ def build_site(notebooks: str | os.PathLike, out: str | os.PathLike,
                         "metrics": metrics})
     if need_plotly:
         shutil.copyfile(plotly_js_path(), out / "plotly.min.js")
+    written.append(results_page(results if results is not None else default_results(), out,
+                                _nav(links, len(pages))))
     index = out / "index.html"
     index.write_text(_index_html(entries, title), encoding="utf-8")
     return [index, *written]

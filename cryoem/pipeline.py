@@ -236,17 +236,14 @@ def _final(run: _Run) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
 
 
 def _reconstruct(run: _Run) -> None:
-    from . import alignment, plots, reconstruction, resolution, rotations, volumes
+    from . import alignment, plots, reconstruction, resolution, volumes
 
     data = run.data()
     q, indices, shifts = _final(run)
     symmetry = data.attrs.get("symmetry", "C1")
     # Put the final orientations in the truth's frame (physical transform only), so the
     # map can be compared with the ground truth; the orientations themselves are unchanged.
-    fit = alignment.align_physical(q, data.orientations[indices], symmetry)
-    in_frame = rotations.multiply(q, rotations.conjugate(fit.transform))
-    if fit.flipped:
-        in_frame = alignment.flip_handedness(in_frame)
+    in_frame = alignment.align_physical(q, data.orientations[indices], symmetry).to_truth_frame(q)
     images = data.projections[indices]
     options = dict(ctf=data.ctf[indices] if data.ctf is not None else None,
                    pixel_size=data.pixel_size, progress=run.progress)

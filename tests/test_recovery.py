@@ -22,6 +22,11 @@ def test_physical_metric_is_blind_to_a_volume_rotation_and_the_handedness(seed, 
     assert result.mean < 1e-6 and result.flipped == flip
     np.testing.assert_allclose(
         rotations.geodesic_distance(result.apply(q), estimate), 0, atol=1e-6)
+    # ... and moving the estimate back lands on the truth (maps can then be compared).
+    np.testing.assert_allclose(
+        rotations.geodesic_distance(result.to_truth_frame(estimate), q), 0, atol=1e-6)
+    with pytest.raises(ValueError, match="physical"):
+        alignment.align_o4(estimate, q, restarts=1).to_truth_frame(estimate)
 
 
 @settings(max_examples=25, deadline=None)
