@@ -12,8 +12,12 @@ otherwise the file is generated once into ``--work-dir`` and reused later.
 
 **Ours** (ground truth is read only to score):
 
-1. distances: ``LearnedDistance`` of ``--model`` (default ``pretrained``, the
-   general model shipped in the package) between the subset's images;
+1. distances: ``LearnedDistance`` between the subset's images, with the model
+   of ``--model``: ``auto`` (default) is the model that the pipeline trains on
+   that SNR's dataset in its default 300 s (the run ``<volume>_snr<SNR>_learned_refined``
+   under ``--runs-dir``, shared with ``paper_table.py``; run if missing, which
+   also records the pipeline's own result on the whole test split), a folder,
+   or ``pretrained`` (the general model shipped in the package);
 2. recovery: ``recovery.recover`` (spectral initialisation + Adam, as the
    pipeline);
 3. frame: ``commonlines.resolve_frame`` on the images, then
@@ -71,7 +75,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-from _common import jsonable, machine_info, positive_snr, snr_tag, write_report  # noqa: E402
+from _common import (jsonable, machine_info, pipeline_row, positive_snr,  # noqa: E402
+                     snr_tag, write_report)
 from numpy.typing import NDArray
 from refinement import ASPIRE_THREAD_ENV, DEFAULT_ASPIRE_PYTHON, WORKER, timed  # noqa: E402
 
@@ -120,8 +125,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="both methods run on the first K test images (default: 500)")
     p.add_argument("--estimator", choices=("learned", "perturbed", "exact"), default=None,
                    help="our distances (default: learned; --quick: perturbed)")
-    p.add_argument("--model", default="pretrained",
-                   help="distance model folder, or 'pretrained' for the shipped general model")
+    p.add_argument("--model", default="auto",
+                   help="distance model: 'auto' (the default pipeline run's model at each SNR), "
+                        "a folder, or 'pretrained' (the shipped general model)")
     p.add_argument("--sigma2", type=float, default=0.2,
                    help="variance (rad²) of the perturbed distances (default: 0.2)")
     p.add_argument("--steps", type=int, default=2000, help="recovery: Adam steps at most")
@@ -717,6 +723,23 @@ def make_figure(rows: list[dict[str, Any]], path: Path) -> Path | None:
 # ----------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------
+def with_pipeline_model(args: argparse.Namespace, snr: float
+                        ) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """Options whose ``--model`` is the default pipeline run's at ``snr`` (run if missing).
+
+    Returns them with the pipeline's own scores on the whole test split.
+    """
+    run = pipeline_row(args.runs_dir, volume=args.volume, snr=snr, estimator="learned",
+                       refine=True, size=args.size, n_projections=args.n_projections,
+                       test_size=args.test_size, max_shift=args.max_shift)
+    m = run["metrics"]
+    keys = ("l_de_val", "e_or_o4_rad", "e_or_unrefined_rad", "e_or_rad",
+            "resolution_fsc05_angstrom", "resolution_fsc05_true_orientations_angstrom",
+            "timings_s")
+    summary = {"run": run["folder"], "failed": run["failed"], **{k: m.get(k) for k in keys}}
+    return argparse.Namespace(**{**vars(args), "model": str(Path(run["folder"]) / "model")}), summary
+
+
 def run_snr(args: argparse.Namespace, snr: float, previous: list[dict[str, Any]],
             estimators: EstimatorCache, ours: dict[str, Any],
             reference: list[Dataset]) -> dict[str, Any]:
@@ -790,7 +813,13 @@ def main(argv: list[str] | None = None) -> int:
         rows.pop(label, None)
     for snr in args.snrs:
         print(f"--- SNR {snr_label(snr)}", file=sys.stderr)
-        row = run_snr(args, snr, previous, estimators, ours, reference)
+        if args.model == "auto" and args.estimator == "learned":
+            snr_args, pipeline = with_pipeline_model(args, snr)
+            row = run_snr(snr_args, snr, previous, EstimatorCache(snr_args),
+                          ours_settings(snr_args), reference)
+            row["ours_pipeline_full_test_split"] = pipeline
+        else:
+            row = run_snr(args, snr, previous, estimators, ours, reference)
         rows[row["snr_label"]] = row
         report["rows"] = sorted(rows.values(), key=lambda r: -positive_snr(r["snr_label"]))
         write_report(report, args.out)

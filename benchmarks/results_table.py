@@ -155,7 +155,7 @@ def paper_rows(data: dict[str, Any]) -> list[str]:
 
 def _part(row: dict[str, Any], part: str, key: str, digits: int = 3, sub: str | None = None
           ) -> str:
-    """A number of one part (``ours``, ``aspire``, ``oracle``) of a common-lines row, or its status."""
+    """A number of a common-lines row's part (``ours``, ``aspire``, ``oracle``), or its status."""
     info = row.get(part) or {}
     if info.get("status") != "ok":
         return info.get("status") or "—"
@@ -163,23 +163,35 @@ def _part(row: dict[str, Any], part: str, key: str, digits: int = 3, sub: str | 
     return _number(value.get(sub) if sub and isinstance(value, dict) else value, digits)
 
 
+def _our_distances(config: dict[str, Any]) -> str:
+    """How the common-lines benchmark computed our distances, from its options."""
+    estimator, model = config.get("estimator") or "learned", config.get("model")
+    if estimator != "learned":
+        return f"{estimator} distances"
+    if model == "auto":
+        return "learned distances, the model the default pipeline trains on each SNR's dataset"
+    if model == "pretrained":
+        return "learned distances, the shipped general model (`pretrained`)"
+    return f"learned distances, the model `{model}`"
+
+
 def common_lines_rows(data: dict[str, Any]) -> list[str]:
     """Ours (distances → recovery → frame → refinement) against ASPIRE's CLSyncVoting, by SNR."""
     config, notes = data.get("config") or {}, data.get("notes") or {}
     lines = [f"The same {config.get('n_subset')} test images of {config.get('volume')} "
              f"(L = {config.get('size')} px, shifts ≤ {_number(config.get('max_shift'), 0)} px) "
-             f"for both; our distances from the model `{config.get('model')}`. E_OR: physical, "
-             "mean (rad); FSC 0.5 against the ground truth (Å); ratio = ours refined / ASPIRE; "
+             f"for both; ours: {_our_distances(config)}. E_OR: physical, mean (rad); FSC 0.5 "
+             "against the ground truth (Å); ratio = ours refined / ASPIRE; "
              f"goal: {notes.get('goal', '—')}.", "",
              "| SNR | N | ours E_OR: frame → refined | ours s | ASPIRE E_OR | ASPIRE s | ratio | "
              "FSC ours | FSC ASPIRE | FSC true orientations | goal |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    problems = []
+    notes_below = []
     for row in data.get("rows", []):
-        comparison = row.get("comparison") or {}
+        comparison, snr = row.get("comparison") or {}, _snr(row.get("snr"))
         met = comparison.get("goal_met")
         lines.append(
-            f"| {_snr(row.get('snr'))} | {row.get('n')} | {_part(row, 'ours', 'e_or_unrefined')} → "
+            f"| {snr} | {row.get('n')} | {_part(row, 'ours', 'e_or_unrefined')} → "
             f"{_part(row, 'ours', 'e_or')} | {_part(row, 'ours', 'seconds', 1, 'total')} | "
             f"{_part(row, 'aspire', 'e_or')} | {_part(row, 'aspire', 'seconds', 1)} | "
             f"{_number(comparison.get('ratio_e_or'), 2, '×')} | "
@@ -187,10 +199,17 @@ def common_lines_rows(data: dict[str, Any]) -> list[str]:
             f"{_part(row, 'aspire', 'resolution_fsc05_angstrom', 1)} | "
             f"{_part(row, 'oracle', 'resolution_fsc05_angstrom', 1)} | "
             f"{'—' if met is None else ('met' if met else 'missed')} |")
-        problems += [f"SNR {_snr(row.get('snr'))}, {part}: {info['status']} "
-                     f"({_text(info.get('reason'))})" for part in ("ours", "aspire", "oracle")
-                     if (info := row.get(part) or {}).get("status") not in (None, "ok")]
-    return lines + ([""] + [f"- {p}" for p in problems] if problems else [])
+        notes_below += [f"SNR {snr}, {part}: {info['status']} ({_text(info.get('reason'))})"
+                        for part in ("ours", "aspire", "oracle")
+                        if (info := row.get(part) or {}).get("status") not in (None, "ok")]
+        if pipeline := row.get("ours_pipeline_full_test_split"):
+            notes_below.append(
+                f"SNR {snr}, the default pipeline on its whole test split "
+                f"({config.get('test_size')} images): E_OR {_number(pipeline.get('e_or_rad'))} "
+                f"rad refined ({_number(pipeline.get('e_or_unrefined_rad'))} before), FSC 0.5 "
+                f"{_number(pipeline.get('resolution_fsc05_angstrom'), 1)} Å"
+                + (f", failed: {_text(pipeline['failed'])}" if pipeline.get("failed") else ""))
+    return lines + ([""] + [f"- {note}" for note in notes_below] if notes_below else [])
 
 
 def generalisation_rows(data: dict[str, Any]) -> list[str]:
@@ -199,12 +218,11 @@ def generalisation_rows(data: dict[str, Any]) -> list[str]:
     lines = []
     if general:
         proteins = general.get("proteins") or []
+        shipped = "shipped (`--model pretrained`)" if general.get("shipped") else "not shipped"
         lines += [f"General model: trained on {len(proteins)} built-in proteins "
                   f"({', '.join(proteins)}); best validation loss "
                   f"{_number(general.get('best_val_loss'))} at epoch {general.get('best_epoch')} "
-                  f"of {general.get('epochs_run')}; "
-                  f"{'shipped (`--model pretrained`)' if general.get('shipped') else 'not shipped'}."
-                  , ""]
+                  f"of {general.get('epochs_run')}; {shipped}.", ""]
     rows = data.get("rows") or []
     if not rows:
         return lines + ["(no evaluation rows recorded yet)"]
@@ -232,17 +250,19 @@ def preferred_views_rows(data: dict[str, Any]) -> list[str]:
     lines = [f"{s.get('volume')}, L = {s.get('size')} px, {s.get('n_projections')} projections "
              f"({s.get('test_size')} recovered), SNR {_snr(s.get('snr'))}, shifts ≤ "
              f"{_number(s.get('max_shift'), 0)} px; distances: {s.get('estimator')}{model}. "
-             "Strength: share of images around one direction at von Mises–Fisher κ; near: share "
-             "within the cluster radius; covered: share of the sphere seen (d or −d). E_OR in rad.",
-             "",
-             "| strength | near | covered | L_DE | E_OR O(4) | E_OR before frame | E_OR after frame "
-             "| in / outside cluster | frame confidence |", "|---|---|---|---|---|---|---|---|---|"]
+             "Strength: share of images around one direction at von Mises–Fisher κ; near: "
+             "share within the cluster radius; covered: share of the sphere seen (d or −d). "
+             "E_OR in rad.", "",
+             "| strength | near | covered | L_DE | E_OR O(4) | E_OR before frame | "
+             "E_OR after frame | in / outside cluster | frame confidence |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in data.get("rows", []):
         coverage = row.get("coverage") or {}
         lines.append(
             f"| {(row.get('strength') or {}).get('label')} | "
             f"{_percent(coverage.get('share_near_direction'))} | "
-            f"{_percent(coverage.get('covered_fraction_antipodal'))} | {_number(row.get('l_de'))} | "
+            f"{_percent(coverage.get('covered_fraction_antipodal'))} | "
+            f"{_number(row.get('l_de'))} | "
             f"{_number(row.get('e_or_o4_rad'))} | {_number(row.get('e_or_before_frame_rad'))} | "
             f"{_number(row.get('e_or_rad'))} | {_number(row.get('e_or_in_cluster_rad'))} / "
             f"{_number(row.get('e_or_outside_cluster_rad'))} | "

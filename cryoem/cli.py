@@ -593,6 +593,9 @@ def add_site_args(parser: argparse.ArgumentParser) -> None:
                             "`cryoem notebooks run` (default: data/notebooks)")
     build.add_argument("--out", type=Path, default=Path("data/site"), metavar="SITE_DIR",
                        help="site folder (default: data/site)")
+    build.add_argument("--results", type=Path, default=None, metavar="PATH",
+                       help="benchmark results markdown for results.html (default: "
+                            "benchmarks/results.md here, written by benchmarks/results_table.py)")
 
 
 def run_site(args: argparse.Namespace) -> int:
@@ -604,10 +607,10 @@ def run_site(args: argparse.Namespace) -> int:
         raise RuntimeError(f"{error}; install the site tools with pip install -e \".[site]\"") \
             from None
 
-    pages = notebooks.build_site(args.notebooks, args.out)
+    pages = notebooks.build_site(args.notebooks, args.out, results=args.results)
     for page in pages:
         print(page)
-    print(f"{len(pages) - 1} notebook pages and the index; open {pages[0]}")
+    print(f"{len(pages) - 2} notebook pages, the results page and the index; open {pages[0]}")
     return 0
 
 

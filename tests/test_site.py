@@ -146,7 +146,8 @@ def test_failing_notebook_stops_the_run_and_is_named(tmp_path, capsys):
 # The site, as files
 # ----------------------------------------------------------------------------
 def test_every_page_exists_and_loads_nothing_from_the_network(site):
-    pages = [site["site"] / "index.html"] + [site["site"] / f"{p.stem}.html" for p in NUMBERED]
+    pages = [site["site"] / "index.html", site["site"] / "results.html"] + [
+        site["site"] / f"{p.stem}.html" for p in NUMBERED]
     for page in pages:
         assert page.is_file(), page
         text = page.read_text(encoding="utf-8")
@@ -170,6 +171,7 @@ def test_index_has_method_results_and_links(site):
     assert "<code>n_projections</code>" in index
     assert f">{metrics['n_projections']}<" in index
     assert "not executed" in index  # the notebooks added as stored say so
+    assert 'href="results.html"' in index
 
 
 def test_notebook_pages_hold_plotly_divs_and_mathml(site):
@@ -205,6 +207,75 @@ def test_plotly_outputs_become_local_plotly_calls():
     html = output["data"]["text/html"]
     assert 'id="plotly-figure-1"' in html and 'Plotly.newPlot("plotly-figure-1"' in html
     assert "</script>" not in html.split("<script", 1)[1][:-len("</script>")]
+
+
+# ----------------------------------------------------------------------------
+# The results page (fast: one tiny unexecuted notebook, a fake results.md)
+# ----------------------------------------------------------------------------
+RESULTS_MD = """## Results
+
+Measured on a test machine.
+
+### The paper's table, regenerated
+
+Command: `python benchmarks/paper_table.py` → `benchmarks/results/paper_table.json`.
+
+| protein | SNR | E_OR O(4) |
+|---|---|---|
+| 4ake (C1) | ∞ | 0.123 |
+
+![E_OR against SNR](../images/fig.png)
+
+![absent](../images/absent.png)
+"""
+
+
+@pytest.fixture
+def small_site(tmp_path) -> dict:
+    """A site from one unexecuted notebook and a fake ``benchmarks/results.md`` with a figure."""
+    (tmp_path / "executed").mkdir()
+    _notebook(tmp_path / "executed" / "0-tiny.ipynb", "print(1)")
+    results = tmp_path / "repo" / "benchmarks" / "results.md"
+    results.parent.mkdir(parents=True)
+    results.write_text(RESULTS_MD, encoding="utf-8")
+    (tmp_path / "repo" / "images").mkdir()
+    (tmp_path / "repo" / "images" / "fig.png").write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    pages = notebooks.build_site(tmp_path / "executed", tmp_path / "site", results=results)
+    return {"site": tmp_path / "site", "pages": pages}
+
+
+def test_results_page_renders_the_tables_and_copies_figures(small_site):
+    out = small_site["site"]
+    assert out / "results.html" in small_site["pages"]
+    page = (out / "results.html").read_text(encoding="utf-8")
+    assert "<title>Results</title>" in page and "<h1>Results</h1>" in page
+    assert re.search(r"<th>protein</th>\s*<th>SNR</th>", page)
+    assert re.search(r"<td>4ake \(C1\)</td>\s*<td>∞</td>\s*<td>0.123</td>", page)
+    assert "<code>python benchmarks/paper_table.py</code>" in page
+    assert 'src="images/fig.png"' in page and 'src="../images' not in page
+    assert (out / "images" / "fig.png").read_bytes().endswith(b"fake")  # offline: copied
+    assert "figure not found: ../images/absent.png" in page  # no broken image
+    assert notebooks.external_resources(page) == []
+    assert 'href="index.html"' in page and 'href="0-tiny.html"' in page  # navigation
+
+
+def test_results_page_is_linked_from_index_and_notebook_pages(small_site):
+    out = small_site["site"]
+    assert 'href="results.html"' in (out / "index.html").read_text(encoding="utf-8")
+    assert 'href="results.html"' in (out / "0-tiny.html").read_text(encoding="utf-8")
+
+
+def test_results_page_without_results_says_how_to_generate(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no benchmarks/results.md here
+    assert notebooks.default_results() is None
+    page = notebooks.results_page(notebooks.default_results(), tmp_path / "site")
+    text = page.read_text(encoding="utf-8")
+    assert "No results yet" in text and "python benchmarks/results_table.py" in text
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "results.md").write_text(RESULTS_MD, encoding="utf-8")
+    assert notebooks.default_results() == Path("benchmarks/results.md")
+    with pytest.raises(FileNotFoundError, match="results_table.py"):
+        notebooks.results_page(tmp_path / "missing.md", tmp_path / "site")
 
 
 # ----------------------------------------------------------------------------
