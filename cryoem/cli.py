@@ -389,7 +389,10 @@ def add_refine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--orientations", type=Path, required=True, metavar="ORIENT.h5",
                         help="first guess (e.g. from cryoem recover)")
     parser.add_argument("--out", type=Path, required=True, metavar="REFINED.h5")
-    parser.add_argument("--iterations", type=int, default=6)
+    parser.add_argument("--iterations", type=int, default=6, help="local iterations at most")
+    parser.add_argument("--global-iterations", type=int, default=2,
+                        help="global searches over all orientations first (default: 2; 0: "
+                             "local only)")
     parser.add_argument("--step", type=float, default=0.3,
                         help="radius of the first local search, rad (default: 0.3)")
     parser.add_argument("--max-shift", type=float, default=8.0,
@@ -407,8 +410,8 @@ def run_refine(args: argparse.Namespace) -> int:
     result = refinement.refine(
         data.projections[indices], q, shifts=attrs.get("shifts"),
         ctf=data.ctf[indices] if data.ctf is not None else None, pixel_size=data.pixel_size,
-        iterations=args.iterations, step=args.step, max_shift_total=args.max_shift,
-        seed=args.seed, progress=not args.quiet)
+        iterations=args.iterations, global_iterations=args.global_iterations, step=args.step,
+        max_shift_total=args.max_shift, seed=args.seed, progress=not args.quiet)
     symmetry = data.attrs.get("symmetry", "C1")
     truth = data.orientations[indices]  # only to score
     before = alignment.align_physical(q, truth, symmetry).mean

@@ -1,6 +1,12 @@
-"""Refinement: local projection matching from a first guess (gold standard).
+"""Refinement: projection matching from a first guess, global then local (gold standard).
 
-Each iteration, for each of two fixed random halves of the images:
+The first iterations (``global_iterations``, default 2) search all of SO(3):
+a fixed grid of uniform orientations and integer shifts, on low frequencies,
+matched by two matrix products per batch of images (see :func:`refine`).  A
+learned first guess 0.3 rad off is often beyond the reach of a local grid and
+the images would stay where they are; the global pass moves them into the
+basin of the right orientation (an image keeps its own when it scores better).
+Then each local iteration, for each of two fixed random halves of the images:
 
 1. reconstruct the half's map from its current orientations and shifts
    (:func:`cryoem.reconstruction.reconstruct`);
@@ -14,8 +20,9 @@ Each iteration, for each of two fixed random halves of the images:
    (refined to a fraction of a pixel by a parabola through the peak);
 4. shrink the grid.
 
-The halves never see each other's images or maps.  It stops when the
-orientations stop moving or after ``iterations``.  Shifts are estimated here:
+The halves never see each other's images or maps (in the global passes too).
+It stops when the orientations stop moving or after ``iterations`` local
+iterations.  Shifts are estimated here:
 the true ones are never read.
 """
 
@@ -76,6 +83,11 @@ class _Band:
                         + self.kv[None, :, None] * matrices[:, None, 1, :])
 
 
+def band_radius(band: _Band) -> float:
+    """The largest frequency of a band, pixels."""
+    return float(np.sqrt((band.ku**2 + band.kv**2).max()))
+
+
 _OVERSAMPLING = 2  # correlation sampled every half pixel
 
 
@@ -128,6 +140,68 @@ def _match(reference: NDArray, images_spectra: NDArray, q: FloatArray, shifts: F
             best_q[start:stop] = rotations.normalize(np.sum(weights[..., None] * aligned, 1))
         else:
             best_q[start:stop] = candidates[images, top[images, which]]
+    return rotations.canonical(best_q), best_shift, best_score
+
+
+def _global_match(reference: NDArray, images_spectra: NDArray, q: FloatArray,
+                  shifts: FloatArray, ctf: NDArray | None, band: _Band, grid: FloatArray,
+                  offsets: FloatArray, max_shift: float, batch: int,
+                  reach: float = np.pi) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Best orientation of a fixed SO(3) grid or of the local grid, and integer shift, per image.
+
+    Each image's band-limited spectrum, moved back by its current shift plus
+    every integer offset within ``max_shift`` and multiplied by its CTF, is
+    correlated with the reference's central slice at every grid orientation
+    (within ``reach`` rad of the image's current one): two real matrix
+    products per batch (hand-written because the per-candidate loop of
+    :func:`_match` would cost the grid size times more).  The local candidates
+    ``δ·q_i`` (``offsets``) compete on the same terms: an image escapes to a far
+    grid orientation only when nothing near its own scores as well.
+    """
+    size = band.size
+    evaluator = projection._SliceEvaluator(reference, precision="single")
+    weights = band.weights.astype(np.float32)
+
+    def slices_of(quaternions: FloatArray) -> tuple[NDArray, NDArray]:
+        values = evaluator(band.points(rotations.quaternion_to_matrix(quaternions)))
+        norms = np.sqrt(np.sum(weights * np.abs(values) ** 2, axis=-1))
+        return values, np.maximum(norms, 1e-30)
+
+    grid_slices, grid_norms = slices_of(grid)
+    grid_real = np.ascontiguousarray((grid_slices.real / grid_norms[:, None]).T)
+    grid_imag = np.ascontiguousarray((grid_slices.imag / grid_norms[:, None]).T)
+    steps = np.arange(-np.floor(max_shift), np.floor(max_shift) + 1)
+    moves = np.stack(np.meshgrid(steps, steps, indexing="ij"), -1).reshape(-1, 2)  # (T, 2)
+    n, t, k = len(q), len(moves), len(offsets)
+    best_q, best_shift, best_score = np.empty((n, 4)), np.empty((n, 2)), np.empty(n)
+    for start in range(0, n, batch):
+        stop = min(start + batch, n)
+        count, rows = stop - start, np.arange(stop - start)
+        trial = shifts[start:stop, None, :] + moves[None, :, :]  # (b, T, 2)
+        undo = np.exp(2j * np.pi / size * (band.ku * trial[..., :1] + band.kv * trial[..., 1:]))
+        spectra = images_spectra[start:stop, None, :] * undo  # (b, T, K)
+        if ctf is not None:
+            spectra = spectra * ctf[start:stop, None, :]
+        spectra = (spectra * weights).astype(np.complex64)
+        flat = spectra.reshape(count * t, -1)
+        scores = (flat.real @ grid_real + flat.imag @ grid_imag).reshape(count, t, -1)
+        if reach < np.pi:
+            near = np.abs(q[start:stop] @ grid.T) >= np.cos(reach / 2)  # d(q, g) ≤ reach
+            scores = np.where(near[:, None, :], scores, -np.inf)
+        local = rotations.multiply(offsets[None, :, :], q[start:stop, None, :])  # (b, k, 4)
+        local_slices, local_norms = slices_of(local.reshape(-1, 4))
+        local_slices = local_slices.reshape(count, k, -1)
+        local_scores = np.real(np.einsum("btf,bkf->btk", spectra, np.conj(local_slices))) \
+            / local_norms.reshape(count, 1, k)
+        grid_shift, grid_which = np.divmod(np.argmax(scores.reshape(count, -1), 1), len(grid))
+        local_shift, local_which = np.divmod(np.argmax(local_scores.reshape(count, -1), 1), k)
+        grid_best = scores[rows, grid_shift, grid_which]
+        local_best = local_scores[rows, local_shift, local_which]
+        stay = local_best >= grid_best
+        best_q[start:stop] = np.where(stay[:, None], local[rows, local_which], grid[grid_which])
+        best_shift[start:stop] = shifts[start:stop] + moves[np.where(stay, local_shift,
+                                                                    grid_shift)]
+        best_score[start:stop] = np.maximum(local_best, grid_best)
     return rotations.canonical(best_q), best_shift, best_score
 
 
@@ -200,6 +274,10 @@ def refine(
     tolerance: float = 1e-3,
     soft_iterations: int | None = None,
     regularization: float = 1e-3,
+    global_iterations: int = 2,
+    global_candidates: int = 10000,
+    global_radius: float = 8.0,
+    global_reach: float = np.pi,
     batch: int = 64,
     seed: int = 0,
     progress: bool = False,
@@ -221,14 +299,26 @@ def refine(
         overall, pixels.
     tolerance
         Stop when the mean change of orientation in an iteration falls below it (rad).
+    iterations
+        Local iterations at most (the global ones come first, on top).
     soft_iterations
-        During the first ``soft_iterations`` (default: a third of them) each image
+        During the first ``soft_iterations`` local iterations (default: a third) each image
         moves to the score-weighted mean of its candidates rather than to the
         best one: far less sensitive to noise while the references are still
         blurred; later iterations take the best candidate.
     regularization
         Tikhonov weight of the half maps' reconstructions (relative to the
         diagonal of the normal operator, see :func:`cryoem.reconstruction.reconstruct`).
+    global_iterations, global_candidates, global_radius, global_reach
+        ``global_iterations`` iterations first search all of SO(3) (or the part
+        within ``global_reach`` rad of each image's orientation) rather
+        than around each image: ``global_candidates`` uniform orientations
+        (fixed by ``seed``) and integer shifts within ``max_shift``, matched on
+        frequencies below ``global_radius`` pixels (or the FSC band if lower);
+        the local grid around each image competes too, so an image escapes
+        only when nothing near its orientation scores as well.  This reaches
+        first guesses that are too far off for the local grid;
+        ``global_iterations=0`` turns it off.
     callback
         Called after each iteration with ``(iteration, orientations, shifts)``;
         whatever numbers it returns (e.g. the error against a known truth) go
@@ -242,6 +332,9 @@ def refine(
     current_shifts = np.zeros((n, 2)) if shifts is None else np.array(shifts, dtype=np.float64)
     halves = np.random.default_rng(seed).permutation(n) % 2
     soft_iterations = -(-iterations // 3) if soft_iterations is None else soft_iterations
+    soft_iterations += global_iterations  # counted from the first iteration
+    iterations += global_iterations
+    grid = rotations.sample_uniform(global_candidates, seed=np.random.default_rng([seed, 1]))
     spectra_all = np.fft.rfft2(np.fft.ifftshift(images, axes=(-2, -1)))
     history: list[dict[str, float]] = []
     for iteration in progress_bar(range(iterations), total=iterations, enable=progress,
@@ -258,6 +351,9 @@ def refine(
         below = np.flatnonzero(curve.values < resolution.THRESHOLD_HALF_MAPS)
         shell = curve.shells[below[0]] if len(below) else curve.shells[-1]
         band = _Band(size, min(size / 2 - 1, max(6.0, 1.2 * shell + 2)))
+        searching_globally = iteration < global_iterations
+        if searching_globally:
+            band = _Band(size, min(band_radius(band), global_radius))
         new_q, new_shifts = q.copy(), current_shifts.copy()
         offsets = candidate_offsets(step)
         scores = np.empty(n)
@@ -266,6 +362,12 @@ def refine(
             transfer = (projection.ctf_2d(ctf[chosen], band.ku / (size * pixel_size),
                                           band.kv / (size * pixel_size))
                         if ctf is not None else None)
+            if searching_globally:
+                new_q[chosen], new_shifts[chosen], scores[chosen] = _global_match(
+                    maps[half], spectra_all[chosen][:, band.mask], q[chosen],
+                    current_shifts[chosen], transfer, band, grid, offsets, max_shift,
+                    batch, global_reach)
+                continue
             new_q[chosen], new_shifts[chosen], scores[chosen] = _match(
                 maps[half], spectra_all[chosen][:, band.mask], q[chosen],
                 current_shifts[chosen], transfer, band, offsets, max_shift, batch,
@@ -274,14 +376,16 @@ def refine(
         moved = float(np.mean(rotations.geodesic_distance(new_q, q)))
         q, current_shifts = new_q, new_shifts
         entry = {"iteration": iteration + 1, "step_rad": step,
+                 "global": float(searching_globally),
                  "soft": float(iteration < soft_iterations),
                  "halfmap_fsc0143_angstrom": curve.resolution(resolution.THRESHOLD_HALF_MAPS),
-                 "band_radius_px": float(np.sqrt((band.ku**2 + band.kv**2).max())),
+                 "band_radius_px": band_radius(band),
                  "mean_change_rad": moved, "mean_score": float(np.mean(scores))}
         if callback is not None:
             entry.update(callback(iteration + 1, q, current_shifts))
         history.append(entry)
-        step *= shrink
+        if not searching_globally:
+            step *= shrink
         if moved < tolerance and iteration >= soft_iterations:
             break
     return RefinementResult(q, current_shifts, halves, history)

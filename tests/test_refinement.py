@@ -18,10 +18,11 @@ def problem():
     return images, q, shifts, start
 
 
-def test_noiseless_refinement_corrects_orientations_and_finds_shifts(problem):
+def test_noiseless_local_refinement_corrects_orientations_and_finds_shifts(problem):
+    """The local search alone, from 0.2 rad everywhere (the global pass is tested below)."""
     images, q, shifts, start = problem
     assert alignment.align_physical(start, q).mean == pytest.approx(0.2, abs=0.01)
-    result = refinement.refine(images, start, iterations=8)
+    result = refinement.refine(images, start, iterations=8, global_iterations=0)
     assert alignment.align_physical(result.quaternions, q).mean < 0.05
     assert np.mean(np.abs(result.shifts - shifts)) < 0.2  # the true shifts were never given
     assert len(result.history) >= 4
@@ -32,9 +33,33 @@ def test_noiseless_refinement_corrects_orientations_and_finds_shifts(problem):
 def test_refinement_improves_at_snr_one_quarter(problem):
     images, q, _, start = problem
     noisy, _ = projection.add_noise(images, 0.25, seed=5)
-    result = refinement.refine(noisy, start, iterations=3, soft_iterations=3)
+    result = refinement.refine(noisy, start, iterations=3, soft_iterations=3,
+                               global_iterations=0)
     before = alignment.align_physical(start, q).mean
     assert alignment.align_physical(result.quaternions, q).mean < before - 0.01
+
+
+def test_the_global_pass_rescues_images_the_local_grid_cannot_reach():
+    """A quarter of the images 1.5 rad off: out of the local grid's reach, not the global one's."""
+    volume = volumes.resolve("4ake", 32)
+    q = rotations.sample_uniform(400, seed=7)
+    images = projection.project(volume.data, q, pixel_size=volume.voxel_size)
+    rng = np.random.default_rng(1)
+    far = rng.permutation(400)[:100]
+    start = rotations.multiply(rotations.axis_angle_to_quaternion(
+        rng.standard_normal((400, 3)), 0.05), q)
+    start[far] = rotations.multiply(rotations.axis_angle_to_quaternion(
+        rng.standard_normal((100, 3)), 1.5), q[far])
+    options = dict(iterations=3, pixel_size=volume.voxel_size, seed=0)
+    local = refinement.refine(images, start, global_iterations=0, **options)
+    both = refinement.refine(images, start, global_iterations=2, **options)
+    errors_local = alignment.align_physical(local.quaternions, q).errors
+    errors_both = alignment.align_physical(both.quaternions, q).errors
+    assert np.median(errors_local[far]) > 0.8  # stuck
+    assert np.median(errors_both[far]) < 0.1  # found from the whole of SO(3)
+    near = np.setdiff1d(np.arange(400), far)
+    assert np.median(errors_both[near]) < 0.05  # and the others stayed
+    assert [entry["global"] for entry in both.history[:2]] == [1.0, 1.0]
 
 
 def test_the_halves_never_see_each_other(problem, monkeypatch):
