@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib.metadata as metadata
 import json
@@ -9,7 +10,7 @@ import math
 import os
 import platform
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -93,6 +94,19 @@ def snr_tag(snr: float) -> str:
     return str(Fraction(snr).limit_denominator(1000)).replace("/", "-")
 
 
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (waits for another process holding it)."""
+    import fcntl
+
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def pipeline_row(runs_dir: Path, *, volume: str, snr: float, estimator: str,
                  model: str | None = None, model_tag: str | None = None, sigma2: float = 0.2,
                  refine: bool = False, **options: Any) -> dict[str, Any]:
@@ -117,8 +131,11 @@ def pipeline_row(runs_dir: Path, *, volume: str, snr: float, estimator: str,
                                      sigma2=sigma2, refine=refine, **options)
     start = time.perf_counter()
     failure = None
+    runs_dir.mkdir(parents=True, exist_ok=True)
     try:
-        metrics = pipeline.run(config, runs_dir / name, progress=False, report=lambda _: None)
+        with _locked(runs_dir / f".{name}.lock"):  # scripts running side by side share runs
+            metrics = pipeline.run(config, runs_dir / name, progress=False,
+                                   report=lambda _: None)
     except RuntimeError as error:  # a failed stage: keep what it measured, say why
         failure = str(error)
         metrics_path = runs_dir / name / "metrics.json"

@@ -210,7 +210,7 @@ def _refine(run: _Run) -> None:
     if not run.config.refine:
         return
     data = run.data()
-    q, indices, _ = recovery.load_orientations(run.path("orientations.h5"))
+    q, indices, attrs = recovery.load_orientations(run.path("orientations.h5"))
     result = refinement.refine(
         data.projections[indices], q, ctf=data.ctf[indices] if data.ctf is not None else None,
         pixel_size=data.pixel_size, iterations=run.config.refine_iterations,
@@ -218,7 +218,8 @@ def _refine(run: _Run) -> None:
     symmetry = data.attrs.get("symmetry", "C1")
     truth = data.orientations[indices]  # only to score
     physical = alignment.align_physical(result.quaternions, truth, symmetry)
-    run.metrics.update(e_or_unrefined_rad=run.metrics.get("e_or_rad"), e_or_rad=physical.mean,
+    # The frame step's score, as it saved it (metrics["e_or_rad"] is the refined one on a rerun).
+    run.metrics.update(e_or_unrefined_rad=attrs.get("e_or_rad"), e_or_rad=physical.mean,
                        e_or_median_rad=physical.median,
                        refinement_history=result.history)
     recovery.save_orientations(run.path("orientations_refined.h5"), result.quaternions, indices,
@@ -246,7 +247,7 @@ def _reconstruct(run: _Run) -> None:
     in_frame = alignment.align_physical(q, data.orientations[indices], symmetry).to_truth_frame(q)
     images = data.projections[indices]
     options = dict(ctf=data.ctf[indices] if data.ctf is not None else None,
-                   pixel_size=data.pixel_size, progress=run.progress)
+                   pixel_size=data.pixel_size, symmetry=symmetry, progress=run.progress)
     maps = {
         "map.mrc": reconstruction.reconstruct(images, in_frame, shifts=shifts, **options),
         "map_true_orientations.mrc": reconstruction.reconstruct(

@@ -85,6 +85,7 @@ def reconstruct(
     tolerance: float = 1e-4,
     backend: str = "finufft",
     batch_size: int | None = None,
+    symmetry: str = "C1",
     progress: bool = False,
     label: str = "",
 ) -> Reconstruction:
@@ -104,6 +105,9 @@ def reconstruct(
         Conjugate-gradient budget and relative-residual stop.
     backend
         ``"finufft"`` (CPU) or ``"astra"`` (CGLS on a CUDA GPU, no CTF or shifts).
+    symmetry
+        Point group of the particle: each image also counts as a projection at
+        ``R_i g`` for every ``g`` of the group (the map comes out symmetric).
     """
     images = np.asarray(images, dtype=np.float64)
     if images.ndim != 3 or images.shape[1] != images.shape[2]:
@@ -113,9 +117,10 @@ def reconstruct(
         raise ValueError(f"{len(images)} images but {len(matrices)} orientations")
     n, size = images.shape[:2]
     shifts_arr = projection._check_shifts(shifts, n)
+    group = rotations.quaternion_to_matrix(rotations.point_group(symmetry))
     if backend == "astra":
-        if shifts_arr is not None or ctf is not None:
-            raise ValueError("the ASTRA backend reconstructs without shifts or CTF")
+        if shifts_arr is not None or ctf is not None or len(group) > 1:
+            raise ValueError("the ASTRA backend reconstructs without shifts, CTF or symmetry")
         return _reconstruct_astra(images, matrices, iterations, label)
     if backend != "finufft":
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -128,7 +133,6 @@ def reconstruct(
     for start in progress_bar(range(0, n, batch), total=-(-n // batch), enable=progress,
                               desc="back-projecting"):
         stop = min(start + batch, n)
-        points = plane.points(matrices[start:stop]).reshape(-1, 3)
         spectra = np.fft.rfft2(np.fft.ifftshift(images[start:stop], axes=(-2, -1)))
         values = spectra[:, plane.mask]
         factor = np.ones_like(values)
@@ -140,8 +144,11 @@ def reconstruct(
             factor = factor * transfer
             square = transfer**2
         data_terms = (values * factor * weights).ravel()
-        rhs += _adjoint(points, data_terms, (size,) * 3)
-        kernel += _adjoint(points, (square * weights).ravel().astype(complex), (2 * size,) * 3)
+        square_terms = (square * weights).ravel().astype(complex)
+        for g in group:  # the same image seen at R_i g (identity alone without symmetry)
+            points = plane.points(matrices[start:stop] @ g).reshape(-1, 3)
+            rhs += _adjoint(points, data_terms, (size,) * 3)
+            kernel += _adjoint(points, square_terms, (2 * size,) * 3)
     kernel_spectrum = np.fft.rfftn(np.fft.ifftshift(kernel))
     scale = float(kernel[size, size, size])  # the diagonal of AᴴWA (every voxel's is the same)
     lam = regularization * max(scale, 1e-12)
