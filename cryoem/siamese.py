@@ -383,7 +383,8 @@ def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
     if len(sizes) != 1:
         raise ValueError(f"all training datasets must have the same image size, got {sorted(sizes)}")
     config.image_size = sizes.pop()
-    config.symmetry = datasets[0].attrs.get("symmetry", "C1")
+    groups = {d.attrs.get("symmetry", "C1") for d in datasets}
+    config.symmetry = groups.pop() if len(groups) == 1 else "mixed"  # rendered mode: per volume
     config.pixel_size = datasets[0].pixel_size
     config.sources = [str(d.path) for d in datasets]
     out = Path(out_dir)
@@ -427,6 +428,9 @@ def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
 
 def _training_batches(datasets: Sequence[Dataset], config: TrainingConfig) -> keras.utils.PyDataset:
     if config.mode == "fixed":
+        if config.symmetry == "mixed":
+            raise ValueError("fixed mode pools the images under one point group: train on "
+                             "datasets of one symmetry, or use the rendered mode")
         images = np.concatenate([d.projections[d.split["train"]] for d in datasets])
         quaternions = np.concatenate([d.orientations[d.split["train"]] for d in datasets])
         return FixedBatches(images, quaternions, config.symmetry, config.batch_size,
