@@ -107,6 +107,13 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def snr_label(snr: float) -> str:
+    """``inf``, or ``1``, ``1/4``, ``1/16`` … for tables."""
+    from fractions import Fraction
+
+    return "inf" if math.isinf(snr) else str(Fraction(snr).limit_denominator(1000))
+
+
 def pipeline_row(runs_dir: Path, *, volume: str, snr: float, estimator: str,
                  model: str | None = None, model_tag: str | None = None, sigma2: float = 0.2,
                  refine: bool = False, **options: Any) -> dict[str, Any]:

@@ -76,7 +76,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from _common import (jsonable, machine_info, pipeline_row, positive_snr,  # noqa: E402
-                     snr_tag, write_report)
+                     snr_label, snr_tag, write_report)
 from numpy.typing import NDArray
 from refinement import ASPIRE_THREAD_ENV, DEFAULT_ASPIRE_PYTHON, WORKER, timed  # noqa: E402
 
@@ -191,11 +191,6 @@ def apply_quick(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
 # ----------------------------------------------------------------------------
 # Datasets
 # ----------------------------------------------------------------------------
-def snr_label(snr: float) -> str:
-    """``inf``, ``1``, ``1/4`` … (as in the other benchmarks' tables)."""
-    return snr_tag(snr).replace("-", "/")
-
-
 def dataset_name(args: argparse.Namespace, snr: float) -> str:
     """The file name of the dataset at ``snr`` in the work folder."""
     volume = "".join(c if c.isalnum() else "_" for c in Path(args.volume).name)

@@ -52,12 +52,11 @@ import os
 import shutil
 import sys
 import time
-from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from _common import machine_info, write_report  # noqa: E402
+from _common import machine_info, positive_snr, snr_tag, write_report  # noqa: E402
 from numpy.typing import NDArray
 
 if TYPE_CHECKING:
@@ -77,17 +76,6 @@ TABLE_BINS = 6  # more bins than this: the table shows the first, middle and las
 # ----------------------------------------------------------------------------
 # Options
 # ----------------------------------------------------------------------------
-def positive_snr(text: str) -> float:
-    """An SNR from ``0.0625``, ``1/16`` or ``inf``."""
-    try:
-        value = float(Fraction(text)) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError) as error:
-        raise argparse.ArgumentTypeError(f"not an SNR: {text!r}") from error
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"the SNR must be positive, got {text!r}")
-    return value
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -132,13 +120,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------
-def snr_tag(snr: float) -> str:
-    """``inf`` or the SNR as a short fraction, for file names (``1-16``)."""
-    if math.isinf(snr):
-        return "inf"
-    return str(Fraction(snr).limit_denominator(1000)).replace("/", "-")
-
-
 def dataset_path(args: argparse.Namespace, snr: float) -> Path:
     """Where the dataset with these parameters lives."""
     protein = "".join(c if c.isalnum() else "_" for c in Path(args.protein).name)

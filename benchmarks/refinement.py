@@ -71,12 +71,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-from _common import machine_info  # noqa: E402
+from _common import machine_info, positive_snr, snr_label, snr_tag  # noqa: E402
 from _common import write_report as write_common_report  # noqa: E402
 from numpy.typing import NDArray
 
@@ -102,18 +101,10 @@ FloatArray = NDArray[np.float64]
 # ----------------------------------------------------------------------------
 # Options
 # ----------------------------------------------------------------------------
-def parse_snr(text: str) -> float:
-    """An SNR: ``inf``, a number or a fraction such as ``1/16``."""
-    try:
-        return float(Fraction(text)) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError) as error:
-        raise argparse.ArgumentTypeError(f"not an SNR: {text!r}") from error
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--snrs", type=parse_snr, nargs="+", default=[math.inf, 1.0, 0.25, 0.0625],
+    p.add_argument("--snrs", type=positive_snr, nargs="+", default=[math.inf, 1.0, 0.25, 0.0625],
                    help="SNRs of the images: numbers or fractions ('inf' for noiseless, 1/16; "
                         "default: inf 1 0.25 0.0625)")
     p.add_argument("--n-test", type=int, default=1650,
@@ -174,18 +165,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------
-def snr_tag(snr: float) -> str:
-    """``inf`` or the SNR as a short fraction for file names (``1-16``), as distance_learning."""
-    if math.isinf(snr):
-        return "inf"
-    return str(Fraction(snr).limit_denominator(1000)).replace("/", "-")
-
-
-def snr_label(snr: float) -> str:
-    """``inf``, or ``1``, ``1/4``, ``1/16`` …"""
-    return "inf" if math.isinf(snr) else str(Fraction(snr).limit_denominator(1000))
-
-
 def dataset_name(args: argparse.Namespace, snr: float) -> str:
     """The distance-learning benchmark's file name for these parameters."""
     protein = "".join(c if c.isalnum() else "_" for c in Path(args.protein).name)
