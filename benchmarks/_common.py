@@ -114,6 +114,12 @@ def snr_label(snr: float) -> str:
     return "inf" if math.isinf(snr) else str(Fraction(snr).limit_denominator(1000))
 
 
+#: Epochs the default pipeline trains in its 300 s budget on an idle 2-core CPU (68, measured
+#: by benchmarks/pipeline.py). Benchmarks train per-protein models for this many epochs rather
+#: than for a wall-clock time, so that scripts sharing the machine stay comparable.
+PROTEIN_TRAINING_EPOCHS = 68
+
+
 def pipeline_row(runs_dir: Path, *, volume: str, snr: float, estimator: str,
                  model: str | None = None, model_tag: str | None = None, sigma2: float = 0.2,
                  refine: bool = False, **options: Any) -> dict[str, Any]:
@@ -134,6 +140,9 @@ def pipeline_row(runs_dir: Path, *, volume: str, snr: float, estimator: str,
         name += f"_{model_tag}"
     if refine:
         name += "_refined"
+    if estimator == "learned" and model is None:  # trained here: a budget in epochs
+        options.setdefault("epochs", PROTEIN_TRAINING_EPOCHS)
+        options["train_seconds"] = None
     config = pipeline.PipelineConfig(volume=volume, snr=snr, estimator=estimator, model=model,
                                      sigma2=sigma2, refine=refine, **options)
     start = time.perf_counter()

@@ -55,7 +55,7 @@ class PipelineConfig:
     estimator: str = "learned"
     model: str | None = None
     epochs: int = 200
-    train_seconds: float = 300.0
+    train_seconds: float | None = 300.0  # None: the epochs alone bound training
     input_size: int | None = 32
     sigma2: float = 0.2
     steps: int = 2000
