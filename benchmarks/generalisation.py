@@ -188,7 +188,8 @@ def evaluate(args: argparse.Namespace, general_model: Path) -> list[dict[str, An
                                    model=model, model_tag="general" if model else None,
                                    size=args.size, n_projections=args.n_projections,
                                    test_size=args.test_size, max_shift=args.max_shift,
-                                   epochs=args.protein_epochs, refine=True)
+                                   refine=True,
+                                   **({} if model else {"epochs": args.protein_epochs}))
                 row["model"] = kind
                 rows.append(row)
                 print_row(row)

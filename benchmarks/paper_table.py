@@ -137,7 +137,7 @@ def table_row(args: argparse.Namespace, protein: str, snr: float, estimator: str
                        sigma2=sigma2 if sigma2 is not None else 0.2, refine=learned,
                        size=args.size, n_projections=args.n_projections,
                        test_size=args.test_size, max_shift=args.max_shift,
-                       epochs=args.train_epochs)
+                       **({"epochs": args.train_epochs} if learned else {}))
     m = run["metrics"]
     refined = learned and m.get("e_or_unrefined_rad") is not None  # the refine stage ran
     frame_error = m.get("e_or_unrefined_rad") if refined else m.get("e_or_rad")
