@@ -191,6 +191,13 @@ def test_import_resamples_for_a_model(chiral_dataset, tmp_path):
     assert abs(imported.projections.mean()) < 1e-5 and imported.projections.std() == \
         pytest.approx(1.0, rel=1e-4)
     np.testing.assert_allclose(imported.shifts, chiral_dataset.shifts * 16 / 24, atol=1e-5)
+    # ... or to the size a model expects, read from its configuration.
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"image_size": 20}')
+    assert cli.main(["import-relion", str(star), "--out", str(tmp_path / "m.h5"),
+                     "--model", str(model)]) == 0
+    assert datasets.load(tmp_path / "m.h5").projections.shape == (12, 20, 20)
 
 
 def test_relion_errors(chiral_dataset, tmp_path):
