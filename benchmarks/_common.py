@@ -114,6 +114,17 @@ def snr_label(snr: float) -> str:
     return "inf" if math.isinf(snr) else str(Fraction(snr).limit_denominator(1000))
 
 
+def frame_and_refined(metrics: dict[str, Any]) -> tuple[Any, Any]:
+    """A pipeline run's physical E_OR after the frame step and after refinement (or None).
+
+    ``e_or_rad`` is the final error: the refined one once the refine stage ran, else the
+    frame step's (also when a later stage failed).
+    """
+    if metrics.get("e_or_unrefined_rad") is not None:  # the refine stage ran
+        return metrics["e_or_unrefined_rad"], metrics.get("e_or_rad")
+    return metrics.get("e_or_rad"), None
+
+
 #: Epochs the default pipeline trains in its 300 s budget on an idle 2-core CPU (68, measured
 #: by benchmarks/pipeline.py). Benchmarks train per-protein models for this many epochs rather
 #: than for a wall-clock time, so that scripts sharing the machine stay comparable.

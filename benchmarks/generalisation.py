@@ -46,8 +46,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import (PROTEIN_TRAINING_EPOCHS, machine_info, pipeline_row,  # noqa: E402
-                     positive_snr, snr_tag, write_report)
+from _common import (PROTEIN_TRAINING_EPOCHS, frame_and_refined,  # noqa: E402
+                     machine_info, pipeline_row, positive_snr, snr_tag, write_report)
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "generalisation.json"
@@ -191,6 +191,7 @@ def evaluate(args: argparse.Namespace, general_model: Path) -> list[dict[str, An
                                    refine=True,
                                    **({} if model else {"epochs": args.protein_epochs}))
                 row["model"] = kind
+                row["e_or_frame_rad"], row["e_or_refined_rad"] = frame_and_refined(row["metrics"])
                 rows.append(row)
                 print_row(row)
     return rows
@@ -200,13 +201,16 @@ def print_row(row: dict[str, Any]) -> None:
     """One line per pipeline run."""
     m = row["metrics"]
 
-    def f(key: str) -> str:
-        value = m.get(key)
+    def f(key: str, source: dict[str, Any] = m) -> str:
+        value = source.get(key)
         return "—" if value is None else f"{value:.3f}"
 
+    def g(key: str) -> str:
+        return f(key, row)
+
     print(f"{row['volume']:>6} SNR {snr_tag(row['snr']):>5} {row['model']:>11}: "
-          f"L_DE {f('l_de_val')}  E_OR o4 {f('e_or_o4_rad')}  physical {f('e_or_unrefined_rad')}"
-          f" → refined {f('e_or_rad')} rad  FSC0.5 {f('resolution_fsc05_angstrom')} Å  "
+          f"L_DE {f('l_de_val')}  E_OR o4 {f('e_or_o4_rad')}  physical {g('e_or_frame_rad')}"
+          f" → refined {g('e_or_refined_rad')} rad  FSC0.5 {f('resolution_fsc05_angstrom')} Å  "
           f"({row['seconds']:.0f} s)", flush=True)
 
 

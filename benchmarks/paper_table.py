@@ -47,8 +47,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import (PROTEIN_TRAINING_EPOCHS, machine_info, pipeline_row,  # noqa: E402
-                     positive_snr, snr_tag, write_report)
+from _common import (PROTEIN_TRAINING_EPOCHS, frame_and_refined,  # noqa: E402
+                     machine_info, pipeline_row, positive_snr, snr_tag, write_report)
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "paper_table.json"
@@ -139,8 +139,7 @@ def table_row(args: argparse.Namespace, protein: str, snr: float, estimator: str
                        test_size=args.test_size, max_shift=args.max_shift,
                        **({"epochs": args.train_epochs} if learned else {}))
     m = run["metrics"]
-    refined = learned and m.get("e_or_unrefined_rad") is not None  # the refine stage ran
-    frame_error = m.get("e_or_unrefined_rad") if refined else m.get("e_or_rad")
+    frame_error, refined_error = frame_and_refined(m)
     return {
         "protein": protein, "symmetry": _symmetry(Path(run["folder"])), "snr": snr,
         "estimator": estimator_label(estimator, sigma2), "run": run["run"],
@@ -148,7 +147,7 @@ def table_row(args: argparse.Namespace, protein: str, snr: float, estimator: str
         "e_or_o4_rad": m.get("e_or_o4_rad"),
         "e_or_before_frame_rad": m.get("e_or_before_frame_rad"),
         "e_or_rad": frame_error,
-        "e_or_refined_rad": m.get("e_or_rad") if refined else None,
+        "e_or_refined_rad": refined_error,
         "resolution_true_angstrom": m.get("resolution_fsc05_true_orientations_angstrom"),
         "resolution_recovered_angstrom": m.get("resolution_fsc05_angstrom"),
         "pixel_size_angstrom": m.get("pixel_size_angstrom"),
