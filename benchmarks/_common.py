@@ -133,8 +133,12 @@ PROTEIN_TRAINING_EPOCHS = 68
 
 def pipeline_row(runs_dir: Path, *, volume: str, snr: float, estimator: str,
                  model: str | None = None, model_tag: str | None = None, sigma2: float = 0.2,
-                 refine: bool = False, **options: Any) -> dict[str, Any]:
+                 refine: bool = False, reuse_only: bool = False,
+                 **options: Any) -> dict[str, Any] | None:
     """Run (or reuse) one ``cryoem.pipeline`` run and return its metrics and folder.
+
+    With ``reuse_only``, nothing runs: a run that finished (or failed) is read back, any
+    other gives ``None``.
 
     Runs live in ``runs_dir/<volume>_snr<tag>_<estimator>[...]``, so scripts that ask for
     the same run (``paper_table.py``, ``generalisation.py``) share it; the pipeline resumes
@@ -156,6 +160,11 @@ def pipeline_row(runs_dir: Path, *, volume: str, snr: float, estimator: str,
         options["train_seconds"] = None
     config = pipeline.PipelineConfig(volume=volume, snr=snr, estimator=estimator, model=model,
                                      sigma2=sigma2, refine=refine, **options)
+    row = {"run": name, "folder": str(runs_dir / name), "volume": volume, "snr": snr,
+           "estimator": estimator, "sigma2": sigma2 if estimator == "perturbed" else None,
+           "refined": refine}
+    if reuse_only:
+        return _finished_run(runs_dir / name, row)
     start = time.perf_counter()
     failure = None
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -168,7 +177,19 @@ def pipeline_row(runs_dir: Path, *, volume: str, snr: float, estimator: str,
         metrics_path = runs_dir / name / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
         print(f"  {name}: {failure}", flush=True)
-    return {"run": name, "folder": str(runs_dir / name), "volume": volume, "snr": snr,
-            "estimator": estimator, "sigma2": sigma2 if estimator == "perturbed" else None,
-            "refined": refine, "seconds": time.perf_counter() - start, "metrics": metrics,
-            "failed": failure}
+    return {**row, "seconds": time.perf_counter() - start, "metrics": metrics, "failed": failure}
+
+
+def _finished_run(folder: Path, row: dict[str, Any]) -> dict[str, Any] | None:
+    """A run's record if it finished or failed, without running anything."""
+    record_path, metrics_path = folder / "pipeline.json", folder / "metrics.json"
+    if not (record_path.exists() and metrics_path.exists()):
+        return None
+    record = json.loads(record_path.read_text())
+    if "failed" not in record and "export" not in record.get("finished", []):
+        return None
+    failure = record.get("failed")
+    metrics = json.loads(metrics_path.read_text())
+    return {**row, "seconds": sum((metrics.get("timings_s") or {}).values()),
+            "metrics": metrics,
+            "failed": f"stage '{failure['stage']}' failed: {failure['error']}" if failure else None}

@@ -86,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "300 s give on an idle machine)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--runs-dir", type=Path, default=Path("data/benchmarks/runs"))
+    p.add_argument("--reuse-only", action="store_true",
+                   help="run nothing: tabulate the runs already in --runs-dir")
     p.add_argument("--quick", action="store_true", help="tiny settings (CI)")
     p.add_argument("--out", type=Path, default=None,
                    help=f"JSON (default {DEFAULT_OUT}; the markdown goes beside it)")
@@ -130,14 +132,17 @@ def random_orientation_resolution(folder: Path, seed: int = 0) -> float:
 
 
 def table_row(args: argparse.Namespace, protein: str, snr: float, estimator: str,
-              sigma2: float | None) -> dict[str, Any]:
-    """One pipeline run, condensed to the table's columns."""
+              sigma2: float | None) -> dict[str, Any] | None:
+    """One pipeline run, condensed to the table's columns (None: not run, with --reuse-only)."""
     learned = estimator == "learned"
     run = pipeline_row(args.runs_dir, volume=protein, snr=snr, estimator=estimator,
                        sigma2=sigma2 if sigma2 is not None else 0.2, refine=learned,
                        size=args.size, n_projections=args.n_projections,
                        test_size=args.test_size, max_shift=args.max_shift,
+                       reuse_only=args.reuse_only,
                        **({"epochs": args.train_epochs} if learned else {}))
+    if run is None:
+        return None
     m = run["metrics"]
     frame_error, refined_error = frame_and_refined(m)
     return {
@@ -215,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         for snr in args.snrs:
             for estimator, sigma2 in chosen_estimators(args):
                 row = table_row(args, protein, snr, estimator, sigma2)
+                if row is None:
+                    print(f"{protein:>6} SNR {snr_tag(snr):>5} {estimator}: not run", flush=True)
+                    continue
                 report["rows"].append(row)
                 key = f"{protein}_{snr_tag(snr)}"
                 if key not in report["random_resolution"]:
