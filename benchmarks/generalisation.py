@@ -88,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
     p.add_argument("--runs-dir", type=Path, default=Path("data/benchmarks/runs"),
                    help="pipeline runs, shared with paper_table.py")
+    p.add_argument("--reuse-only", action="store_true",
+                   help="evaluate: run nothing, tabulate the runs already in --runs-dir")
     p.add_argument("--ship", action="store_true",
                    help="copy the general model into cryoem/data/models/pretrained")
     p.add_argument("--quick", action="store_true",
@@ -188,8 +190,11 @@ def evaluate(args: argparse.Namespace, general_model: Path) -> list[dict[str, An
                                    model=model, model_tag="general" if model else None,
                                    size=args.size, n_projections=args.n_projections,
                                    test_size=args.test_size, max_shift=args.max_shift,
-                                   refine=True,
+                                   refine=True, reuse_only=args.reuse_only,
                                    **({} if model else {"epochs": args.protein_epochs}))
+                if row is None:
+                    print(f"{name:>6} SNR {snr_tag(snr):>5} {kind:>11}: not run", flush=True)
+                    continue
                 row["model"] = kind
                 row["e_or_frame_rad"], row["e_or_refined_rad"] = frame_and_refined(row["metrics"])
                 rows.append(row)
