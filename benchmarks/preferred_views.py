@@ -190,15 +190,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--figure", type=Path, default=DEFAULT_FIGURE)
     p.add_argument("--quick", action="store_true",
                    help="tiny settings (L 32, 300 projections, 2 strengths, perturbed), "
-                        "written under WORK_DIR/quick")
+                        "written under WORK_DIR/quick unless --out/--figure are given")
     args = p.parse_args(argv)
     if args.quick:
         args.size, args.n_projections, args.test_size = 32, 300, 100
         args.fractions, args.strengths = [0.0, 0.9], args.strengths and args.strengths[:2]
         args.estimator, args.steps = "perturbed", 500
         args.work_dir = args.work_dir / "quick"
-        args.out = args.work_dir / "preferred_views.json"
-        args.figure = args.work_dir / "preferred-views-coverage.png"
+        if args.out == p.get_default("out"):  # never the real results; an explicit path stays
+            args.out = args.work_dir / "preferred_views.json"
+        if args.figure == p.get_default("figure"):
+            args.figure = args.work_dir / "preferred-views-coverage.png"
     if args.strengths is None:
         args.strengths = [Strength(f, args.concentration) for f in args.fractions]
     for strength in args.strengths:
