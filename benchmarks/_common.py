@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import importlib.metadata as metadata
 import json
 import math
@@ -105,6 +106,14 @@ def _locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@functools.lru_cache(maxsize=None)
+def volume_name(spec: str, size: int) -> str:
+    """The name ``cryoem.volumes.resolve`` gives a volume (what datasets record), computed once."""
+    from cryoem import volumes
+
+    return volumes.resolve(spec, size).name
 
 
 def snr_label(snr: float) -> str:

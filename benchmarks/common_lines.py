@@ -76,7 +76,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from _common import (jsonable, machine_info, pipeline_row, positive_snr,  # noqa: E402
-                     snr_label, snr_tag, write_report)
+                     snr_label, snr_tag, volume_name, write_report)
 from numpy.typing import NDArray
 from refinement import ASPIRE_THREAD_ENV, DEFAULT_ASPIRE_PYTHON, WORKER, timed  # noqa: E402
 
@@ -198,19 +198,6 @@ def dataset_name(args: argparse.Namespace, snr: float) -> str:
             f"_shift{args.max_shift:g}_snr{snr_tag(snr)}_seed{SEED}.h5")
 
 
-_VOLUME_NAMES: dict[tuple[str, int], str] = {}
-
-
-def volume_name(args: argparse.Namespace) -> str:
-    """The name ``volumes.resolve`` gives the volume (what the datasets record)."""
-    from cryoem import volumes
-
-    key = (args.volume, args.size)
-    if key not in _VOLUME_NAMES:
-        _VOLUME_NAMES[key] = volumes.resolve(args.volume, args.size).name
-    return _VOLUME_NAMES[key]
-
-
 def dataset_matches(path: Path, args: argparse.Namespace, snr: float) -> bool:
     """Whether ``path`` is the dataset ``datasets.generate`` makes with these parameters."""
     from cryoem import datasets
@@ -226,7 +213,7 @@ def dataset_matches(path: Path, args: argparse.Namespace, snr: float) -> bool:
             and len(data.split["test"]) == args.test_size and attrs.get("seed") == SEED
             and math.isclose(float(attrs.get("max_shift", -1.0)), args.max_shift)
             and not attrs.get("ctf") and attrs.get("sampling") == "uniform"
-            and attrs.get("volume_name") == volume_name(args))
+            and attrs.get("volume_name") == volume_name(args.volume, args.size))
 
 
 def pipeline_dataset(args: argparse.Namespace, snr: float) -> Path | None:

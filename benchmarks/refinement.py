@@ -75,7 +75,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-from _common import machine_info, positive_snr, snr_label, snr_tag  # noqa: E402
+from _common import (machine_info, positive_snr, snr_label, snr_tag,  # noqa: E402
+                     volume_name)
 from _common import write_report as write_common_report  # noqa: E402
 from numpy.typing import NDArray
 
@@ -185,19 +186,7 @@ def matches(path: Path, args: argparse.Namespace, snr: float) -> bool:
     return (same_snr and len(data) == args.n_projections and data.size == args.size
             and attrs.get("seed") == args.seed and attrs.get("max_shift") == 0.0
             and not attrs.get("ctf") and attrs.get("sampling") == "uniform"
-            and attrs.get("volume_name") == _volume_name(args))
-
-
-_VOLUME_NAMES: dict[tuple[str, int], str] = {}
-
-
-def _volume_name(args: argparse.Namespace) -> str:
-    from cryoem import volumes
-
-    key = (args.protein, args.size)
-    if key not in _VOLUME_NAMES:
-        _VOLUME_NAMES[key] = volumes.resolve(args.protein, args.size).name
-    return _VOLUME_NAMES[key]
+            and attrs.get("volume_name") == volume_name(args.protein, args.size))
 
 
 def ensure_dataset(args: argparse.Namespace, snr: float) -> tuple[Path, dict[str, Any]]:
