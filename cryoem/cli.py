@@ -119,6 +119,42 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------
+# Scoring: only against ground truth, or a reference when asked
+# ----------------------------------------------------------------------------
+def add_reference_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reference-poses", action="store_true",
+                        help="score against the dataset's reference poses (e.g. the angles of "
+                             "an imported RELION refinement) when it has no ground truth")
+
+
+def scoring_reference(data: object, indices: np.ndarray, args: argparse.Namespace) -> object:
+    """The poses to score against (a :class:`cryoem.datasets.Reference`), or ``None``, said aloud."""
+    from . import datasets
+
+    reference = datasets.poses_for_scoring(data, indices, getattr(args, "reference_poses", False))
+    if reference is None:
+        kind = data.source("orientations")  # type: ignore[attr-defined]
+        hint = (" (its reference poses are used only with --reference-poses)"
+                if kind == datasets.REFERENCE else "")
+        print(f"not scored: {data.path} has no ground-truth orientations{hint}")  # type: ignore[attr-defined]
+    return reference
+
+
+def require_truth(estimator: object, data: object) -> None:
+    """Refuse an estimator that reads ground truth on data that have none; name its use."""
+    from . import datasets
+
+    fields = getattr(estimator, "truth_fields", ())
+    if not fields:
+        return
+    if data.source("orientations") != datasets.GROUND_TRUTH:  # type: ignore[attr-defined]
+        raise ValueError(f"the {estimator.name} estimator reads the true orientations, which "  # type: ignore[attr-defined]
+                         f"{data.path} does not have: use --estimator learned --model MODEL_DIR")  # type: ignore[attr-defined]
+    print(f"ground truth used: the {estimator.name} estimator reads the true "  # type: ignore[attr-defined]
+          f"{', '.join(fields)} (an oracle, not a method)")
+
+
+# ----------------------------------------------------------------------------
 # cryoem train
 # ----------------------------------------------------------------------------
 def add_train_args(parser: argparse.ArgumentParser) -> None:
@@ -144,6 +180,9 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
                              "(default: the dataset's SNR, noiseless if it has none)")
     parser.add_argument("--max-shift", type=float, default=None, metavar="PX",
                         help="rendered mode: shifts within ±PX (default: the dataset's)")
+    parser.add_argument("--allow-reference-labels", action="store_true",
+                        help="fixed mode: accept labels that are not a ground truth (e.g. the "
+                             "angles of an imported RELION refinement)")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--patience", type=int, default=6, help="early-stopping patience (epochs)")
     parser.add_argument("--threads", type=int, default=None, help="TensorFlow threads")
@@ -158,6 +197,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     siamese.configure_threads(args.threads)
     data = [datasets.load(path) for path in args.data]
+    _check_labels(data, args)
     first = data[0].attrs
     snr = first.get("snr", float("inf"))
     snr_range = tuple(args.snr_range) if args.snr_range else (
@@ -178,6 +218,28 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_labels(data: list, args: argparse.Namespace) -> None:
+    """Training labels must be a ground truth, unless the user accepts a reference."""
+    from . import datasets
+
+    for item in data:
+        kind = item.source("orientations")
+        if kind == datasets.GROUND_TRUTH:
+            continue
+        if kind == datasets.REFERENCE and args.mode == "fixed" and args.allow_reference_labels:
+            print(f"training labels of {item.path}: reference poses, not a ground truth "
+                  "(--allow-reference-labels)")
+            continue
+        need = ("rendered mode draws training images from a ground-truth map" if args.mode ==
+                "rendered" else "fixed mode trains on the stored orientations as labels")
+        extra = (": pass --allow-reference-labels to train on them anyway"
+                 if kind == datasets.REFERENCE and args.mode == "fixed" else "")
+        raise ValueError(f"{item.path} has no ground-truth orientations ({kind}); {need}{extra}")
+    print("ground truth used: training reads the true " + (
+        "map (volume), orientations, SNR and shift range (supervised on the true map)"
+        if args.mode == "rendered" else "orientations of the training and validation splits"))
+
+
 # ----------------------------------------------------------------------------
 # cryoem distances
 # ----------------------------------------------------------------------------
@@ -196,24 +258,36 @@ def add_distances_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True, metavar="D.h5",
                         help="output HDF5 file with the distance matrix")
+    add_reference_arg(parser)
 
 
 def run_distances(args: argparse.Namespace) -> int:
     """Estimate the distance matrix between projections of a dataset."""
-    from . import datasets, distance
+    from . import datasets, distance, rotations
 
     data = datasets.load(args.data)
     indices = np.arange(len(data)) if args.split == "all" else data.split[args.split]
     estimator = distance.make_estimator(args.estimator, model_dir=args.model, sigma2=args.sigma2,
-                                        seed=args.seed).fit(data)
+                                        seed=args.seed)
+    require_truth(estimator, data)
+    estimator.fit(data)
     start = time.perf_counter()
     matrix = estimator.matrix(data, indices)
     elapsed = time.perf_counter() - start
-    score = distance.l_de(matrix, distance.ExactDistance().matrix(data, indices))
+    reference = scoring_reference(data, indices, args)
+    score = None
+    if reference is not None:
+        group = data.attrs.get("symmetry", "C1")
+        truth = rotations.symmetric_distance_matrix(reference.orientations,
+                                                    rotations.point_group(group))
+        score = distance.l_de(matrix, truth)
     distance.save_matrix(args.out, matrix, indices, estimator=args.estimator, source=str(args.data),
                          l_de=score)
-    print(f"wrote {args.out}: {len(indices)}×{len(indices)} {args.estimator} distances "
-          f"({args.split} split) in {elapsed:.1f} s; L_DE against the truth {score:.4f} rad²")
+    line = (f"wrote {args.out}: {len(indices)}×{len(indices)} {args.estimator} distances "
+            f"({args.split} split) in {elapsed:.1f} s")
+    if reference is not None:
+        line += f"; L_DE against {reference.label} {score:.4f} rad²"
+    print(line)
     return 0
 
 
@@ -246,11 +320,12 @@ def add_recover_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True, metavar="ORIENT.h5")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_reference_arg(parser)
 
 
 def run_recover(args: argparse.Namespace) -> int:
-    """Recover orientations from distances and score them against the truth."""
-    from . import alignment, commonlines, datasets, distance, recovery
+    """Recover orientations from distances; score them when a ground truth exists."""
+    from . import commonlines, datasets, distance, recovery
 
     data = datasets.load(args.data)
     if args.distances is not None:
@@ -258,46 +333,62 @@ def run_recover(args: argparse.Namespace) -> int:
     else:
         indices = np.arange(len(data)) if args.split == "all" else data.split["test"]
         estimator = distance.make_estimator(args.estimator, model_dir=args.model,
-                                            sigma2=args.sigma2, seed=args.seed).fit(data)
-        matrix = estimator.matrix(data, indices)
+                                            sigma2=args.sigma2, seed=args.seed)
+        require_truth(estimator, data)
+        matrix = estimator.fit(data).matrix(data, indices)
+    symmetry = data.attrs.get("symmetry", "C1")
     result = recovery.recover(matrix, init=args.init, steps=args.steps,
                               learning_rate=args.learning_rate, max_distance=args.max_distance,
-                              restarts=args.restarts, symmetry=data.attrs.get("symmetry", "C1"),
+                              restarts=args.restarts, symmetry=symmetry,
                               seed=args.seed, progress=not args.quiet)
-    symmetry = data.attrs.get("symmetry", "C1")
-    truth = data.orientations[indices]
-    before = alignment.align_physical(result.quaternions, truth, symmetry)
-    paper = alignment.align_o4(result.quaternions, truth, symmetry)
     orientations, frame = result.quaternions, None
     if not args.no_resolve_frame:
         frame = commonlines.resolve_frame(data.projections[indices], result.quaternions,
                                           seed=args.seed, progress=not args.quiet)
         orientations = recovery.to_asymmetric_unit(frame.quaternions, symmetry)
-    physical = alignment.align_physical(orientations, truth, symmetry)
+    reference = scoring_reference(data, indices, args)
+    scores = {} if reference is None else _recovery_scores(result.quaternions, orientations,
+                                                           reference, symmetry)
     recovery.save_orientations(
         args.out, orientations, indices, result.loss_history, source=str(args.data),
-        l_or=result.final_loss, e_or_rad=physical.mean, e_or_median_rad=physical.median,
-        e_or_o4_rad=paper.mean, e_or_before_frame_rad=before.mean,
-        init_residual=result.init_residual, frame_resolved=frame is not None,
+        l_or=result.final_loss, init_residual=result.init_residual,
+        frame_resolved=frame is not None,
         frame_confidence=None if frame is None else frame.confidence,
-        handedness="undetermined (projections cannot tell a map from its mirror image)")
+        scored_against=None if reference is None else reference.label,
+        handedness="undetermined (projections cannot tell a map from its mirror image)",
+        **scores)
     print(f"wrote {args.out}: {len(indices)} orientations in {result.seconds:.1f} s "
           f"({result.steps} steps), L_OR {result.final_loss:.4f} rad²")
-    print(f"E_OR (ground truth used only to score): paper's O(4) metric {paper.mean:.3f} rad; "
-          f"physical {before.mean:.3f} rad from distances alone", end="")
-    if frame is None:
-        print(" (frame not resolved: --no-resolve-frame)")
-        return 0
-    print(f", {physical.mean:.3f} rad (median {physical.median:.3f}) after choosing the frame "
-          f"from common lines ({'transposed' if frame.transposed else 'plain'} branch, "
-          f"confidence {frame.confidence:.1f} standard errors). The handedness stays "
-          "undetermined: projections cannot tell a map from its mirror image.")
-    if not frame.distinguishable:
+    if frame is not None:
+        print(f"frame chosen from common lines: {'transposed' if frame.transposed else 'plain'} "
+              f"branch, confidence {frame.confidence:.1f} standard errors; the handedness stays "
+              "undetermined (projections cannot tell a map from its mirror image)")
+    if reference is not None:
+        line = (f"E_OR against {reference.label} (used only to score): paper's O(4) metric "
+                f"{scores['e_or_o4_rad']:.3f} rad; physical {scores['e_or_before_frame_rad']:.3f}"
+                " rad from distances alone")
+        if frame is not None:
+            line += (f", {scores['e_or_rad']:.3f} rad (median {scores['e_or_median_rad']:.3f}) "
+                     "after choosing the frame")
+        print(line)
+    if frame is not None and not frame.distinguishable:
         raise RuntimeError(
             f"the common-line score cannot distinguish the frame (confidence "
             f"{frame.confidence:.1f} < 5 standard errors): the orientations in {args.out} may be "
             "wrong for reconstruction; try more projections or a higher SNR")
     return 0
+
+
+def _recovery_scores(from_distances: np.ndarray, final: np.ndarray, reference: object,
+                     symmetry: str) -> dict[str, float]:
+    """Both metrics of recovered orientations against reference poses."""
+    from . import alignment
+
+    truth = reference.orientations  # type: ignore[attr-defined]
+    physical = alignment.align_physical(final, truth, symmetry)
+    return {"e_or_o4_rad": alignment.align_o4(from_distances, truth, symmetry).mean,
+            "e_or_before_frame_rad": alignment.align_physical(from_distances, truth, symmetry).mean,
+            "e_or_rad": physical.mean, "e_or_median_rad": physical.median}
 
 
 # ----------------------------------------------------------------------------
@@ -306,10 +397,13 @@ def run_recover(args: argparse.Namespace) -> int:
 def add_reconstruct_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", type=Path, metavar="DATA.h5", help="dataset")
     parser.add_argument("--orientations", type=Path, default=None, metavar="ORIENT.h5",
-                        help="recovered orientations (default: the true ones, an oracle)")
-    parser.add_argument("--out", type=Path, required=True, metavar="MAP.mrc")
+                        help="recovered orientations (default: the dataset's own poses: the "
+                             "truth of a simulation, an oracle)")
+    parser.add_argument("--out", type=Path, required=True, metavar="MAP.mrc",
+                        help="the map, in the orientations' own frame; with a ground truth "
+                             "(or --reference-poses) also MAP_aligned_to_truth.mrc, for scoring")
     parser.add_argument("--reference", type=Path, default=None, metavar="TRUE.mrc",
-                        help="map to score against (default: the dataset's ground truth)")
+                        help="map to score against (default: the dataset's ground-truth map)")
     parser.add_argument("--half-maps", action="store_true",
                         help="also reconstruct two random halves and report their FSC at 0.143")
     parser.add_argument("--oracle-shifts", action="store_true",
@@ -318,67 +412,93 @@ def add_reconstruct_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--regularization", type=float, default=1e-3,
                         help="Tikhonov weight relative to the data term's mean diagonal")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_reference_arg(parser)
 
 
 def run_reconstruct(args: argparse.Namespace) -> int:
     """Reconstruct a map from projections and orientations; report its FSC resolution."""
-    from . import alignment, datasets, reconstruction, recovery, resolution, volumes
+    from . import datasets, reconstruction, recovery, resolution, volumes
 
     data = datasets.load(args.data)
-    notes = []
+    notes: list[str] = []
     if args.orientations is None:
+        kind = data.source("orientations")
+        if kind == datasets.ABSENT:
+            raise ValueError(f"{args.data} holds no orientations: pass --orientations ORIENT.h5")
         indices = np.arange(len(data))
         orientations = data.orientations
-        notes.append("true orientations (oracle)")
+        notes.append("true orientations (oracle)" if kind == datasets.GROUND_TRUTH
+                     else "the dataset's reference poses")
         estimated_shifts = None
     else:
         orientations, indices, attrs = recovery.load_orientations(args.orientations)
-        orientations = _into_truth_frame(orientations, data, indices, alignment, notes)
         estimated_shifts = attrs.get("shifts")
-    shifts = data.shifts[indices] if args.oracle_shifts else estimated_shifts
-    if args.oracle_shifts:
-        notes.append("true shifts (oracle)")
-    elif estimated_shifts is not None:
-        notes.append("estimated shifts")
-    elif np.any(data.shifts != 0):
-        notes.append("no shifts estimated: the images' shifts are ignored (run cryoem refine)")
+    shifts = _reconstruction_shifts(data, indices, estimated_shifts, args.oracle_shifts, notes)
     options = dict(shifts=shifts, ctf=data.ctf[indices] if data.ctf is not None else None,
                    pixel_size=data.pixel_size, iterations=args.iterations,
                    regularization=args.regularization, progress=not args.quiet)
     images = data.projections[indices]
     result = reconstruction.reconstruct(images, orientations, **options)
     volumes.save_map(volumes.Volume(result.data, data.pixel_size, args.out.stem), args.out)
-    reference = (volumes.load_map(args.reference).data if args.reference is not None
-                 else data.volume)
     line = f"wrote {args.out}: {len(indices)} images, {result.iterations} CG iterations"
-    if reference is not None:
-        curve = resolution.fsc(result.data, reference, data.pixel_size)
-        line += f"; FSC 0.5 against the truth: {curve.resolution(0.5):.2f} Å"
+    line += _score_map(args, data, indices, orientations, options, notes)
     if args.half_maps:
         first, second, _ = reconstruction.half_maps(images, orientations, **options)
         for k, half in enumerate((first, second), start=1):
             volumes.save_map(volumes.Volume(half.data, data.pixel_size),
                              args.out.with_name(f"{args.out.stem}_half{k}.mrc"))
         curve = resolution.fsc(first.data, second.data, data.pixel_size, mask=True)
-        line += f"; half maps FSC 0.143: {curve.resolution(0.143):.2f} Å"
+        line += (f"; half maps FSC 0.143: {curve.resolution(0.143):.2f} Å (halves split after "
+                 "the orientations were estimated from all images: not independent)")
     print(line + (f" [{'; '.join(notes)}]" if notes else ""))
     return 0
 
 
-def _into_truth_frame(orientations: np.ndarray, data: object, indices: np.ndarray,
-                      alignment: object, notes: list[str]) -> np.ndarray:
-    """Turn resolved orientations into the truth's frame with the physical transform.
+def _reconstruction_shifts(data: object, indices: np.ndarray, estimated: np.ndarray | None,
+                           oracle: bool, notes: list[str]) -> np.ndarray | None:
+    """The shifts to reconstruct with: estimated ones, or the true ones when asked (an oracle)."""
+    from . import datasets
 
-    The reconstruction itself never needs this: it only puts the map in the
-    same frame (and hand) as the ground truth so that an FSC can compare them.
+    if oracle:
+        if data.source("shifts") != datasets.GROUND_TRUTH:  # type: ignore[attr-defined]
+            raise ValueError(f"--oracle-shifts: {data.path} has no ground-truth shifts")  # type: ignore[attr-defined]
+        notes.append("true shifts (oracle)")
+        return data.shifts[indices]  # type: ignore[attr-defined]
+    if estimated is not None:
+        notes.append("estimated shifts")
+    else:
+        notes.append("no shifts estimated: any shifts of the images are ignored (run cryoem "
+                     "refine)")
+    return estimated
+
+
+def _score_map(args: argparse.Namespace, data: object, indices: np.ndarray,
+               orientations: np.ndarray, options: dict, notes: list[str]) -> str:
+    """FSC against the reference map, after putting a copy in the reference poses' frame.
+
+    The map written to ``--out`` stays in the orientations' own frame (what a user without
+    a truth gets); the aligned copy ``MAP_aligned_to_truth.mrc`` exists only to score.
     """
-    truth = getattr(data, "orientations")[indices]
-    fit = alignment.align_physical(orientations, truth, getattr(data, "attrs").get("symmetry", "C1"))
-    moved = fit.to_truth_frame(orientations)
-    notes.append("orientations put in the truth's frame by the physical alignment "
-                 f"(global rotation{', mirrored' if fit.flipped else ''}; E_OR {fit.mean:.3f} rad)"
-                 " before reconstructing, only so the FSC can compare the maps")
-    return moved
+    from . import alignment, reconstruction, resolution, volumes
+
+    reference_map = (volumes.load_map(args.reference).data if args.reference is not None
+                     else data.volume)  # type: ignore[attr-defined]
+    if reference_map is None:
+        return ""
+    reference = scoring_reference(data, indices, args)
+    if reference is None:
+        return "; not scored against a map (no poses to align the map's frame with)"
+    fit = alignment.align_physical(orientations, reference.orientations,  # type: ignore[attr-defined]
+                                   data.attrs.get("symmetry", "C1"))  # type: ignore[attr-defined]
+    aligned = reconstruction.reconstruct(data.projections[indices],  # type: ignore[attr-defined]
+                                         fit.to_truth_frame(orientations),
+                                         **{**options, "progress": False})
+    path = args.out.with_name(f"{args.out.stem}_aligned_to_truth.mrc")
+    volumes.save_map(volumes.Volume(aligned.data, data.pixel_size, path.stem), path)  # type: ignore[attr-defined]
+    notes.append(f"scored after a copy was put in the frame of {reference.label} "  # type: ignore[attr-defined]
+                 f"(global rotation{', mirrored' if fit.flipped else ''}): {path.name}")
+    curve = resolution.fsc(aligned.data, reference_map, data.pixel_size)  # type: ignore[attr-defined]
+    return f"; FSC 0.5 against the reference map: {curve.resolution(0.5):.2f} Å"
 
 
 # ----------------------------------------------------------------------------
@@ -399,6 +519,7 @@ def add_refine_args(parser: argparse.ArgumentParser) -> None:
                         help="largest shift estimated, pixels (default: 8)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_reference_arg(parser)
 
 
 def run_refine(args: argparse.Namespace) -> int:
@@ -412,20 +533,26 @@ def run_refine(args: argparse.Namespace) -> int:
         ctf=data.ctf[indices] if data.ctf is not None else None, pixel_size=data.pixel_size,
         iterations=args.iterations, global_iterations=args.global_iterations, step=args.step,
         max_shift_total=args.max_shift, seed=args.seed, progress=not args.quiet)
-    symmetry = data.attrs.get("symmetry", "C1")
-    truth = data.orientations[indices]  # only to score
-    before = alignment.align_physical(q, truth, symmetry).mean
-    after = alignment.align_physical(result.quaternions, truth, symmetry)
     last = result.history[-1]
+    reference = scoring_reference(data, indices, args)
+    scores: dict[str, object] = {}
+    if reference is not None:
+        symmetry = data.attrs.get("symmetry", "C1")
+        after = alignment.align_physical(result.quaternions, reference.orientations, symmetry)
+        scores = {"e_or_unrefined_rad": alignment.align_physical(
+                      q, reference.orientations, symmetry).mean,
+                  "e_or_rad": after.mean, "e_or_median_rad": after.median,
+                  "scored_against": reference.label}
     recovery.save_orientations(args.out, result.quaternions, indices, shifts=result.shifts,
-                               e_or_unrefined_rad=before, e_or_rad=after.mean,
-                               e_or_median_rad=after.median,
                                halfmap_fsc0143_angstrom=last["halfmap_fsc0143_angstrom"],
-                               source=str(args.data))
-    print(f"wrote {args.out}: {len(indices)} orientations and shifts refined in "
-          f"{len(result.history)} iterations; half maps FSC 0.143 "
-          f"{last['halfmap_fsc0143_angstrom']:.2f} Å; physical E_OR {before:.3f} → "
-          f"{after.mean:.3f} rad (ground truth used only to score)")
+                               source=str(args.data), **scores)
+    line = (f"wrote {args.out}: {len(indices)} orientations and shifts refined in "
+            f"{len(result.history)} iterations; half maps FSC 0.143 "
+            f"{last['halfmap_fsc0143_angstrom']:.2f} Å")
+    if reference is not None:
+        line += (f"; physical E_OR against {reference.label} (used only to score) "
+                 f"{scores['e_or_unrefined_rad']:.3f} → {scores['e_or_rad']:.3f} rad")
+    print(line)
     return 0
 
 
@@ -445,13 +572,26 @@ def run_export_relion(args: argparse.Namespace) -> int:
     from . import datasets, recovery, relion
 
     data = datasets.load(args.data)
-    orientations = indices = None
+    orientations = indices = shifts = None
     if args.orientations is not None:
-        orientations, indices, _ = recovery.load_orientations(args.orientations)
+        orientations, indices, attrs = recovery.load_orientations(args.orientations)
+        # The shifts that belong to these orientations: those estimated with them (cryoem
+        # refine), else none (zero); never the dataset's own.
+        shifts = attrs.get("shifts")
+        if shifts is None:
+            shifts = np.zeros((len(indices), 2))
+        poses = (f"orientations of {args.orientations}, "
+                 f"{'their estimated shifts' if 'shifts' in attrs else 'zero shifts (none estimated)'}")
+    else:
+        kind = data.source("orientations")
+        if kind == datasets.ABSENT:
+            raise ValueError(f"{args.data} holds no orientations: pass --orientations ORIENT.h5")
+        poses = f"the dataset's own poses ({kind.replace('_', ' ')})"
     star = relion.export_relion(data, args.out, orientations=orientations, indices=indices,
-                                overwrite=args.overwrite)
+                                shifts=shifts, overwrite=args.overwrite)
     count = len(data) if indices is None else len(indices)
-    print(f"wrote {star} and its stack: {count} particles at {data.pixel_size:.3g} Å/px")
+    print(f"wrote {star} and its stack: {count} particles at {data.pixel_size:.3g} Å/px "
+          f"with {poses}")
     return 0
 
 
@@ -511,6 +651,17 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, metavar="MODEL_DIR",
                         help="trained model (skips training), or `pretrained`: the general "
                              "model shipped with cryoem")
+    parser.add_argument("--training", choices=("rendered", "fixed"), default=d.training,
+                        help="rendered (default): images drawn from the TRUE map at the data's "
+                             "SNR, labelled with their true orientations - supervised on the "
+                             "true map, an upper bound; fixed: the training split's labelled "
+                             "projections only (the paper's protocol)")
+    parser.add_argument("--particles", default=None, metavar="PATH",
+                        help="start from these particles (RELION STAR or cryoem dataset) "
+                             "instead of simulating; needs --model (e.g. pretrained)")
+    parser.add_argument("--reference-poses", action="store_true",
+                        help="with --particles: score against their reference poses (e.g. a "
+                             "RELION refinement's angles); they are never used to estimate")
     parser.add_argument("--epochs", type=int, default=d.epochs, help="training epochs at most")
     parser.add_argument("--train-seconds", type=float, default=d.train_seconds,
                         help=f"training time budget (default: {d.train_seconds:.0f} s)")
@@ -532,7 +683,8 @@ def run_pipeline(args: argparse.Namespace) -> int:
     config = pipeline.PipelineConfig(
         volume=args.volume, n_projections=args.n_projections, test_size=args.test_size,
         size=args.size, snr=args.snr, max_shift=args.max_shift, estimator=args.estimator,
-        model=args.model, epochs=args.epochs, train_seconds=args.train_seconds,
+        model=args.model, training=args.training, particles=args.particles,
+        reference_poses=args.reference_poses, epochs=args.epochs, train_seconds=args.train_seconds,
         sigma2=args.sigma2, steps=args.steps, refine=not args.no_refine,
         refine_iterations=args.refine_iterations, seed=args.seed)
     metrics = pipeline.run(config, args.out, progress=not args.quiet)

@@ -13,7 +13,13 @@ Layout of a dataset file (all arrays chunked for streaming)::
 and attributes on the root: ``format``, ``version`` (of cryoem), ``source``,
 ``volume_name``, ``pixel_size`` (Å), ``symmetry``, ``snr``, ``noise_variance``,
 ``noisy``, ``max_shift``, ``ctf``, ``sampling``, ``seed``, ``box_ratio``,
-``particle_diameter``, ``convention``, ``quaternion_order``, ``created``.
+``particle_diameter``, ``convention``, ``quaternion_order``, ``created``, and
+``orientations_source``, ``shifts_source``, ``ctf_source``: where those arrays come from
+(:data:`GROUND_TRUTH` for simulations, :data:`REFERENCE` for poses another program
+estimated, e.g. a RELION refinement, :data:`ABSENT` when there are none: the array then
+holds NaN; ``"input"`` for a CTF estimated by the user's CTF program).  Scores are only
+ever computed against ground truth, or against a reference when the user asks for it
+(:func:`poses_for_scoring`).
 
 Files are written under a temporary name and renamed when complete, so a crash
 never leaves a half file under the final name.  Reading needs only h5py and
@@ -46,7 +52,8 @@ from ._progress import progress_bar
 from .volumes import Volume
 
 __all__ = ["Dataset", "generate", "save", "load", "read_images", "split_indices", "FORMAT",
-           "DEFAULT_SPLIT"]
+           "DEFAULT_SPLIT", "GROUND_TRUTH", "REFERENCE", "ABSENT", "poses_for_scoring",
+           "Reference"]
 
 #: Identifies a cryoem dataset file.
 FORMAT = "cryoem-dataset-1"
@@ -59,6 +66,9 @@ CONVENTION = ("p_i = Proj_z(R_i x); R_i takes volume coordinates to the microsco
               "origin at index L // 2")
 
 _CHUNK_IMAGES = 256
+
+#: Values of the ``orientations_source`` / ``shifts_source`` attributes.
+GROUND_TRUTH, REFERENCE, ABSENT = "ground_truth", "reference", "absent"
 
 
 @dataclass
@@ -91,6 +101,60 @@ class Dataset:
     def pixel_size(self) -> float:
         """Pixel (and voxel) size in Å."""
         return float(self.attrs["pixel_size"])
+
+    def source(self, name: str) -> str:
+        """Where the ``orientations``, ``shifts`` or ``ctf`` come from (see the module docstring).
+
+        Files written before these attributes existed: imported particles hold a reference
+        (or zeros: :data:`REFERENCE` never scores without ``--reference-poses``), simulations
+        the ground truth.
+        """
+        if name == "ctf" and self.ctf is None:
+            return ABSENT
+        recorded = self.attrs.get(f"{name}_source")
+        if recorded:
+            return str(recorded)
+        if self.attrs.get("imported"):
+            return "input" if name == "ctf" else REFERENCE
+        return GROUND_TRUTH
+
+    @property
+    def simulated_ctf(self) -> bool:
+        """Whether the CTF parameters are a simulation's exact ones (a ground-truth field)."""
+        return self.source("ctf") == GROUND_TRUTH
+
+
+@dataclass
+class Reference:
+    """Poses to score against, and what they are (for every printed score)."""
+
+    orientations: NDArray[np.float64]
+    shifts: NDArray[np.float64] | None
+    label: str
+
+
+def poses_for_scoring(data: Dataset, indices: NDArray[np.int64] | None = None,
+                      use_reference: bool = False) -> Reference | None:
+    """The poses a command may score ``indices`` against, or ``None`` when it must not score.
+
+    Ground truth always qualifies; a reference (poses another program estimated) only
+    with ``use_reference`` (``--reference-poses``); absent or non-finite poses never do.
+    """
+    index = np.arange(len(data)) if indices is None else np.asarray(indices)
+    kind = data.source("orientations")
+    if kind == GROUND_TRUTH:
+        label = "the ground truth"
+    elif kind == REFERENCE and use_reference:
+        label = f"the reference poses of {data.attrs.get('source', 'the input')} (not a ground truth)"
+    else:
+        return None
+    orientations = data.orientations[index]
+    if not np.all(np.isfinite(orientations)):
+        return None
+    shifts = data.shifts[index] if data.source("shifts") == kind else None
+    if shifts is not None and not np.all(np.isfinite(shifts)):
+        shifts = None
+    return Reference(orientations, shifts, label)
 
 
 def split_indices(n: int, fractions: tuple[float, float, float] = DEFAULT_SPLIT,
@@ -285,6 +349,9 @@ def _attributes(volume: Volume, snr: float, noise_var: float, signal_variance: f
         "convention": CONVENTION,
         "quaternion_order": "".join(rotations.QUATERNION_ORDER),
         "created": _now(),
+        "orientations_source": GROUND_TRUTH,
+        "shifts_source": GROUND_TRUTH,
+        "ctf_source": GROUND_TRUTH if ctf else ABSENT,
     }
 
 

@@ -65,6 +65,8 @@ class Estimator(ABC):
     """Estimates ``d_q(q_i, q_j)`` for projections of a dataset."""
 
     name = "estimator"
+    #: Ground-truth fields of the dataset the estimate itself reads (not only to score).
+    truth_fields: tuple[str, ...] = ()
 
     def fit(self, data: Dataset) -> "Estimator":
         """Fit whatever the estimator needs on the dataset's training split (default: nothing)."""
@@ -103,6 +105,7 @@ class ExactDistance(Estimator):
     """The oracle: symmetry-aware geodesic distances between the true orientations."""
 
     name = "exact"
+    truth_fields = ("orientations",)
 
     def __init__(self, symmetry: str | None = None) -> None:
         self.symmetry = symmetry
@@ -179,6 +182,7 @@ class EuclideanDistance(Estimator):
     """``‖p_i − p_j‖`` mapped to ``[0, π]`` by an isotonic fit on training pairs."""
 
     name = "euclidean"
+    truth_fields = ("orientations",)  # the isotonic map is fitted on training-split labels
 
     def __init__(self, n_pairs: int = 20000, seed: int = 0) -> None:
         self.n_pairs = n_pairs

@@ -4,14 +4,35 @@
 each stage, what it finished (``pipeline.json``): a run that fails part-way
 keeps its finished stages and says which stage failed and why; running again
 with the same folder resumes at the first unfinished stage, and refuses when
-the parameters differ from those recorded there.  Ground truth is used only to
-score: recovery, frame resolution and reconstruction never read it.
+the parameters differ from those recorded there.
+
+Where the ground truth goes.  Recovery, the frame step, refinement and
+reconstruction never read it (``tests/test_truth_blind.py`` checks this).
+Three things can: the default *training* (``training="rendered"``) draws its
+images from the true map with the test data's SNR and shift range and labels
+them with their true orientations — the paper's supervised setting, an upper
+bound, not what a lab without the answer can do; ``training="fixed"`` (the
+paper's protocol) trains on the training split's true orientations; the
+``exact``, ``perturbed`` and ``euclidean`` estimators read the true
+orientations (oracles and baselines); and a simulation's CTF parameters are
+exact.  Every such use is recorded in ``metrics.json`` under ``truth_used``
+(stage → fields; ``{}`` when nothing read the truth), next to
+``provenance`` (commit, command, machine).  All other uses of the truth are
+scores, computed only when the data hold a ground truth (or reference poses
+with ``reference_poses``).
+
+With ``particles`` (a RELION STAR file or a ``cryoem`` HDF5 dataset) the run
+starts from those images instead of simulating them; training then needs a
+ground truth, so use a given model (``--model pretrained``).
 
 Outputs in the folder: ``data.h5`` (dataset), ``model/`` (trained network),
 ``distances.h5``, ``orientations_from_distances.h5``, ``orientations.h5``
-(frame resolved), ``orientations_refined.h5`` (final, with estimated shifts), ``map.mrc`` (from the final orientations, in the truth's frame only for
-scoring), ``map_true_orientations.mrc``, ``map_half1.mrc``/``map_half2.mrc``,
-``figures/*.png``, ``relion/`` (particles for RELION), ``metrics.json``.
+(frame resolved), ``orientations_refined.h5`` (final, with estimated shifts),
+``map.mrc`` and ``map_half1.mrc``/``map_half2.mrc`` (in the estimate's own
+frame, as the RELION export), and for scoring only ``map_aligned_to_truth.mrc``
+(the same reconstruction with the orientations put in the truth's frame and
+hand) and ``map_true_orientations.mrc`` (an oracle); ``figures/*.png``,
+``relion/`` (particles for RELION), ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -28,18 +49,28 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import __version__
+from . import __version__, provenance
 
 __all__ = ["PipelineConfig", "run", "STAGES", "METRIC_KEYS"]
 
 #: Keys of ``metrics.json`` (numbers, or null when not applicable).
 METRIC_KEYS = (
     "volume", "n_projections", "test_size", "size", "pixel_size_angstrom", "snr", "estimator",
-    "l_de_val", "l_or", "e_or_rad", "e_or_median_rad", "e_or_o4_rad", "e_or_before_frame_rad",
+    "training", "scored_against", "l_de_test", "l_de_val", "l_or", "e_or_rad", "e_or_median_rad", "e_or_o4_rad", "e_or_before_frame_rad",
     "e_or_unrefined_rad", "resolution_fsc05_angstrom",
     "resolution_fsc05_true_orientations_angstrom", "resolution_halfmap_fsc0143_angstrom",
-    "timings_s", "versions", "config_hash",
+    "halfmap_independence", "timings_s", "versions", "config_hash", "truth_used", "provenance",
 )
+
+#: What the training modes read of the ground truth (recorded under ``truth_used["train"]``).
+TRAINING_TRUTH = {
+    "rendered": ["volume", "orientations", "snr", "max_shift", "signal_variance"],
+    "fixed": ["orientations"],
+}
+
+#: How independent the pipeline's half maps are (``metrics.json``'s ``halfmap_independence``).
+HALFMAP_INDEPENDENCE = ("refined in two halves from a first guess that all images shaped "
+                        "together (not low-passed): the half-map FSC may be inflated")
 
 
 @dataclass
@@ -54,6 +85,9 @@ class PipelineConfig:
     max_shift: float = 0.0
     estimator: str = "learned"
     model: str | None = None
+    training: str = "rendered"  # "rendered": supervised on the true map; "fixed": the paper's
+    particles: str | None = None  # a STAR file or dataset to start from instead of simulating
+    reference_poses: bool = False  # score against the particles' reference poses
     epochs: int = 200
     train_seconds: float | None = 300.0  # None: the epochs alone bound training
     input_size: int | None = 32
@@ -78,7 +112,8 @@ class _Run:
         self.progress = progress
         self.record_path = folder / "pipeline.json"
         self.record: dict[str, Any] = {"config": asdict(config), "config_hash": config.digest(),
-                                       "finished": [], "timings_s": {}, "metrics": {}}
+                                       "finished": [], "timings_s": {}, "metrics": {},
+                                       "truth_used": {}}
 
     def path(self, name: str) -> Path:
         return self.folder / name
@@ -98,6 +133,28 @@ class _Run:
     def test_indices(self) -> np.ndarray:
         return self.data(images=False).split["test"]
 
+    def use_truth(self, stage: str, fields: Any) -> None:
+        """Record that ``stage`` read these ground-truth fields for more than scoring."""
+        fields = list(fields)
+        if fields:
+            self.record.setdefault("truth_used", {})[stage] = fields
+
+    def reference(self, data: Any, indices: np.ndarray) -> Any:
+        """The poses to score against (:func:`cryoem.datasets.poses_for_scoring`), or None."""
+        from . import datasets
+
+        reference = datasets.poses_for_scoring(data, indices, self.config.reference_poses)
+        self.metrics["scored_against"] = None if reference is None else reference.label
+        return reference
+
+    def ctf(self, data: Any, indices: np.ndarray, stage: str) -> Any:
+        """The images' CTF parameters (recorded as a truth use when a simulation's exact ones)."""
+        if data.ctf is None:
+            return None
+        if data.simulated_ctf:
+            self.use_truth(stage, ["ctf"])
+        return data.ctf[indices]
+
 
 # ----------------------------------------------------------------------------
 # Stages
@@ -106,6 +163,9 @@ def _generate(run: _Run) -> None:
     from . import datasets, plots, volumes
 
     c = run.config
+    if c.particles is not None:
+        _import_particles(run)
+        return
     volume = volumes.resolve(c.volume, c.size)
     path = datasets.generate(volume, c.n_projections, run.path("data.h5"), snr=c.snr,
                              max_shift=c.max_shift, test_size=c.test_size, seed=c.seed,
@@ -119,18 +179,41 @@ def _generate(run: _Run) -> None:
                        pixel_size_angstrom=float(volume.voxel_size), snr=c.snr)
 
 
+def _import_particles(run: _Run) -> None:
+    """Start from the user's particles: a RELION STAR file (imported) or a dataset (copied)."""
+    import shutil
+
+    from . import datasets, relion
+
+    source = Path(run.config.particles)  # type: ignore[arg-type]
+    if source.suffix == ".star":
+        relion.import_relion(source, run.path("data.h5"), size=run.config.size, overwrite=True)
+    else:
+        datasets.load(source, images=False)  # a clear error if it is not a dataset
+        shutil.copyfile(source, run.path("data.h5"))
+    data = run.data(images=False)
+    run.metrics.update(volume=str(source), n_projections=len(data),
+                       test_size=len(data.split["test"]), size=data.size,
+                       pixel_size_angstrom=data.pixel_size, snr=data.attrs.get("snr"))
+
+
 def _train(run: _Run) -> None:
     c = run.config
     if c.estimator != "learned" or c.model is not None:
         return
-    from . import siamese
+    from . import datasets, siamese
 
     data = run.data()
+    if data.source("orientations") != datasets.GROUND_TRUTH:
+        raise ValueError(f"training needs ground-truth labels, which {c.particles} does not have: "
+                         "pass --model pretrained (or a trained model)")
     snr_range = None if not np.isfinite(c.snr) else (c.snr, c.snr)
     config = siamese.TrainingConfig(
-        input_size=c.input_size, epochs=c.epochs, max_seconds=c.train_seconds,
+        mode=c.training, input_size=c.input_size, epochs=c.epochs, max_seconds=c.train_seconds,
         snr_range=snr_range, max_shift=c.max_shift, patience=30, seed=c.seed,
         ctf=bool(data.attrs.get("ctf", False)))
+    run.use_truth("train", TRAINING_TRUTH[c.training])
+    run.metrics["training"] = c.training
     siamese.train([data], run.path("model"), config, verbose=2 if run.progress else 0,
                   overwrite=not (run.path("model") / "backup").exists())
 
@@ -144,21 +227,30 @@ def _estimator(run: _Run) -> Any:
 
 
 def _distances(run: _Run) -> None:
-    from . import distance, plots
+    from . import datasets, distance, plots, rotations
 
     data = run.data()
-    estimator = _estimator(run).fit(data)
-    exact = distance.ExactDistance()
-    validation = data.split["validation"]
-    if len(validation) >= 2:
-        run.metrics["l_de_val"] = distance.l_de(estimator.matrix(data, validation),
-                                                exact.matrix(data, validation))
+    estimator = _estimator(run)
+    if estimator.truth_fields and data.source("orientations") != datasets.GROUND_TRUTH:
+        raise ValueError(f"the {estimator.name} estimator reads the true orientations, which the "
+                         "particles do not have: use the learned estimator with --model")
+    run.use_truth("distances", estimator.truth_fields)
+    estimator.fit(data)
     test = data.split["test"]
     matrix = estimator.matrix(data, test)
     distance.save_matrix(run.path("distances.h5"), matrix, test, estimator=estimator.name)
-    plots.save(plots.dp_dq(exact.matrix(data, test), matrix, title=estimator.name),
-               run.path("figures/dp_dq.png"))
     run.metrics["estimator"] = estimator.name
+    group = rotations.point_group(data.attrs.get("symmetry", "C1"))
+    for split, key in ((test, "l_de_test"), (data.split["validation"], "l_de_val")):
+        reference = run.reference(data, split) if len(split) >= 2 else None
+        if reference is None:
+            continue
+        truth = rotations.symmetric_distance_matrix(reference.orientations, group)
+        estimate = matrix if split is test else estimator.matrix(data, split)
+        run.metrics[key] = distance.l_de(estimate, truth)
+        if split is test:
+            plots.save(plots.dp_dq(truth, matrix, title=estimator.name),
+                       run.path("figures/dp_dq.png"))
 
 
 def _recover(run: _Run) -> None:
@@ -170,11 +262,14 @@ def _recover(run: _Run) -> None:
     symmetry = data.attrs.get("symmetry", "C1")
     result = recovery.recover(matrix, steps=c.steps, symmetry=symmetry, seed=c.seed,
                               progress=run.progress)
-    truth = data.orientations[indices]  # only to score
-    run.metrics.update(
-        l_or=result.final_loss,
-        e_or_o4_rad=alignment.align_o4(result.quaternions, truth, symmetry).mean,
-        e_or_before_frame_rad=alignment.align_physical(result.quaternions, truth, symmetry).mean)
+    run.metrics["l_or"] = result.final_loss
+    reference = run.reference(data, indices)
+    if reference is not None:  # only to score
+        run.metrics.update(
+            e_or_o4_rad=alignment.align_o4(result.quaternions, reference.orientations,
+                                           symmetry).mean,
+            e_or_before_frame_rad=alignment.align_physical(result.quaternions,
+                                                           reference.orientations, symmetry).mean)
     recovery.save_orientations(run.path("orientations_from_distances.h5"), result.quaternions,
                                indices, result.loss_history, l_or=result.final_loss)
 
@@ -188,12 +283,15 @@ def _resolve(run: _Run) -> None:
     frame = commonlines.resolve_frame(data.projections[indices], q, seed=run.config.seed,
                                       progress=run.progress)
     resolved = recovery.to_asymmetric_unit(frame.quaternions, symmetry)
-    truth = data.orientations[indices]
-    physical = alignment.align_physical(resolved, truth, symmetry)
-    run.metrics.update(e_or_rad=physical.mean, e_or_median_rad=physical.median,
-                       frame_confidence=frame.confidence, frame_transposed=frame.transposed)
+    run.metrics.update(frame_confidence=frame.confidence, frame_transposed=frame.transposed)
+    reference = run.reference(data, indices)
+    score = None
+    if reference is not None:  # only to score
+        physical = alignment.align_physical(resolved, reference.orientations, symmetry)
+        score = physical.mean
+        run.metrics.update(e_or_rad=physical.mean, e_or_median_rad=physical.median)
     recovery.save_orientations(run.path("orientations.h5"), resolved, indices,
-                               l_or=attrs.get("l_or"), e_or_rad=physical.mean,
+                               l_or=attrs.get("l_or"), e_or_rad=score,
                                frame_confidence=frame.confidence,
                                handedness="undetermined (a map and its mirror image project "
                                           "to the same images)")
@@ -212,18 +310,22 @@ def _refine(run: _Run) -> None:
     data = run.data()
     q, indices, attrs = recovery.load_orientations(run.path("orientations.h5"))
     result = refinement.refine(
-        data.projections[indices], q, ctf=data.ctf[indices] if data.ctf is not None else None,
+        data.projections[indices], q, ctf=run.ctf(data, indices, "refine"),
         pixel_size=data.pixel_size, iterations=run.config.refine_iterations,
         seed=run.config.seed, progress=run.progress)
-    symmetry = data.attrs.get("symmetry", "C1")
-    truth = data.orientations[indices]  # only to score
-    physical = alignment.align_physical(result.quaternions, truth, symmetry)
-    # The frame step's score, as it saved it (metrics["e_or_rad"] is the refined one on a rerun).
-    run.metrics.update(e_or_unrefined_rad=attrs.get("e_or_rad"), e_or_rad=physical.mean,
-                       e_or_median_rad=physical.median,
-                       refinement_history=result.history)
+    run.metrics["refinement_history"] = result.history
+    reference = run.reference(data, indices)
+    score = None
+    if reference is not None:  # only to score
+        physical = alignment.align_physical(result.quaternions, reference.orientations,
+                                            data.attrs.get("symmetry", "C1"))
+        score = physical.mean
+        # The frame step's score, as it saved it (metrics["e_or_rad"] is the refined one on a
+        # rerun).
+        run.metrics.update(e_or_unrefined_rad=attrs.get("e_or_rad"), e_or_rad=physical.mean,
+                           e_or_median_rad=physical.median)
     recovery.save_orientations(run.path("orientations_refined.h5"), result.quaternions, indices,
-                               shifts=result.shifts, e_or_rad=physical.mean)
+                               shifts=result.shifts, e_or_rad=score)
 
 
 def _final(run: _Run) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -237,42 +339,58 @@ def _final(run: _Run) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
 
 
 def _reconstruct(run: _Run) -> None:
-    from . import alignment, plots, reconstruction, resolution, volumes
+    from . import plots, reconstruction, resolution, volumes
 
     data = run.data()
     q, indices, shifts = _final(run)
     symmetry = data.attrs.get("symmetry", "C1")
-    # Put the final orientations in the truth's frame (physical transform only), so the
-    # map can be compared with the ground truth; the orientations themselves are unchanged.
-    in_frame = alignment.align_physical(q, data.orientations[indices], symmetry).to_truth_frame(q)
     images = data.projections[indices]
-    options = dict(ctf=data.ctf[indices] if data.ctf is not None else None,
-                   pixel_size=data.pixel_size, symmetry=symmetry, progress=run.progress)
-    maps = {
-        "map.mrc": reconstruction.reconstruct(images, in_frame, shifts=shifts, **options),
-        "map_true_orientations.mrc": reconstruction.reconstruct(
-            images, data.orientations[indices], shifts=data.shifts[indices],
-            label="true orientations and shifts (oracle)", **options),
-    }
-    first, second, _ = reconstruction.half_maps(images, in_frame, seed=run.config.seed,
-                                                shifts=shifts, **options)
+    options = dict(ctf=run.ctf(data, indices, "reconstruct"), pixel_size=data.pixel_size,
+                   symmetry=symmetry, progress=run.progress)
+    # The outputs a user gets: in the estimate's own frame, as the RELION export.
+    maps = {"map.mrc": reconstruction.reconstruct(images, q, shifts=shifts, **options)}
+    first, second, _ = reconstruction.half_maps(images, q, seed=run.config.seed, shifts=shifts,
+                                                **options)
     maps.update({"map_half1.mrc": first, "map_half2.mrc": second})
+    maps.update(_scoring_maps(run, data, indices, q, shifts, options))
     for name, result in maps.items():
         volumes.save_map(volumes.Volume(result.data, data.pixel_size, name), run.path(name))
-    curves = {
-        "final orientations": resolution.fsc(maps["map.mrc"].data, data.volume, data.pixel_size),
-        "true orientations": resolution.fsc(maps["map_true_orientations.mrc"].data, data.volume,
-                                            data.pixel_size),
-    }
     halves = resolution.fsc(first.data, second.data, data.pixel_size, mask=True)
-    run.metrics.update(
-        resolution_fsc05_angstrom=curves["final orientations"].resolution(0.5),
-        resolution_fsc05_true_orientations_angstrom=curves["true orientations"].resolution(0.5),
-        resolution_halfmap_fsc0143_angstrom=halves.resolution(0.143))
+    run.metrics.update(resolution_halfmap_fsc0143_angstrom=halves.resolution(0.143),
+                       halfmap_independence=HALFMAP_INDEPENDENCE)
+    curves = {}
+    if "map_aligned_to_truth.mrc" in maps and data.volume is not None:
+        names = {"final orientations": ("map_aligned_to_truth.mrc", "resolution_fsc05_angstrom"),
+                 "true orientations": ("map_true_orientations.mrc",
+                                       "resolution_fsc05_true_orientations_angstrom")}
+        for label, (name, key) in names.items():
+            if name in maps:
+                curves[label] = resolution.fsc(maps[name].data, data.volume, data.pixel_size)
+                run.metrics[key] = curves[label].resolution(0.5)
     plots.save(plots.volume_slices(maps["map.mrc"].data, data.pixel_size,
-                                   title="reconstruction from the recovered orientations"),
+                                   title="reconstruction from the recovered orientations "
+                                         "(own frame)"),
                run.path("figures/map.png"))
     plots.save(_fsc_figure(curves, halves), run.path("figures/fsc.png"))
+
+
+def _scoring_maps(run: _Run, data: Any, indices: np.ndarray, q: np.ndarray,
+                  shifts: np.ndarray | None, options: dict[str, Any]) -> dict[str, Any]:
+    """For scoring only: the map with the orientations in the truth's frame, and the oracle's."""
+    from . import alignment, reconstruction
+
+    reference = run.reference(data, indices)
+    if reference is None:
+        return {}
+    symmetry = data.attrs.get("symmetry", "C1")
+    in_frame = alignment.align_physical(q, reference.orientations, symmetry).to_truth_frame(q)
+    maps = {"map_aligned_to_truth.mrc": reconstruction.reconstruct(
+        data.projections[indices], in_frame, shifts=shifts, **options)}
+    if reference.shifts is not None:
+        maps["map_true_orientations.mrc"] = reconstruction.reconstruct(
+            data.projections[indices], reference.orientations, shifts=reference.shifts,
+            label="true orientations and shifts (oracle)", **options)
+    return maps
 
 
 def _fsc_figure(curves: dict[str, Any], halves: Any) -> Any:
@@ -346,9 +464,15 @@ def _finite_or_none(value: Any) -> Any:
 def write_metrics(run: _Run) -> Path:
     """``metrics.json`` with every key of :data:`METRIC_KEYS` (null when not applicable)."""
     metrics = {key: _finite_or_none(run.metrics.get(key)) for key in METRIC_KEYS}
-    metrics["snr"] = run.config.snr if np.isfinite(run.config.snr) else "inf"
+    if run.config.particles is None:
+        metrics["snr"] = run.config.snr if np.isfinite(run.config.snr) else "inf"
     metrics.update(timings_s=run.record["timings_s"], versions=_versions(),
-                   config_hash=run.record["config_hash"])
+                   config_hash=run.record["config_hash"],
+                   truth_used=run.record.get("truth_used", {}),
+                   provenance=run.record.get("provenance"))
+    commits = set((run.record.get("stage_commits") or {}).values())
+    if len(commits) > 1:  # resumed across code changes: say so
+        metrics["stage_commits"] = run.record["stage_commits"]
     metrics.update({k: v for k, v in run.metrics.items() if k not in metrics})
     path = run.path("metrics.json")
     _write_json(path, metrics)
@@ -384,6 +508,8 @@ def run(config: PipelineConfig, out_dir: str | os.PathLike, progress: bool = Tru
             raise ValueError(f"{folder} holds a run with other parameters "
                              f"({', '.join(changed)}); use another --out or delete it")
         state.record = previous
+    state.record["provenance"] = provenance.collect()
+    commit = state.record["provenance"]["git_commit"]
     for name, stage in STAGES:
         if name in state.record["finished"]:
             report(f"[{name}] already done")
@@ -401,11 +527,22 @@ def run(config: PipelineConfig, out_dir: str | os.PathLike, progress: bool = Tru
                                f"{folder}; rerun the same command to resume)") from error
         state.record["timings_s"][name] = round(time.perf_counter() - start, 2)
         state.record["finished"].append(name)
+        state.record.setdefault("stage_commits", {})[name] = commit
         state.record.pop("failed", None)
         state.save()
         report(f"[{name}] done in {state.record['timings_s'][name]:.1f} s")
     write_metrics(state)
     return json.loads(state.path("metrics.json").read_text())
+
+
+def _truth_text(truth_used: dict[str, list[str]] | None) -> str:
+    """``train: volume, orientations; …`` or ``nothing``; training on the true map is flagged."""
+    if not truth_used:
+        return "nothing"
+    text = "; ".join(f"{stage}: {', '.join(fields)}" for stage, fields in truth_used.items())
+    if "volume" in truth_used.get("train", []):
+        text += " (supervised on the true map: an upper bound)"
+    return text
 
 
 def summary(metrics: dict[str, Any]) -> str:
@@ -423,7 +560,10 @@ def summary(metrics: dict[str, Any]) -> str:
         ("image size, pixel", f"{metrics.get('size')} px, {fmt(metrics.get('pixel_size_angstrom'), ' Å')}"),
         ("SNR", fmt(metrics.get("snr"))),
         ("estimator", fmt(metrics.get("estimator"))),
-        ("L_DE validation", fmt(metrics.get("l_de_val"), " rad²")),
+        ("ground truth read (not to score)", _truth_text(metrics.get("truth_used"))),
+        ("scored against", fmt(metrics.get("scored_against")) if metrics.get("scored_against")
+         else "nothing (no ground truth)"),
+        ("L_DE test", fmt(metrics.get("l_de_test"), " rad²")),
         ("L_OR", fmt(metrics.get("l_or"), " rad²")),
         ("E_OR, paper's O(4) metric", fmt(metrics.get("e_or_o4_rad"), " rad")),
         ("E_OR physical, from distances", fmt(metrics.get("e_or_before_frame_rad"), " rad")),
@@ -431,8 +571,12 @@ def summary(metrics: dict[str, Any]) -> str:
         ("E_OR physical, final", fmt(metrics.get("e_or_rad"), " rad")),
         ("FSC 0.5, final orientations", fmt(metrics.get("resolution_fsc05_angstrom"), " Å")),
         ("FSC 0.5, true orientations", fmt(metrics.get("resolution_fsc05_true_orientations_angstrom"), " Å")),
-        ("half maps FSC 0.143", fmt(metrics.get("resolution_halfmap_fsc0143_angstrom"), " Å")),
+        ("half maps FSC 0.143 (not independent)",
+         fmt(metrics.get("resolution_halfmap_fsc0143_angstrom"), " Å")),
         ("total time", fmt(sum((metrics.get("timings_s") or {}).values()), " s")),
     ]
+    commit = (metrics.get("provenance") or {}).get("git_commit")
+    rows.append(("code", f"cryoem {metrics.get('versions', {}).get('cryoem')}, commit "
+                         f"{commit[:10] if commit else 'unknown (not a git checkout)'}"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

@@ -148,7 +148,11 @@ def import_relion(star_path: str | os.PathLike, out: str | os.PathLike, *,
     Images are resampled by Fourier cropping/padding to ``size`` pixels (the
     pixel size follows) and, with ``normalize``, scaled to zero mean and unit
     variance over the stack, so that a trained model sees what it expects.
-    Missing angles or origins read as zero; a CTF is kept when defocus columns exist.
+    The STAR's angles and origins, if any, are kept only as a *reference*
+    (``orientations_source = "reference"``), never as a ground truth: commands
+    score against them only when asked (``--reference-poses``).  Missing angles
+    or origins are stored as NaN (``"absent"``), never as zeros.  A CTF is kept
+    when defocus columns exist.
     """
     from .datasets import save
     from .volumes import fourier_resample
@@ -171,8 +175,8 @@ def import_relion(star_path: str | os.PathLike, out: str | os.PathLike, *,
         return np.asarray(particles[name], dtype=np.float64) if name in particles \
             else np.zeros(len(particles))
 
-    angles = np.stack([column("rlnAngleRot"), column("rlnAngleTilt"), column("rlnAnglePsi")], -1)
-    shifts = -np.stack([column("rlnOriginXAngst"), column("rlnOriginYAngst")], -1) / pixel
+    orientations, orientations_source = _reference_angles(particles, star_path)
+    shifts, shifts_source = _reference_origins(particles, star_path, pixel, original / images.shape[-1])
     ctf = None
     if "rlnDefocusU" in particles:
         ctf = projection.CTFParameters(
@@ -183,10 +187,58 @@ def import_relion(star_path: str | os.PathLike, out: str | os.PathLike, *,
             cs=float(group.get("rlnSphericalAberration", 2.7)),
             amplitude_contrast=float(group.get("rlnAmplitudeContrast", 0.1)),
             phase_shift=column("rlnPhaseShift"))
-    return save(out, images, rotations.euler_to_quaternion(angles), shifts, pixel, ctf=ctf,
+    return save(out, images, orientations, shifts, pixel, ctf=ctf,
                 overwrite=overwrite, source=str(star_path), volume_name=star_path.stem,
                 symmetry="C1", snr=float("nan"), noisy=True, max_shift=float("nan"),
-                imported=True)
+                imported=True, orientations_source=orientations_source,
+                shifts_source=shifts_source, ctf_source="input" if ctf is not None else "absent")
+
+
+_ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+
+
+def _finite_column(particles: Any, name: str, star_path: Path) -> NDArray[np.float64]:
+    """A numeric column, or a one-line error naming the file, the first bad row and the column."""
+    values = np.asarray(particles[name], dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+        raise ValueError(f"{star_path}: row {bad[0] + 1} of the particle table has no finite "
+                         f"value in column {name} ({len(bad)} such rows)")
+    return values
+
+
+def _reference_angles(particles: Any, star_path: Path) -> tuple[NDArray[np.float64], str]:
+    """Quaternions from the STAR's angles, kept only as a reference (never as a truth).
+
+    Without angle columns the orientations are absent (NaN), never zeros.
+    """
+    present = [name for name in _ANGLES if name in particles]
+    if not present:
+        return np.full((len(particles), 4), np.nan), "absent"
+    if len(present) != len(_ANGLES):
+        missing = sorted(set(_ANGLES) - set(present))
+        raise ValueError(f"{star_path}: angle columns {', '.join(missing)} are missing while "
+                         f"{', '.join(present)} are present")
+    angles = np.stack([_finite_column(particles, name, star_path) for name in _ANGLES], -1)
+    return rotations.euler_to_quaternion(angles), "reference"
+
+
+def _reference_origins(particles: Any, star_path: Path, pixel: float,
+                       scale: float) -> tuple[NDArray[np.float64], str]:
+    """Shifts in (resampled) pixels from ``rlnOriginX/YAngst`` (RELION ≥ 3.1) or
+    ``rlnOriginX/Y`` in original pixels (RELION 3.0, cryoDRGN), kept as a reference.
+
+    ``scale`` is the original box over the resampled one. Without origins: absent (NaN).
+    """
+    if "rlnOriginXAngst" in particles and "rlnOriginYAngst" in particles:
+        origin = np.stack([_finite_column(particles, name, star_path)
+                           for name in ("rlnOriginXAngst", "rlnOriginYAngst")], -1) / pixel
+    elif "rlnOriginX" in particles and "rlnOriginY" in particles:
+        origin = np.stack([_finite_column(particles, name, star_path)
+                           for name in ("rlnOriginX", "rlnOriginY")], -1) / scale
+    else:
+        return np.full((len(particles), 2), np.nan), "absent"
+    return -origin, "reference"
 
 
 def _optics_for(optics: Any, particles: Any) -> dict[str, Any]:
