@@ -484,7 +484,7 @@ def _score_map(args: argparse.Namespace, data: object, indices: np.ndarray,
     reference_map = (volumes.load_map(args.reference).data if args.reference is not None
                      else data.volume)  # type: ignore[attr-defined]
     if reference_map is None:
-        return ""
+        return "; not scored (no reference map: pass --reference TRUE.mrc)"
     reference = scoring_reference(data, indices, args)
     if reference is None:
         return "; not scored against a map (no poses to align the map's frame with)"

@@ -44,7 +44,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from . import projection, rotations  # noqa: E402
+from . import projection, provenance, rotations  # noqa: E402
 from ._models import (CONFIG_FILE, CONTRACT_FILE, MODEL_FILE, PRETRAINED,  # noqa: E402,F401
                       PRETRAINED_DIR, model_directory, read_config, read_contract)
 from .datasets import Dataset  # noqa: E402
@@ -358,6 +358,10 @@ class TrainingConfig:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 
+    def record(self) -> str:
+        """``config.json``'s text: the settings and the provenance of the run that trained it."""
+        return json.dumps({**asdict(self), "provenance": provenance.collect()}, indent=2)
+
 
 def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
           config: TrainingConfig | None = None, validation: Dataset | None = None,
@@ -395,7 +399,7 @@ def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
             raise FileExistsError(f"{out} already holds a trained model; pass overwrite=True "
                                   "(--overwrite) or choose another folder")
         _clear_run(out)
-    (out / CONFIG_FILE).write_text(config.to_json())
+    (out / CONFIG_FILE).write_text(config.record())
 
     keras.utils.set_random_seed(config.seed)
     embedding = build_embedding(config.image_size, config.input_size, config.arch,
@@ -526,7 +530,7 @@ def save_model(embedding: keras.Model, config: TrainingConfig,
     """Save an embedding and its configuration as :func:`load_embedding` reads them."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_FILE).write_text(config.to_json())
+    (out / CONFIG_FILE).write_text(config.record())
     partial = out / ("partial-" + MODEL_FILE)
     embedding.save(partial)
     os.replace(partial, out / MODEL_FILE)
