@@ -1,4 +1,10 @@
-"""What every benchmark script shares: machine information and the JSON report."""
+"""What every benchmark script shares: machine information, provenance and the JSON report.
+
+Every report records ``"provenance"`` (:func:`cryoem.provenance.collect`: the commit,
+whether the checkout was dirty, the command and the machine), and pipeline runs are
+reused only when the commit that produced them is the current one (or when asked,
+``reuse_stale=True``, and then the row says ``"stale_from"``).
+"""
 
 from __future__ import annotations
 
@@ -64,8 +70,34 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=1)
+def run_provenance() -> dict[str, Any]:
+    """This process's :func:`cryoem.provenance.collect` (commit, dirty flag, command, machine).
+
+    Computed once, so that every report a script rewrites records the same.
+    """
+    from cryoem import provenance
+
+    return provenance.collect()
+
+
+def current_commit() -> str | None:
+    """The commit of this checkout (``None`` outside a git checkout)."""
+    return run_provenance()["git_commit"]
+
+
 def write_report(report: dict[str, Any], out: Path) -> None:
-    """Write the JSON atomically, so a crash leaves the previous version."""
+    """Write the JSON atomically, so a crash leaves the previous version.
+
+    Parameters
+    ----------
+    report : dict
+        The benchmark's record. A top-level ``"provenance"`` (:func:`run_provenance`) is
+        added unless the report already has one.
+    out : Path
+        The JSON file.
+    """
+    report = {**report, "provenance": report.get("provenance") or run_provenance()}
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
     partial.write_text(json.dumps(jsonable(report), indent=2, allow_nan=False) + "\n")
@@ -123,6 +155,45 @@ def snr_label(snr: float) -> str:
     return "inf" if math.isinf(snr) else str(Fraction(snr).limit_denominator(1000))
 
 
+def row_commit(row: dict[str, Any]) -> str | None:
+    """The commit that produced a row: ``produced_at``, ``code`` (``harness.py``'s stamp) or
+    its metrics' provenance."""
+    metrics = row.get("metrics") or {}
+    return (row.get("produced_at") or (row.get("code") or {}).get("git_commit")
+            or (metrics.get("provenance") or {}).get("git_commit"))
+
+
+def stale_label(row: dict[str, Any], table_commit: str | None,
+                transcribed: bool = False) -> str | None:
+    """``"stale: produced at abc1234"`` for a row produced by another commit than its table's.
+
+    Parameters
+    ----------
+    row : dict
+        A table row; ``stale_from`` (a stale run reused on request), ``produced_at``,
+        ``code.git_commit`` or ``metrics.provenance.git_commit`` say which commit produced it.
+    table_commit : str or None
+        The commit that wrote the table's JSON (its ``provenance.git_commit``).
+    transcribed : bool
+        The whole table is stale (transcribed from a published table): no row label.
+
+    Returns
+    -------
+    str or None
+        The label, or ``None`` when the row is as recent as its table.
+    """
+    if transcribed:
+        return None
+    if row.get("stale_from"):
+        stale = row["stale_from"]
+        return "stale: produced at an unrecorded commit" if stale == "unknown" else \
+            f"stale: produced at {stale[:7]}"
+    commit = row_commit(row)
+    if commit is None:
+        return None if table_commit is None else "stale: produced at an unrecorded commit"
+    return None if commit == table_commit else f"stale: produced at {commit[:7]}"
+
+
 def frame_and_refined(metrics: dict[str, Any]) -> tuple[Any, Any]:
     """A pipeline run's physical E_OR after the frame step and after refinement (or None).
 
@@ -142,16 +213,35 @@ PROTEIN_TRAINING_EPOCHS = 68
 
 def pipeline_row(runs_dir: Path, *, volume: str, snr: float, estimator: str,
                  model: str | None = None, model_tag: str | None = None, sigma2: float = 0.2,
-                 refine: bool = False, reuse_only: bool = False,
+                 refine: bool = False, reuse_only: bool = False, reuse_stale: bool = False,
                  **options: Any) -> dict[str, Any] | None:
     """Run (or reuse) one ``cryoem.pipeline`` run and return its metrics and folder.
-
-    With ``reuse_only``, nothing runs: a run that finished (or failed) is read back, any
-    other gives ``None``.
 
     Runs live in ``runs_dir/<volume>_snr<tag>_<estimator>[...]``, so scripts that ask for
     the same run (``paper_table.py``, ``generalisation.py``) share it; the pipeline resumes
     or reuses a finished run and refuses one with other parameters.
+
+    Parameters
+    ----------
+    runs_dir : Path
+        Folder of the runs.
+    volume, snr, estimator, model, sigma2, refine, **options
+        The run's :class:`cryoem.pipeline.PipelineConfig` (``model_tag`` only names it).
+    reuse_only : bool
+        Run nothing: a run that finished (or failed) is read back, any other gives ``None``.
+    reuse_stale : bool
+        Reuse (or resume) a run produced by another commit than the current one, or whose
+        commit was not recorded; the row then says ``"stale_from"`` (that commit, or
+        ``"unknown"``). Without it such a run is never reused: with ``reuse_only`` it gives
+        ``None``, otherwise its folder is set aside (``<name>.stale-<commit>``) and the run
+        is computed again.
+
+    Returns
+    -------
+    dict or None
+        ``run``, ``folder``, the configuration, ``seconds`` (this call's), ``metrics``,
+        ``failed`` (why a stage failed, or ``None``), ``produced_at`` (the commit that
+        produced the run) and, for a stale run reused, ``stale_from``.
     """
     import time
 
@@ -173,32 +263,94 @@ def pipeline_row(runs_dir: Path, *, volume: str, snr: float, estimator: str,
            "estimator": estimator, "sigma2": sigma2 if estimator == "perturbed" else None,
            "refined": refine}
     if reuse_only:
-        return _finished_run(runs_dir / name, row)
+        return _finished_run(runs_dir / name, row, reuse_stale)
     start = time.perf_counter()
     failure = None
     runs_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        with _locked(runs_dir / f".{name}.lock"):  # scripts running side by side share runs
+    with _locked(runs_dir / f".{name}.lock"):  # scripts running side by side share runs
+        stale = stale_commit(runs_dir / name)
+        if stale is not None and reuse_stale:
+            row["stale_from"] = stale
+            print(f"  {name}: reusing a run produced at {stale[:7]} (--reuse-stale)", flush=True)
+        elif stale is not None:
+            _set_aside(runs_dir / name, stale)
+        try:
             metrics = pipeline.run(config, runs_dir / name, progress=False,
                                    report=lambda _: None)
-    except RuntimeError as error:  # a failed stage: keep what it measured, say why
-        failure = str(error)
-        metrics_path = runs_dir / name / "metrics.json"
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-        print(f"  {name}: {failure}", flush=True)
-    return {**row, "seconds": time.perf_counter() - start, "metrics": metrics, "failed": failure}
+        except RuntimeError as error:  # a failed stage: keep what it measured, say why
+            failure = str(error)
+            metrics_path = runs_dir / name / "metrics.json"
+            metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+            print(f"  {name}: {failure}", flush=True)
+    produced = row.get("stale_from") or current_commit()
+    return {**row, "seconds": time.perf_counter() - start, "metrics": metrics, "failed": failure,
+            "produced_at": None if produced == "unknown" else produced}
 
 
-def _finished_run(folder: Path, row: dict[str, Any]) -> dict[str, Any] | None:
-    """A run's record if it finished or failed, without running anything."""
+def _recorded_commits(folder: Path) -> list[str | None]:
+    """The commits ``metrics.json`` and ``pipeline.json`` of a run say produced it."""
+    commits = []
+    for name in ("metrics.json", "pipeline.json"):
+        path = folder / name
+        if path.is_file():
+            record = json.loads(path.read_text())
+            commits.append((record.get("provenance") or {}).get("git_commit"))
+    return commits
+
+
+def stale_commit(folder: Path) -> str | None:
+    """Why a run in ``folder`` may not be reused: the other commit that produced it.
+
+    Returns
+    -------
+    str or None
+        ``None`` when there is no run there or it was produced by the current commit; else
+        the recorded commit that differs, or ``"unknown"`` when none was recorded.
+    """
+    commits = _recorded_commits(folder)
+    if not commits:
+        return None
+    current = current_commit()
+    if current is not None and all(commit == current for commit in commits):
+        return None
+    return next((c for c in commits if c is not None and c != current), None) or "unknown"
+
+
+def _set_aside(folder: Path, commit: str) -> Path:
+    """Rename a stale run's folder to ``<name>.stale-<commit>`` (never overwriting one)."""
+    target = folder.with_name(f"{folder.name}.stale-{commit[:7]}")
+    counter = 1
+    while target.exists():
+        counter += 1
+        target = folder.with_name(f"{folder.name}.stale-{commit[:7]}-{counter}")
+    folder.rename(target)
+    print(f"  {folder.name}: produced at {commit[:7]}, not at the current commit: set aside "
+          f"as {target.name} and computed again (--reuse-stale reuses it)", flush=True)
+    return target
+
+
+def _finished_run(folder: Path, row: dict[str, Any], reuse_stale: bool = False
+                  ) -> dict[str, Any] | None:
+    """A run's record if it finished or failed, without running anything.
+
+    A run produced by another commit (or by an unrecorded one) is returned only with
+    ``reuse_stale``, labelled ``"stale_from"``.
+    """
     record_path, metrics_path = folder / "pipeline.json", folder / "metrics.json"
     if not (record_path.exists() and metrics_path.exists()):
         return None
     record = json.loads(record_path.read_text())
     if "failed" not in record and "export" not in record.get("finished", []):
         return None
+    stale = stale_commit(folder)
+    if stale is not None and not reuse_stale:
+        print(f"  {folder.name}: produced at {stale[:7]}, not at the current commit: not "
+              "reused (--reuse-stale tabulates it, labelled stale)", flush=True)
+        return None
     failure = record.get("failed")
     metrics = json.loads(metrics_path.read_text())
-    return {**row, "seconds": sum((metrics.get("timings_s") or {}).values()),
+    extra = {"stale_from": stale} if stale is not None else {}
+    return {**row, **extra, "seconds": sum((metrics.get("timings_s") or {}).values()),
             "metrics": metrics,
-            "failed": f"stage '{failure['stage']}' failed: {failure['error']}" if failure else None}
+            "failed": f"stage '{failure['stage']}' failed: {failure['error']}" if failure else None,
+            "produced_at": None if stale == "unknown" else (stale or current_commit())}

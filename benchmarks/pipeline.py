@@ -1,7 +1,9 @@
 """Time the README's main job: ``cryoem pipeline`` with its defaults, stage by stage.
 
 Goal: the whole default run in under 15 minutes on a 2-core CPU.  Prints a
-table of stage times and the main metrics and writes them as JSON.
+table of stage times and the main metrics and writes them as JSON, with the
+machine and the provenance (commit, command) that produced them.  The run
+folder is emptied first: nothing is reused.
 
     python benchmarks/pipeline.py [--out-dir data/benchmarks/pipeline] [--json FILE]
 """
@@ -9,24 +11,24 @@ table of stage times and the main metrics and writes them as JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import time
 from pathlib import Path
 
-from cryoem import pipeline
+from _common import machine_info, write_report  # noqa: E402
 
 GOAL_SECONDS = 15 * 60
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Run the default pipeline, print its stage times and metrics, write the JSON."""
+    from cryoem import pipeline
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, default=Path("data/benchmarks/pipeline"),
                         help="run folder (emptied first)")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/pipeline.json"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     shutil.rmtree(args.out_dir, ignore_errors=True)
     start = time.perf_counter()
     metrics = pipeline.run(pipeline.PipelineConfig(), args.out_dir, progress=False)
@@ -39,12 +41,8 @@ def main() -> None:
         print(f"{row['stage']:<14} {row['seconds']:>8.1f}")
     print(pipeline.summary(metrics))
     print(f"goal (< {GOAL_SECONDS} s): {'met' if wall < GOAL_SECONDS else 'MISSED'}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({
-        "benchmark": "pipeline", "rows": rows, "metrics": metrics, "wall_seconds": wall,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "date": time.strftime("%Y-%m-%d %H:%M:%S")},
-    }, indent=2, default=str))
+    write_report({"benchmark": "pipeline", "rows": rows, "metrics": metrics,
+                  "wall_seconds": wall, "machine": machine_info(None)}, args.json)
 
 
 if __name__ == "__main__":
