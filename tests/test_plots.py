@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("matplotlib")
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")

@@ -8,7 +8,7 @@ import pytest
 
 from cryoem import _models, datasets, distance, volumes
 
-siamese = pytest.importorskip("cryoem.siamese")
+from cryoem import siamese  # noqa: E402 - a hard dependency: a broken import must fail
 
 
 @pytest.fixture(scope="module")

@@ -170,7 +170,9 @@ def test_distance_matrix_matches_pairwise():
 # ---------------------------------------------------------------- TensorFlow
 @pytest.fixture(scope="module")
 def tf():
-    return pytest.importorskip("tensorflow")
+    import tensorflow  # a hard dependency: a broken install must fail, not skip
+
+    return tensorflow
 
 
 def test_tf_distance_matches_numpy(tf):
