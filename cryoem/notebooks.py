@@ -580,7 +580,11 @@ measured by Fourier shell correlation.</li>
 </ol>
 <p>Two errors are reported: <code>e_or_o4</code>, the paper's metric (after the best O(4)
 transform of the quaternions), and <code>e_or</code>, the physical one (after the best global
-rotation and handedness only).  Ground truth is used only to score.</p>
+rotation and handedness only).  Where the ground truth is used for more than scoring, it is
+named: by default the distance network is trained on projections rendered from the <em>true</em>
+map of the protein it is tested on (the paper's supervised setting, an upper bound on what a lab
+without the map gets), and every run records these uses in <code>metrics.json</code>
+(<code>truth_used</code>).</p>
 """
 
 _STYLE = """\
