@@ -17,8 +17,9 @@ seed, so they share orientations and splits; they are written under
 2. **Training within a wall-clock budget** (runs ``clean-fixed``,
    ``clean-rendered``, ``noisy-fixed``, ``noisy-rendered``).  ``siamese.train``
    with ``TrainingConfig(max_seconds=--budget-seconds)``, on the paper's fixed
-   training images (``mode="fixed"``) or on images rendered on the fly from the
-   dataset's volume at the dataset's SNR (``mode="rendered"``).  Training stops
+   training images (``mode="fixed"``, the paper's protocol: labelled projections)
+   or on images rendered on the fly from the dataset's true volume at the
+   dataset's SNR (``mode="rendered"``: supervised on the true map, an upper bound).  Training stops
    at the end of the epoch that crosses the budget (or earlier, by early
    stopping).  The best model (by validation loss) is then scored with
    ``LearnedDistance`` against ``ExactDistance``: ``distance.l_de`` on the
@@ -73,9 +74,6 @@ MAX_EPOCHS = 100_000  # the time budget (or early stopping) ends training, not t
 TABLE_BINS = 6  # more bins than this: the table shows the first, middle and last
 
 
-# ----------------------------------------------------------------------------
-# Options
-# ----------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -117,9 +115,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# ----------------------------------------------------------------------------
-# Data
-# ----------------------------------------------------------------------------
 def dataset_path(args: argparse.Namespace, snr: float) -> Path:
     """Where the dataset with these parameters lives."""
     protein = "".join(c if c.isalnum() else "_" for c in Path(args.protein).name)
@@ -166,9 +161,6 @@ def ensure_dataset(args: argparse.Namespace, snr: float) -> tuple[Dataset, dict[
     return data, info
 
 
-# ----------------------------------------------------------------------------
-# 1. Pair-gradients per second
-# ----------------------------------------------------------------------------
 def new_embedding(args: argparse.Namespace) -> Any:
     """A freshly initialised embedding with the benchmark's architecture."""
     import keras
@@ -255,9 +247,6 @@ def pair_throughput(data: Dataset, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-# ----------------------------------------------------------------------------
-# 2. Training within a budget, and 3. the Euclidean baseline
-# ----------------------------------------------------------------------------
 def training_config(args: argparse.Namespace, mode: str, snr: float) -> Any:
     """The ``TrainingConfig`` of one budgeted run."""
     from cryoem import siamese
@@ -346,9 +335,6 @@ def euclidean_run(name: str, data: Dataset, args: argparse.Namespace) -> dict[st
     return row
 
 
-# ----------------------------------------------------------------------------
-# Report
-# ----------------------------------------------------------------------------
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -393,9 +379,6 @@ def print_table(rows: list[dict[str, Any]], bins: int) -> None:
           "(uniform-weighted L_DE); last columns: test mean absolute error (rad) by true distance.")
 
 
-# ----------------------------------------------------------------------------
-# Main
-# ----------------------------------------------------------------------------
 def needed_snrs(runs: list[str], snr: float) -> dict[str, float]:
     """The datasets the selected runs need: ``clean`` and/or ``noisy``."""
     wanted = {"clean": math.inf, "noisy": snr}

@@ -10,7 +10,9 @@ the noise.  A dataset already written by ``benchmarks/distance_learning.py``
 (under ``--dl-work-dir``) is reused; the others are generated once into
 ``--work-dir`` (default ``data/benchmarks/refinement``) and reused later.
 
-The stages, each timed (ground truth is read only to score):
+The stages, each timed (the truth is read only to score, except by the exact
+and perturbed first guesses, computed from the true orientations; the learned
+models were trained on the same protein: ``rendered`` ones on its true map):
 
 1. **distances**: the first guess's distance matrix between the test images.
    ``--first-guess learned`` (the default at L = 64): ``LearnedDistance`` with
@@ -27,38 +29,32 @@ The stages, each timed (ground truth is read only to score):
    callback recording the physical error after every iteration (its own time
    is subtracted).
 
-Scores (radians, mean geodesic error): ``e_or_o4`` of the recovered
-orientations (``alignment.align_o4``, the paper's metric) and the physical
-error ``e_or`` (``alignment.align_physical``: a global rotation of the volume
-and the handedness) after the frame step and after refinement.  The final map
-is reconstructed from the refined orientations and the *estimated* shifts,
-put in the truth's frame (physical transform only, as ``pipeline._reconstruct``
-does) for scoring alone, and compared with the ground-truth map: FSC = 0.5, Å.
-The half-map FSC = 0.143 is the one refinement measured in its last iteration.
-A reconstruction from the true orientations gives the oracle resolution.
+Scores (rad, mean geodesic error): ``e_or_o4`` (``alignment.align_o4``, the
+paper's metric) of the recovered orientations, and the physical ``e_or``
+(``alignment.align_physical``) after the frame step and after refinement.  The
+map from the refined orientations and *estimated* shifts, moved into the
+truth's frame for scoring alone, is compared with the ground truth (FSC 0.5,
+Å); also recorded: refinement's last half-map FSC (0.143) and the oracle map's
+FSC (true orientations).
 
 Goals on the refined ``e_or``: ≤ 0.01 rad noiseless, ≤ 0.10 at SNR 1, ≤ 0.15
 at SNR 1/4 and ≤ 0.25 at SNR 1/16.
 
-Peer (optional): ASPIRE's ``CLSyncVoting`` (common lines, voting and
-synchronisation) on the first ``--aspire-n`` (default 500) test images of the
-same dataset, run by ``aspire_commonlines_worker.py`` in ASPIRE's own
-environment (``--aspire-python``) with one BLAS thread.  Its rotations map the
-image frame into the volume, so they are transposed into ours and scored with
-the same ``align_physical``.  ``--aspire-n 0`` skips it; a missing
-environment or a failed worker is noted and the benchmark goes on.
+ASPIRE is compared in ``common_lines.py``, like for like (both first guesses,
+then the same refinement); the peer this script ran set ASPIRE's unrefined
+first guess against ours refined, and was removed.
 
 Usage (from the repository root)::
 
     .venv/bin/python benchmarks/refinement.py                # the full benchmark
-    .venv/bin/python benchmarks/refinement.py --snrs inf 1/16 --n-test 100 --iterations 2 \\
-        --aspire-n 0                                         # quick check, learned models
+    .venv/bin/python benchmarks/refinement.py --snrs inf 1/16 --n-test 100 --iterations 2
+                                                             # quick check, learned models
     .venv/bin/python benchmarks/refinement.py --size 32 --n-projections 300 --n-test 80 \\
-        --snrs inf 0.25 --iterations 1 --aspire-n 60 --work-dir /tmp/refinement
+        --snrs inf 0.25 --iterations 1 --work-dir /tmp/refinement
                                                              # quick check, perturbed distances
 
-It prints a table and writes ``benchmarks/results/refinement.json`` (``--out``),
-rewritten after each row.
+It prints the table ``results_table.py`` puts in the README and writes
+``benchmarks/results/refinement.json`` (``--out``), rewritten after each row.
 """
 
 from __future__ import annotations
@@ -66,18 +62,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from _common import (machine_info, positive_snr, snr_label, snr_tag,  # noqa: E402
-                     volume_name)
-from _common import write_report as write_common_report  # noqa: E402
+                     volume_name, write_report)
 from numpy.typing import NDArray
 
 if TYPE_CHECKING:
@@ -85,23 +77,16 @@ if TYPE_CHECKING:
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "refinement.json"
-WORKER = HERE / "aspire_commonlines_worker.py"
-DEFAULT_ASPIRE_PYTHON = Path("/work/aspire-venv/bin/python")
 DL_WORK_DIR = Path("data/benchmarks/distance_learning")  # benchmarks/distance_learning.py
 WORK_DIR = Path("data/benchmarks/refinement")
 PROTEIN = "4ake"
 MODEL_SIZE = 64  # the distance-learning benchmark's models take 64 × 64 images
 #: Goal on the refined physical error (rad), by SNR.
 GOALS = {math.inf: 0.01, 1.0: 0.10, 0.25: 0.15, 0.0625: 0.25}
-ASPIRE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-                     "MKL_NUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1"}
 
 FloatArray = NDArray[np.float64]
 
 
-# ----------------------------------------------------------------------------
-# Options
-# ----------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -137,16 +122,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="model for finite SNRs (default: best of DL_WORK_DIR/runs/noisy-*)")
     p.add_argument("--no-oracle", action="store_true",
                    help="skip the reconstruction from the true orientations")
-    p.add_argument("--aspire-python", type=Path, default=DEFAULT_ASPIRE_PYTHON,
-                   help="Python of ASPIRE's environment (default: %(default)s)")
-    p.add_argument("--aspire-n", type=int, default=500,
-                   help="ASPIRE CLSyncVoting on the first K test images (0: skip; default: 500)")
-    p.add_argument("--aspire-n-theta", type=int, default=360,
-                   help="CLSyncVoting n_theta (even; ASPIRE's default 360)")
-    p.add_argument("--aspire-dtype", choices=("float32", "float64"), default="float32",
-                   help="ASPIRE's precision (default float32: as accurate here, 1.7× faster)")
-    p.add_argument("--aspire-timeout", type=float, default=3 * 3600.0,
-                   help="seconds before the ASPIRE worker is stopped")
+    p.add_argument("--aspire-n", type=int, default=0, help=argparse.SUPPRESS)  # 0 only
     p.add_argument("--threads", type=int, default=None,
                    help="TensorFlow intra-op threads (NumPy/finufft: set OMP_NUM_THREADS)")
     p.add_argument("--progress", action="store_true", help="progress bars")
@@ -156,16 +132,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("need --n-test ≥ 10, --iterations ≥ 0, --size ≥ 8, --n-projections ≥ 30")
     if any(not snr > 0 for snr in args.snrs):
         p.error("SNRs must be positive (inf for noiseless)")
-    if args.aspire_n < 0 or (args.aspire_n and args.aspire_n < 10) or args.aspire_n_theta % 2:
-        p.error("need --aspire-n 0 or ≥ 10, and an even --aspire-n-theta")
+    if args.aspire_n:
+        p.error("the ASPIRE peer moved to benchmarks/common_lines.py (like for like)")
     if args.first_guess == "auto":
         args.first_guess = "learned" if args.size == MODEL_SIZE else "perturbed"
     return args
 
 
-# ----------------------------------------------------------------------------
-# Data
-# ----------------------------------------------------------------------------
 def dataset_name(args: argparse.Namespace, snr: float) -> str:
     """The distance-learning benchmark's file name for these parameters."""
     protein = "".join(c if c.isalnum() else "_" for c in Path(args.protein).name)
@@ -207,9 +180,6 @@ def ensure_dataset(args: argparse.Namespace, snr: float) -> tuple[Path, dict[str
     return path, {"path": str(path), "reused": False, "seconds": time.perf_counter() - start}
 
 
-# ----------------------------------------------------------------------------
-# First guess
-# ----------------------------------------------------------------------------
 def best_model(work_dir: Path, kind: str) -> Path | None:
     """The ``runs/{kind}-*`` model of the distance-learning benchmark with the best val loss."""
     found = []
@@ -249,9 +219,6 @@ def first_guess(args: argparse.Namespace, snr: float) -> tuple[Any, dict[str, An
                        "model_snr_range": trained_snr, "model_load_seconds": load_seconds}
 
 
-# ----------------------------------------------------------------------------
-# One SNR
-# ----------------------------------------------------------------------------
 def timed(call: Callable[[], Any]) -> tuple[Any, float]:
     """``call()`` and its wall-clock seconds."""
     start = time.perf_counter()
@@ -359,7 +326,6 @@ def run_snr(args: argparse.Namespace, snr: float, data: Dataset, estimator: Any,
     }
     if goal is not None:
         row["goal"], row["goal_met"] = f"e_or≤{goal:g}", bool(final.mean <= goal)
-    row["refined_quaternions_first"] = refined.quaternions[: args.aspire_n]  # for the peer
     return row
 
 
@@ -370,123 +336,21 @@ def distance_error(d_hat: FloatArray, data: Dataset, test: NDArray[np.int64]) ->
     return distance.l_de(d_hat, distance.ExactDistance().matrix(data, test))
 
 
-# ----------------------------------------------------------------------------
-# ASPIRE
-# ----------------------------------------------------------------------------
-def run_aspire(args: argparse.Namespace, data: Dataset, row: dict[str, Any]) -> dict[str, Any]:
-    """CLSyncVoting on the first ``--aspire-n`` test images, scored like ours."""
-    from cryoem import alignment, rotations
-
-    if not args.aspire_python.exists():
-        return {"status": "skipped", "reason": f"no ASPIRE Python at {args.aspire_python}"}
-    test = data.split["test"][: args.aspire_n]
-    truth = data.orientations[test]
-    with tempfile.TemporaryDirectory(prefix="refinement_aspire_") as scratch:
-        folder = Path(scratch)
-        np.save(folder / "images.npy", np.asarray(data.projections[test], dtype=np.float32))
-        command = [str(args.aspire_python), str(WORKER), "--images", str(folder / "images.npy"),
-                   "--rotations-out", str(folder / "rotations.npy"),
-                   "--out", str(folder / "result.json"), "--n-theta", str(args.aspire_n_theta),
-                   "--pixel-size", str(data.pixel_size), "--dtype", args.aspire_dtype,
-                   "--threads", "1"]
-        env = {**os.environ, **ASPIRE_THREAD_ENV}
-        print(f"  SNR {row['snr_label']}: ASPIRE CLSyncVoting on {len(test)} images",
-              file=sys.stderr)
-        start = time.perf_counter()
-        try:
-            done = subprocess.run(command, env=env, capture_output=True, text=True,
-                                  timeout=args.aspire_timeout)
-        except subprocess.TimeoutExpired:
-            return {"status": "failed", "n": len(test),
-                    "reason": f"timed out after {args.aspire_timeout:g} s"}
-        wall = time.perf_counter() - start
-        if done.returncode != 0 or not (folder / "result.json").is_file():
-            return {"status": "failed", "n": len(test),
-                    "reason": f"worker exited with {done.returncode}",
-                    "stderr_tail": done.stderr[-3000:]}
-        result = json.loads((folder / "result.json").read_text())
-        matrices = np.load(folder / "rotations.npy")
-    # ASPIRE's R maps the image frame into the volume: ours is its transpose.
-    ours = rotations.matrix_to_quaternion(np.swapaxes(matrices, -1, -2))
-    physical = alignment.align_physical(ours, truth)
-    untransposed = alignment.align_physical(rotations.matrix_to_quaternion(matrices), truth)
-    same = row.get("refined_quaternions_first")
-    cryoem_same = (alignment.align_physical(same[: len(test)], truth).mean
-                   if same is not None and len(same) >= len(test) else None)
-    return {"status": "ok", "n": len(test), "e_or": physical.mean, "e_or_median": physical.median,
-            "handedness_flipped": physical.flipped,
-            "e_or_without_transpose": untransposed.mean,  # convention check: should be large
-            "seconds": result["seconds"], "wall_seconds": wall,
-            "cryoem_refined_e_or_same_images": cryoem_same, "worker": result}
-
-
-# ----------------------------------------------------------------------------
-# Report
-# ----------------------------------------------------------------------------
-
-
-def write_report(report: dict[str, Any], out: Path) -> None:
-    """Write the JSON atomically, without the per-image orientations kept in memory."""
-    clean = {**report, "rows": [{k: v for k, v in row.items()
-                                 if k != "refined_quaternions_first"} for row in report["rows"]]}
-    write_common_report(clean, out)
-
-
-def _fmt(value: Any, spec: str) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "—" if value is None or math.isnan(value) else "inf"
-    return format(value, spec)
-
-
 def print_table(report: dict[str, Any]) -> None:
-    """The human-readable summary."""
-    rows = report["rows"]
-    header = (f"{'SNR':>5} {'N':>5} {'L':>3} {'first guess':<30} {'e_or_o4':>8} {'frame':>7} "
-              f"{'refined':>8} {'FSC.5 Å':>8} {'oracle':>7} {'half Å':>7} {'dist s':>7} "
-              f"{'rec s':>6} {'frame s':>7} {'ref s':>7} {'total s':>8}  goal")
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        s = r["seconds"]
-        goal = f"{'met' if r['goal_met'] else 'MISSED'} ({r['goal']})" if "goal" in r else "—"
-        print(f"{r['snr_label']:>5} {r['n']:>5} {r['size']:>3} {r['first_guess'][:30]:<30} "
-              f"{_fmt(r['e_or_o4'], '.4f'):>8} {_fmt(r['e_or_unrefined'], '.4f'):>7} "
-              f"{_fmt(r['e_or'], '.4f'):>8} {_fmt(r['resolution_fsc05_angstrom'], '.2f'):>8} "
-              f"{_fmt(r['resolution_fsc05_true_orientations_angstrom'], '.2f'):>7} "
-              f"{_fmt(r['resolution_halfmap_fsc0143_angstrom'], '.2f'):>7} "
-              f"{s['distances']:>7.1f} {s['recovery']:>6.1f} {s['frame']:>7.1f} "
-              f"{s['refinement']:>7.1f} {s['total']:>8.1f}  {goal}")
-    print("e_or_o4 = align_o4 mean of the recovered orientations; frame / refined = "
-          "align_physical mean (rad) after commonlines.resolve_frame / after refinement.refine; "
-          "FSC.5 = map from the refined orientations and estimated shifts vs the ground truth "
-          "(0.5); oracle = the same from the true orientations; half = refinement's last "
-          "half-map FSC (0.143); seconds: distances, recovery, frame, refinement and their total "
-          "(images → orientations; no model training, no scoring).")
-    for r in rows:
+    """The table ``results_table.py`` puts in the README, then each SNR's path and skips."""
+    import results_table
+
+    print("\n".join(results_table.refinement_rows(report)))
+    print("FSC 0.5: the map from the refined orientations and estimated shifts against the "
+          "ground truth; the JSON also holds the oracle's (true orientations) and the last "
+          "half-map FSC (0.143).")
+    for r in report["rows"]:
         path = " → ".join(f"{e:.4f}" for e in r["e_or_by_iteration"])
         print(f"SNR {r['snr_label']}: e_or by iteration: {path}")
-    aspire = [r for r in rows if "aspire" in r]
-    if aspire:
-        print(f"\n{'SNR':>5} {'ASPIRE CLSyncVoting':<20} {'N':>5} {'e_or':>8} {'seconds':>9} "
-              f"{'cryoem refined e_or (same images)':>34}")
-        for r in aspire:
-            a = r["aspire"]
-            if a["status"] != "ok":
-                print(f"{r['snr_label']:>5} {a['status']:<20} {a.get('n', '—'):>5}  "
-                      f"{a['reason']}")
-                continue
-            print(f"{r['snr_label']:>5} {'ok':<20} {a['n']:>5} {a['e_or']:>8.4f} "
-                  f"{a['seconds']:>9.1f} {_fmt(a['cryoem_refined_e_or_same_images'], '.4f'):>34}")
-        print("ASPIRE: rotations transposed into our convention and scored with the same "
-              "align_physical; seconds = ArrayImageSource + CLSyncVoting + estimate_rotations, "
-              "one BLAS thread.")
     for s in report["skipped"]:
         print(f"skipped SNR {s['snr']}: {s['reason']}")
 
 
-# ----------------------------------------------------------------------------
-# Main
-# ----------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     """Run every SNR, print the table and write the JSON."""
     from cryoem import datasets, rotations
@@ -540,12 +404,6 @@ def main(argv: list[str] | None = None) -> None:
         row["dataset"] = str(path)
         report["rows"].append(row)
         write_report(report, args.out)
-        if args.aspire_n:
-            row["aspire"] = run_aspire(args, data, row)
-            if row["aspire"]["status"] != "ok":
-                print(f"  ASPIRE: {row['aspire']['status']}: {row['aspire']['reason']}",
-                      file=sys.stderr)
-            write_report(report, args.out)
     print_table(report)
     print(f"wrote {args.out}")
 

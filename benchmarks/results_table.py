@@ -240,7 +240,7 @@ def distance_rows(data: dict[str, Any]) -> list[str]:
     pairs = data.get("pairs") or {}
     rows = []
     if pairs:
-        ratio = pairs.get("ratio_in_batch_to_per_pair")
+        ratio = pairs.get("ratio")  # in-batch / per-pair pairs per second
         if ratio is None:
             ratio = pairs["in_batch"]["pairs_per_second"] / pairs["per_pair"]["pairs_per_second"]
         rows.append(f"In-batch training: {_number(pairs['in_batch']['pairs_per_second'], 0)} "
@@ -282,9 +282,12 @@ def generic_rows(data: dict[str, Any]) -> list[str]:
     if "method" in present and "options" not in present:
         lines += ["The options of each variant (what tells apart rows with the same part and "
                   "method) were not recorded in this JSON.", ""]
+    stale = _stale_cells(rows, data) if any(map(row_commit, rows)) else [None] * len(rows)
+    keys += ["stale"] if any(stale) else []
     lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(k)) for k in keys) + " |")
+    for row, label in zip(rows, stale):
+        lines.append("| " + " | ".join(_cell(label if k == "stale" else row.get(k))
+                                       for k in keys) + " |")
     return lines
 
 
@@ -374,17 +377,23 @@ def _like_for_like(rows: list[dict[str, Any]]) -> bool:
     return any("e_or_unrefined" in (row.get("aspire") or {}) for row in rows)
 
 
+def describe_model(model: dict[str, Any]) -> tuple[str, bool]:
+    """A model (``harness.model_info``): folder, mode, epochs and supervision; and whether it
+    was supervised on the test protein's true map."""
+    supervision = model.get("supervision") or "supervision not recorded"
+    return (f"`{model.get('dir')}` ({model.get('mode') or 'mode not recorded'} mode, "
+            f"{model.get('epochs_run') or 'unrecorded'} epochs: {supervision})",
+            supervision.startswith("supervised on the true map"))
+
+
 def _our_models(rows: list[dict[str, Any]]) -> tuple[list[str], bool]:
     """Each model our rows used, with how its training used the truth (``model_info``)."""
     models, supervised = {}, False
     for row in rows:
         model = (row.get("ours") or {}).get("model")
         if isinstance(model, dict) and model.get("dir"):
-            supervision = model.get("supervision") or "supervision not recorded"
-            supervised |= supervision.startswith("supervised on the true map")
-            models[model["dir"]] = (f"`{model['dir']}` ({model.get('mode') or 'mode not recorded'}"
-                                    f" mode, {model.get('epochs_run') or '?'} epochs: "
-                                    f"{supervision})")
+            models[model["dir"]], seen_truth = describe_model(model)
+            supervised |= seen_truth
     return list(models.values()), supervised
 
 
@@ -514,9 +523,12 @@ def generalisation_rows(data: dict[str, Any]) -> list[str]:
 
 def preferred_views_rows(data: dict[str, Any]) -> list[str]:
     """E_OR against the strength of a preferred view, with the sphere's coverage."""
-    s = data.get("settings") or {}
+    s, info = data.get("settings") or {}, data.get("model")
     model = f" (`{s.get('model')}`)" if s.get("estimator") == "learned" else ""
     _, per_protein = model_origin(s.get("model"), s.get("estimator"))
+    if isinstance(info, dict) and info.get("dir"):
+        text, per_protein = describe_model(info)
+        model = f", {text}"
     lines = [f"{s.get('volume')}, L = {s.get('size')} px, {s.get('n_projections')} projections "
              f"({s.get('test_size')} recovered), SNR {_snr(s.get('snr'))}, shifts ≤ "
              f"{_number(s.get('max_shift'), 0)} px; distances: {s.get('estimator')}{model}. "
@@ -525,10 +537,13 @@ def preferred_views_rows(data: dict[str, Any]) -> list[str]:
              "E_OR in rad.", ""]
     supervised = supervision_line(data.get("truth_used"), per_protein)
     lines += [supervised, ""] if supervised else []
+    rows = data.get("rows") or []
+    stale = _stale_cells(rows, data) if any(map(row_commit, rows)) else [None] * len(rows)
     lines += ["| strength | near | covered | L_DE | E_OR O(4) | E_OR before frame | "
-              "E_OR after frame | in / outside cluster | frame confidence |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for row in data.get("rows", []):
+              "E_OR after frame | in / outside cluster | frame confidence |"
+              + (" stale |" if any(stale) else ""),
+              "|---|---|---|---|---|---|---|---|---|" + ("---|" if any(stale) else "")]
+    for row, label in zip(rows, stale):
         coverage = row.get("coverage") or {}
         lines.append(
             f"| {(row.get('strength') or {}).get('label')} | "
@@ -538,7 +553,8 @@ def preferred_views_rows(data: dict[str, Any]) -> list[str]:
             f"{_number(row.get('e_or_o4_rad'))} | {_number(row.get('e_or_before_frame_rad'))} | "
             f"{_number(row.get('e_or_rad'))} | {_number(row.get('e_or_in_cluster_rad'))} / "
             f"{_number(row.get('e_or_outside_cluster_rad'))} | "
-            f"{_number((row.get('frame') or {}).get('confidence'), 1)} |")
+            f"{_number((row.get('frame') or {}).get('confidence'), 1)} |"
+            + (f" {label or '—'} |" if any(stale) else ""))
     return lines
 
 
