@@ -54,7 +54,7 @@ GOAL_FACTOR = 1.5
 PARTS = ("ours", "aspire", "oracle")
 QUICK = {"size": 32, "n_projections": 300, "test_size": 100, "n_subset": 60,
          "snrs": [math.inf, 1 / 4], "iterations": 1, "steps": 300, "estimator": "perturbed",
-         "out": HERE / "results" / "common_lines_quick.json", "work_dir": WORK_DIR / "quick",
+         "out": WORK_DIR / "quick" / "common_lines.json", "work_dir": WORK_DIR / "quick",
          "runs_dir": RUNS_DIR / "quick"}
 
 
@@ -244,10 +244,10 @@ def run_aspire(args: argparse.Namespace, data: Any, subset: Any, label: str) -> 
     from cryoem import alignment, recovery, rotations
 
     truth, symmetry = data.orientations[subset], str(data.attrs.get("symmetry", "C1"))
-    print(f"  SNR {label}: ASPIRE CLSyncVoting on {len(subset)} images", file=sys.stderr)
     outcome = aspire_worker(args, data.projections[subset], data.pixel_size)
     if isinstance(outcome, dict):
         return outcome
+    print(f"  SNR {label}: ASPIRE CLSyncVoting ran on {len(subset)} images", file=sys.stderr)
     matrices, result, wall = outcome
     # ASPIRE's R maps the image frame into the volume: ours is its transpose.
     first = recovery.to_asymmetric_unit(

@@ -8,8 +8,8 @@ scoring) and a function that computes the result (one row, or a list of rows).
   key (a hash of its settings) and the commit of the code that computed it
   (``code``).  A later run reuses it only for the same key *and* the same commit;
   a result from another commit is recomputed, or with ``--reuse-stale`` reused and
-  labelled ``stale`` (its ``code.git_commit`` says which commit made it).  Failed
-  and skipped results are never reused.  ``--fresh`` ignores the cache.
+  labelled ``stale`` (its ``code.git_commit`` says which commit made it).  A result
+  with a failed row, or skipped altogether, is never reused.  ``--fresh`` ignores the cache.
 * **lock**: one process at a time writes a given JSON (others wait), so that two
   runs of a script side by side neither duplicate nor clobber each other's work.
 * **provenance**: :meth:`Harness.write` writes the report through
@@ -209,7 +209,8 @@ class Harness:
         """The scenario's rows: cached ones when allowed, else computed now (failures recorded)."""
         key = scenario.key
         cached = self.cache.get(key) or []
-        usable = bool(cached) and all(r.get("status") not in ("failed", "skipped") for r in cached)
+        statuses = [r.get("status") for r in cached]  # rerun failures and whole skips
+        usable = bool(cached) and "failed" not in statuses and set(statuses) != {"skipped"}
         if usable and scenario.reusable is not None:
             usable = scenario.reusable(cached)
         if usable:
@@ -449,11 +450,23 @@ def estimator(kind: str, model: str | None, sigma2: float, seed: int,
     return made, seconds
 
 
-def _json_file(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file's object, or ``{}`` when it is missing or unreadable."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def best_distance_model(work_dir: Path, kind: str) -> Path | None:
+    """The ``runs/{kind}-*`` model of distance_learning.py with the lowest ``best.json``
+    validation loss under ``work_dir`` (``None`` if there is none)."""
+    found = []
+    for folder in sorted((Path(work_dir) / "runs").glob(f"{kind}-*")):
+        if (folder / "model.keras").is_file():
+            best = read_json(folder / "best.json").get("val_loss")
+            found.append((math.inf if best is None else float(best), folder.name, folder))
+    return min(found)[2] if found else None
 
 
 def model_info(model: str, test_volume: str | None = None) -> dict[str, Any]:
@@ -469,8 +482,8 @@ def model_info(model: str, test_volume: str | None = None) -> dict[str, Any]:
     from cryoem import datasets, siamese
 
     folder = siamese.model_directory(model)
-    config = _json_file(folder / siamese.CONFIG_FILE)
-    contract = _json_file(folder / "contract.json")
+    config = read_json(folder / siamese.CONFIG_FILE)
+    contract = read_json(folder / "contract.json")
     sources = list(config.get("sources") or [])
     proteins = set(contract.get("proteins") or []) | {Path(s).stem for s in sources}
     for source in sources:
@@ -487,18 +500,19 @@ def model_info(model: str, test_volume: str | None = None) -> dict[str, Any]:
     else:
         supervision = "unknown (no config.json)"
     seconds, source = None, "not recorded in the model's folder"
-    record = _json_file(folder.parent / "pipeline.json")
+    record = read_json(folder.parent / "pipeline.json")
     if (record.get("timings_s") or {}).get("train") is not None:
         seconds, source = float(record["timings_s"]["train"]), f"{folder.parent}/pipeline.json"
     for name in ("best.json", siamese.CONFIG_FILE, "contract.json"):
-        if seconds is None and _json_file(folder / name).get("training_seconds") is not None:
-            seconds, source = float(_json_file(folder / name)["training_seconds"]), name
+        if seconds is None and read_json(folder / name).get("training_seconds") is not None:
+            seconds, source = float(read_json(folder / name)["training_seconds"]), name
     digest = hashlib.sha256((folder / siamese.MODEL_FILE).read_bytes()).hexdigest()
     return {"dir": str(folder), "sha256": digest, "mode": mode, "sources": sources,
             "snr_range": config.get("snr_range"), "max_shift": config.get("max_shift"),
             "ctf": config.get("ctf"), "epochs_run": _epochs(folder / "history.csv"),
             "training_budget_seconds": config.get("max_seconds"),
             "training_seconds": seconds, "training_seconds_source": source,
+            "trained_at_commit": (config.get("provenance") or {}).get("git_commit"),
             "supervision": supervision}
 
 
