@@ -605,20 +605,27 @@ def add_import_relion_args(parser: argparse.ArgumentParser) -> None:
                              "general model shipped with cryoem); overrides --size")
     parser.add_argument("--pixel-size", type=float, default=None,
                         help="Å/px when the STAR file lacks it")
+    parser.add_argument("--datadir", type=Path, default=None, metavar="DIR",
+                        help="folder the stack paths in the STAR file are relative to (a RELION "
+                             "project folder; default: the STAR file's folder)")
     parser.add_argument("--overwrite", action="store_true")
 
 
 def run_import_relion(args: argparse.Namespace) -> int:
     """Turn a RELION particle set (STAR + MRCS) into a dataset."""
-    from . import datasets, relion
+    from . import datasets, particles
 
     if args.model is not None:
         args.size = _model_image_size(args.model)
-    path = relion.import_relion(args.star, args.out, size=args.size, pixel_size=args.pixel_size,
-                                overwrite=args.overwrite)
+    path = particles.import_relion(args.star, args.out, size=args.size,
+                                   pixel_size=args.pixel_size, datadir=args.datadir,
+                                   overwrite=args.overwrite)
     data = datasets.load(path, images=False)
+    poses = {datasets.REFERENCE: "angles kept as reference poses (scored only with "
+                                 "--reference-poses)",
+             datasets.ABSENT: "no angles"}[data.source("orientations")]
     print(f"wrote {path}: {len(data)} particles of {data.size} px at {data.pixel_size:.3g} Å/px"
-          f"{', with CTF' if data.ctf is not None else ''}")
+          f"{', with CTF' if data.ctf is not None else ''}; {poses}")
     return 0
 
 
@@ -659,6 +666,8 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--particles", default=None, metavar="PATH",
                         help="start from these particles (RELION STAR or cryoem dataset) "
                              "instead of simulating; needs --model (e.g. pretrained)")
+    parser.add_argument("--datadir", default=None, metavar="DIR",
+                        help="with a STAR file: the folder its stack paths are relative to")
     parser.add_argument("--reference-poses", action="store_true",
                         help="with --particles: score against their reference poses (e.g. a "
                              "RELION refinement's angles); they are never used to estimate")
@@ -683,7 +692,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     config = pipeline.PipelineConfig(
         volume=args.volume, n_projections=args.n_projections, test_size=args.test_size,
         size=args.size, snr=args.snr, max_shift=args.max_shift, estimator=args.estimator,
-        model=args.model, training=args.training, particles=args.particles,
+        model=args.model, training=args.training, particles=args.particles, datadir=args.datadir,
         reference_poses=args.reference_poses, epochs=args.epochs, train_seconds=args.train_seconds,
         sigma2=args.sigma2, steps=args.steps, refine=not args.no_refine,
         refine_iterations=args.refine_iterations, seed=args.seed)

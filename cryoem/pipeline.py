@@ -87,6 +87,7 @@ class PipelineConfig:
     model: str | None = None
     training: str = "rendered"  # "rendered": supervised on the true map; "fixed": the paper's
     particles: str | None = None  # a STAR file or dataset to start from instead of simulating
+    datadir: str | None = None  # the folder a STAR file's stack paths are relative to
     reference_poses: bool = False  # score against the particles' reference poses
     epochs: int = 200
     train_seconds: float | None = 300.0  # None: the epochs alone bound training
@@ -183,11 +184,12 @@ def _import_particles(run: _Run) -> None:
     """Start from the user's particles: a RELION STAR file (imported) or a dataset (copied)."""
     import shutil
 
-    from . import datasets, relion
+    from . import datasets, particles
 
     source = Path(run.config.particles)  # type: ignore[arg-type]
     if source.suffix == ".star":
-        relion.import_relion(source, run.path("data.h5"), size=run.config.size, overwrite=True)
+        particles.import_relion(source, run.path("data.h5"), size=run.config.size,
+                                datadir=run.config.datadir, overwrite=True)
     else:
         datasets.load(source, images=False)  # a clear error if it is not a dataset
         shutil.copyfile(source, run.path("data.h5"))

@@ -1,0 +1,321 @@
+"""Particle sets from other programs: RELION STAR files (3.0 and ≥ 3.1) into a dataset.
+
+What labs have is a STAR file naming images in ``.mrcs`` stacks, with CTF
+parameters and, sometimes, angles and origins from an earlier refinement.
+:func:`import_relion` reads it into a :mod:`cryoem.datasets` file:
+
+* images ``index@stack`` (1-based), each stack memory-mapped once; stacks are
+  found relative to ``datadir`` (a RELION project folder) or to the STAR file;
+* optics per particle: from the particle table's own columns (RELION 3.0,
+  cryoDRGN), else from its optics group's row of the ``optics`` table (several
+  groups supported), else RELION's defaults for a CTF-less set;
+* angles and origins (``rlnOriginX/YAngst``, or ``rlnOriginX/Y`` in pixels as
+  RELION 3.0 writes them) kept only as a *reference*, never as a ground truth;
+  absent ones are NaN, never zeros;
+* every bad input is a one-line :class:`ValueError` (or
+  :class:`FileNotFoundError`) naming the file, the row and the column; nothing
+  is written on failure (the dataset is written atomically at the end).
+
+Example
+-------
+>>> from cryoem import particles                      # doctest: +SKIP
+>>> particles.import_relion("Extract/job012/particles.star", "data/mine.h5",
+...                         size=64, datadir=".")
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import projection, rotations
+
+__all__ = ["import_relion", "read_star", "optics_per_particle", "read_images"]
+
+_ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+#: Optics values a STAR file may give per particle or per optics group, and RELION's defaults
+#: (used only when a set has neither, as RELION itself requires them).
+_OPTICS = {"voltage": ("rlnVoltage", 300.0), "cs": ("rlnSphericalAberration", 2.7),
+           "amplitude_contrast": ("rlnAmplitudeContrast", 0.1)}
+_PIXEL_COLUMNS = ("rlnImagePixelSize", "rlnPixelSize")
+
+
+def read_star(path: str | os.PathLike) -> tuple[Any, Any]:
+    """The ``(optics, particles)`` tables of a RELION STAR file (``optics`` may be ``None``).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file is missing.
+    ValueError
+        If it is not a STAR file, or has no particle table with ``rlnImageName``.
+    """
+    import starfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no STAR file at {path}")
+    try:
+        blocks = starfile.read(path, always_dict=True)
+    except Exception as error:  # noqa: BLE001 - starfile raises several types
+        raise ValueError(f"{path} is not a readable STAR file: {error}") from error
+    tables = {name: block for name, block in blocks.items() if hasattr(block, "columns")}
+    particles = tables.get("particles")
+    if particles is None:
+        named = [block for block in tables.values() if "rlnImageName" in block.columns]
+        particles = named[0] if named else None
+    if particles is None or "rlnImageName" not in particles.columns:
+        raise ValueError(f"{path}: no particle table with an rlnImageName column (tables: "
+                         f"{', '.join(tables) or 'none'})")
+    return tables.get("optics"), particles.reset_index(drop=True)
+
+
+def _numbers(table: Any, column: str, path: Path, what: str = "particle") -> NDArray[np.float64]:
+    """A numeric column; a non-numeric or non-finite entry is an error naming its row."""
+    values = np.asarray(table[column].to_numpy(), dtype=object)
+    numbers = np.full(len(values), np.nan)
+    for row, value in enumerate(values):
+        try:
+            numbers[row] = float(value)
+        except (TypeError, ValueError):
+            pass
+        if not np.isfinite(numbers[row]):
+            raise ValueError(f"{path}: row {row + 1} of the {what} table has no finite value in "
+                             f"column {column} ({value!r})")
+    return numbers
+
+
+def _group_rows(optics: Any, particles: Any, path: Path) -> NDArray[np.int64] | None:
+    """For each particle, the row of its optics group in ``optics`` (``None`` without a table)."""
+    if optics is None or len(optics) == 0:
+        return None
+    if "rlnOpticsGroup" not in particles.columns:
+        if len(optics) == 1:
+            return np.zeros(len(particles), dtype=np.int64)
+        raise ValueError(f"{path}: {len(optics)} optics groups but no rlnOpticsGroup column in "
+                         "the particle table")
+    if "rlnOpticsGroup" not in optics.columns:
+        raise ValueError(f"{path}: the optics table has no rlnOpticsGroup column")
+    where = {int(group): row for row, group in
+             enumerate(_numbers(optics, "rlnOpticsGroup", path, "optics"))}
+    groups = _numbers(particles, "rlnOpticsGroup", path)
+    rows = np.empty(len(particles), dtype=np.int64)
+    for k, group in enumerate(groups.astype(np.int64)):
+        if group not in where:
+            raise ValueError(f"{path}: row {k + 1}, column rlnOpticsGroup: optics group {group} "
+                             f"is not in the optics table (groups {sorted(where)})")
+        rows[k] = where[group]
+    return rows
+
+
+def optics_per_particle(optics: Any, particles: Any, path: str | os.PathLike,
+                        pixel_size: float | None = None) -> dict[str, NDArray[np.float64]]:
+    """Pixel size, voltage, Cs and amplitude contrast of every particle.
+
+    Each value comes from the particle table's own column when it has one, else from the
+    particle's optics group, else (not the pixel size) RELION's default. ``pixel_size``
+    overrides the file's. RELION 3.0's ``rlnDetectorPixelSize`` and ``rlnMagnification``
+    give the pixel size when no pixel-size column exists.
+    """
+    path = Path(path)
+    rows = _group_rows(optics, particles, path)
+
+    def lookup(column: str) -> NDArray[np.float64] | None:
+        if column in particles.columns:
+            return _numbers(particles, column, path)
+        if rows is not None and column in optics.columns:
+            return _numbers(optics, column, path, "optics")[rows]
+        return None
+
+    values: dict[str, NDArray[np.float64]] = {}
+    for name, (column, default) in _OPTICS.items():
+        found = lookup(column)
+        values[name] = np.full(len(particles), default) if found is None else found
+    if pixel_size is not None:
+        values["pixel_size"] = np.full(len(particles), float(pixel_size))
+        return values
+    for column in _PIXEL_COLUMNS:
+        found = lookup(column)
+        if found is not None:
+            values["pixel_size"] = found
+            return values
+    detector, magnification = lookup("rlnDetectorPixelSize"), lookup("rlnMagnification")
+    if detector is not None and magnification is not None:
+        values["pixel_size"] = detector * 1e4 / magnification  # µm at the detector → Å
+        return values
+    raise ValueError(f"{path}: no pixel size (column rlnImagePixelSize in the optics or particle "
+                     "table); pass --pixel-size")
+
+
+def _stack_path(stack: str, path: Path, datadir: Path | None, row: int) -> Path:
+    """Where a stack named in the STAR file lies: absolute, under ``datadir``, or beside the STAR."""
+    name = Path(stack)
+    if name.is_absolute():
+        candidates = [name]
+    else:
+        candidates = ([datadir / name] if datadir is not None else []) + [path.parent / name]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    tried = " or ".join(str(c) for c in candidates)
+    hint = "" if datadir is not None else " (pass --datadir for a RELION project folder)"
+    raise FileNotFoundError(f"{path}: row {row + 1}, column rlnImageName: image stack {stack} "
+                            f"not found at {tried}{hint}")
+
+
+def _parse_name(name: Any, path: Path, row: int) -> tuple[int, str]:
+    text = str(name)
+    index, at, stack = text.partition("@")
+    if not at or not stack:
+        raise ValueError(f"{path}: row {row + 1}, column rlnImageName: {text!r} is not "
+                         "INDEX@STACK")
+    try:
+        number = int(index)
+    except ValueError:
+        raise ValueError(f"{path}: row {row + 1}, column rlnImageName: {index!r} is not an "
+                         "image number") from None
+    if number < 1:
+        raise ValueError(f"{path}: row {row + 1}, column rlnImageName: image number {number} "
+                         "(numbers start at 1)")
+    return number, stack
+
+
+def read_images(names: Any, path: str | os.PathLike,
+                datadir: str | os.PathLike | None = None) -> NDArray[np.float32]:
+    """The images named ``index@stack`` (1-based) in a STAR file's ``rlnImageName`` column.
+
+    Each stack is memory-mapped once. A missing stack, an index past a stack's end, below
+    1, or not a number is an error naming the STAR file, the row and the column.
+    """
+    import mrcfile
+
+    path = Path(path)
+    folder = None if datadir is None else Path(datadir)
+    parsed = [_parse_name(name, path, row) for row, name in enumerate(names)]
+    stacks: dict[str, Any] = {}
+    images = []
+    try:
+        for row, (number, stack) in enumerate(parsed):
+            if stack not in stacks:
+                stacks[stack] = mrcfile.mmap(_stack_path(stack, path, folder, row), mode="r",
+                                             permissive=True)
+            data = stacks[stack].data
+            data = data[None] if data.ndim == 2 else data
+            if number > len(data):
+                raise ValueError(f"{path}: row {row + 1}, column rlnImageName: image {number} "
+                                 f"of {stack}, which holds {len(data)}")
+            images.append(np.array(data[number - 1], dtype=np.float32))
+    finally:
+        for handle in stacks.values():
+            handle.close()
+    sizes = {image.shape for image in images}
+    if len(sizes) != 1 or len(next(iter(sizes))) != 2 or len(set(next(iter(sizes)))) != 1:
+        raise ValueError(f"{path}: the particles are not square images of one size "
+                         f"({sorted(sizes)})")
+    return np.stack(images)
+
+
+def _reference_angles(particles: Any, path: Path) -> tuple[NDArray[np.float64], str]:
+    """Quaternions from the STAR's angles, kept only as a reference (NaN when absent)."""
+    present = [name for name in _ANGLES if name in particles.columns]
+    if not present:
+        return np.full((len(particles), 4), np.nan), "absent"
+    if len(present) != len(_ANGLES):
+        missing = sorted(set(_ANGLES) - set(present))
+        raise ValueError(f"{path}: angle column(s) {', '.join(missing)} missing while "
+                         f"{', '.join(present)} are present")
+    angles = np.stack([_numbers(particles, name, path) for name in _ANGLES], -1)
+    return rotations.euler_to_quaternion(angles), "reference"
+
+
+def _reference_origins(particles: Any, path: Path, pixel: NDArray[np.float64],
+                       scale: float) -> tuple[NDArray[np.float64], str]:
+    """Shifts in working pixels from ``rlnOriginX/YAngst`` (RELION ≥ 3.1) or ``rlnOriginX/Y``
+    in original pixels (RELION 3.0, cryoDRGN), kept as a reference (NaN when absent).
+
+    ``pixel`` is each particle's working pixel size (Å), ``scale`` the original box over the
+    working box.  RELION's origin points to the centre: shift = −origin.
+    """
+    columns = particles.columns
+    if "rlnOriginXAngst" in columns and "rlnOriginYAngst" in columns:
+        origin = np.stack([_numbers(particles, name, path) for name in
+                           ("rlnOriginXAngst", "rlnOriginYAngst")], -1) / pixel[:, None]
+    elif "rlnOriginX" in columns and "rlnOriginY" in columns:
+        origin = np.stack([_numbers(particles, name, path) for name in
+                           ("rlnOriginX", "rlnOriginY")], -1) / scale
+    else:
+        return np.full((len(particles), 2), np.nan), "absent"
+    return -origin, "reference"
+
+
+def _ctf(particles: Any, optics: dict[str, NDArray[np.float64]],
+         path: Path) -> projection.CTFParameters | None:
+    """Each particle's CTF (defocus from its row, the rest from its optics), if it has one."""
+    columns = particles.columns
+    if "rlnDefocusU" not in columns:
+        return None
+    defocus_u = _numbers(particles, "rlnDefocusU", path)
+
+    def optional(column: str, default: Any) -> Any:
+        return _numbers(particles, column, path) if column in columns else default
+
+    return projection.CTFParameters(
+        defocus_u=defocus_u, defocus_v=optional("rlnDefocusV", defocus_u),
+        defocus_angle=optional("rlnDefocusAngle", 0.0), voltage=optics["voltage"],
+        cs=optics["cs"], amplitude_contrast=optics["amplitude_contrast"],
+        phase_shift=optional("rlnPhaseShift", 0.0))
+
+
+def import_relion(star_path: str | os.PathLike, out: str | os.PathLike, *,
+                  size: int | None = None, pixel_size: float | None = None,
+                  datadir: str | os.PathLike | None = None, normalize: bool = True,
+                  overwrite: bool = False) -> Path:
+    """Turn a RELION particle set into a cryoem dataset (no ground-truth volume).
+
+    Images are resampled by Fourier cropping/padding to ``size`` pixels (the
+    pixel size follows) and, with ``normalize``, scaled to zero mean and unit
+    variance over the stack, so that a trained model sees what it expects.
+    The STAR's angles and origins, if any, are kept only as a *reference*
+    (``orientations_source = "reference"``), never as a ground truth: commands
+    score against them only when asked (``--reference-poses``).  Missing angles
+    or origins are stored as NaN (``"absent"``), never as zeros.  A CTF is kept
+    when defocus columns exist, with each particle's own optics.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        On a missing file or a bad entry, naming the file, the row and the column;
+        nothing is written then.
+    """
+    from .datasets import save
+    from .volumes import fourier_resample
+
+    star_path = Path(star_path)
+    optics_table, particles = read_star(star_path)
+    optics = optics_per_particle(optics_table, particles, star_path, pixel_size)
+    if len(np.unique(optics["pixel_size"])) != 1:
+        raise ValueError(f"{star_path}: the particles have several pixel sizes "
+                         f"({sorted(set(optics['pixel_size']))} Å): import each optics group "
+                         "separately")
+    orientations, orientations_source = _reference_angles(particles, star_path)
+    ctf = _ctf(particles, optics, star_path)
+    images = read_images(particles["rlnImageName"], star_path, datadir)
+    pixel = float(optics["pixel_size"][0])
+    original = images.shape[-1]
+    if size is not None and size != original:
+        images = fourier_resample(images, size, axes=(-2, -1))
+        pixel *= original / size
+    if normalize:
+        images = (images - images.mean()) / max(float(images.std()), 1e-12)
+    shifts, shifts_source = _reference_origins(
+        particles, star_path, np.full(len(particles), pixel), original / images.shape[-1])
+    return save(out, images, orientations, shifts, pixel, ctf=ctf,
+                overwrite=overwrite, source=str(star_path), volume_name=star_path.stem,
+                symmetry="C1", snr=float("nan"), noisy=True, max_shift=float("nan"),
+                imported=True, orientations_source=orientations_source,
+                shifts_source=shifts_source, ctf_source="input" if ctf is not None else "absent",
+                original_size=original)

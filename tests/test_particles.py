@@ -1,0 +1,162 @@
+"""Reading RELION particle sets: STAR files as RELION 3.0 and 3.1 write them, and every bad input.
+
+The STAR files here are written as text, line by line as RELION writes them (not by the
+``starfile`` package the reader uses), and the stacks with ``mrcfile``.
+"""
+
+import mrcfile
+import numpy as np
+import pytest
+
+from cryoem import cli, datasets, particles
+
+N, L = 4, 16
+
+
+@pytest.fixture
+def stack(tmp_path):
+    """Four distinct 16×16 images in ``Particles/stack.mrcs``: image k is filled with k + 1."""
+    folder = tmp_path / "Particles"
+    folder.mkdir()
+    images = np.stack([np.full((L, L), k + 1.0, dtype=np.float32) for k in range(N)])
+    images[:, 0, 0] = 0.0  # not constant: normalisation needs a spread
+    with mrcfile.new(folder / "stack.mrcs") as mrc:
+        mrc.set_data(images)
+        mrc.set_image_stack()
+    return folder / "stack.mrcs"
+
+
+def star_text(columns, rows, optics=None):
+    """A STAR file's text: an optional ``data_optics`` loop, then ``data_particles``."""
+    lines = []
+    if optics is not None:
+        names, values = optics
+        lines += ["", "data_optics", "", "loop_"]
+        lines += [f"_{name} #{k + 1}" for k, name in enumerate(names)]
+        lines += ["  ".join(str(v) for v in row) for row in values]
+        lines += ["", ""]
+    lines += ["data_particles" if optics is not None else "data_", "", "loop_"]
+    lines += [f"_{name} #{k + 1}" for k, name in enumerate(columns)]
+    lines += ["  ".join(str(v) for v in row) for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+OPTICS_31 = (["rlnOpticsGroup", "rlnOpticsGroupName", "rlnImagePixelSize", "rlnImageSize",
+              "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"],
+             [[1, "opticsGroup1", 1.5, L, 300.0, 2.7, 0.1],
+              [2, "opticsGroup2", 1.5, L, 200.0, 1.4, 0.07]])
+OPTICS_ONE = (OPTICS_31[0], OPTICS_31[1][:1])
+
+
+def test_relion_3_1_with_two_optics_groups(tmp_path, stack):
+    columns = ["rlnImageName", "rlnOpticsGroup", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle",
+               "rlnOriginXAngst", "rlnOriginYAngst", "rlnAngleRot", "rlnAngleTilt",
+               "rlnAnglePsi"]
+    rows = [[f"{k + 1}@Particles/stack.mrcs", 1 + k % 2, 15000 + k, 14000 + k, 10.0,
+             3.0 * k, -1.5, 10.0 * k, 45.0, 0.0] for k in range(N)]
+    star = write(tmp_path, "particles.star", star_text(columns, rows, OPTICS_31))
+    data = datasets.load(particles.import_relion(star, tmp_path / "d.h5", normalize=False))
+    np.testing.assert_array_equal(data.projections[:, 5, 5], [1, 2, 3, 4])
+    np.testing.assert_array_equal(data.ctf.voltage, [300, 200, 300, 200])
+    np.testing.assert_array_equal(data.ctf.cs, [2.7, 1.4, 2.7, 1.4])
+    np.testing.assert_array_equal(data.ctf.amplitude_contrast, [0.1, 0.07, 0.1, 0.07])
+    np.testing.assert_array_equal(data.ctf.defocus_v, [14000, 14001, 14002, 14003])
+    # Origin in Å over 1.5 Å/px, pointing to the centre: shift = −origin / pixel.
+    np.testing.assert_allclose(data.shifts, np.stack([-2.0 * np.arange(N), np.ones(N)], -1))
+    assert data.source("orientations") == datasets.REFERENCE
+    assert data.pixel_size == 1.5
+
+
+def test_a_set_that_keeps_only_another_optics_group_gets_that_groups_values(tmp_path, stack):
+    columns = ["rlnImageName", "rlnOpticsGroup", "rlnDefocusU"]
+    rows = [[f"{k + 1}@Particles/stack.mrcs", 2, 12000] for k in range(N)]
+    star = write(tmp_path, "group2.star", star_text(columns, rows, OPTICS_31))
+    data = datasets.load(particles.import_relion(star, tmp_path / "d.h5"), images=False)
+    assert set(data.ctf.voltage) == {200.0} and set(data.ctf.cs) == {1.4}
+    assert data.source("orientations") == datasets.ABSENT
+
+
+def test_relion_3_0_per_particle_optics_and_origins_in_pixels(tmp_path, stack):
+    """RELION 3.0: no optics table; voltage, Cs, contrast and pixel size on every particle."""
+    columns = ["rlnImageName", "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast",
+               "rlnDetectorPixelSize", "rlnMagnification", "rlnDefocusU", "rlnOriginX",
+               "rlnOriginY"]
+    rows = [[f"{k + 1}@Particles/stack.mrcs", 300 - 100 * (k % 2), 2.0 + k, 0.1, 5.0, 25000,
+             20000, 1.0 * k, 2.0] for k in range(N)]
+    star = write(tmp_path, "v30.star", star_text(columns, rows))
+    data = datasets.load(particles.import_relion(star, tmp_path / "d.h5", size=8), images=False)
+    np.testing.assert_array_equal(data.ctf.voltage, [300, 200, 300, 200])
+    np.testing.assert_array_equal(data.ctf.cs, [2.0, 3.0, 4.0, 5.0])
+    assert data.pixel_size == pytest.approx(2.0 * 16 / 8)  # 5 µm / 25,000 = 2 Å, then binned
+    # Origins in original pixels, halved with the box.
+    np.testing.assert_allclose(data.shifts, -np.stack([np.arange(N) / 2, np.ones(N)], -1))
+
+
+def test_stacks_are_found_under_the_project_folder(tmp_path, stack):
+    job = tmp_path / "Refine3D" / "job001"
+    job.mkdir(parents=True)
+    columns = ["rlnImageName"]
+    star = write(job, "run_data.star", star_text(columns, [[f"{k + 1}@Particles/stack.mrcs"]
+                                                           for k in range(N)], OPTICS_ONE))
+    with pytest.raises(FileNotFoundError, match="row 1, column rlnImageName.*--datadir"):
+        particles.import_relion(star, tmp_path / "x.h5")
+    assert cli.main(["import-relion", str(star), "--datadir", str(tmp_path),
+                     "--out", str(tmp_path / "d.h5")]) == 0
+    assert len(datasets.load(tmp_path / "d.h5", images=False)) == N
+
+
+@pytest.mark.parametrize("name, message", [
+    ("9@Particles/stack.mrcs", "row 3, column rlnImageName: image 9 of Particles/stack.mrcs, "
+                               "which holds 4"),
+    ("0@Particles/stack.mrcs", "row 3, column rlnImageName: image number 0"),
+    ("-1@Particles/stack.mrcs", "row 3, column rlnImageName: image number -1"),
+    ("Particles/stack.mrcs", "row 3, column rlnImageName: 'Particles/stack.mrcs' is not"),
+    ("x@Particles/stack.mrcs", "row 3, column rlnImageName: 'x' is not an image number"),
+])
+def test_bad_image_names_are_one_clear_error_and_nothing_is_written(tmp_path, stack, capsys,
+                                                                     name, message):
+    rows = [["1@Particles/stack.mrcs"], ["2@Particles/stack.mrcs"], [name]]
+    star = write(tmp_path, "bad.star", star_text(["rlnImageName"], rows, OPTICS_ONE))
+    assert cli.main(["import-relion", str(star), "--out", str(tmp_path / "d.h5")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad.star" in err and message in err
+    assert not (tmp_path / "d.h5").exists()
+
+
+def test_missing_columns_and_groups_are_named(tmp_path, stack, capsys):
+    star = write(tmp_path, "noname.star", star_text(["rlnDefocusU"], [[1.0]], OPTICS_ONE))
+    assert cli.main(["import-relion", str(star), "--out", str(tmp_path / "d.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "noname.star: no particle table with an rlnImageName column" in err
+    star = write(tmp_path, "group.star", star_text(
+        ["rlnImageName", "rlnOpticsGroup"], [["1@Particles/stack.mrcs", 7]], OPTICS_31))
+    assert cli.main(["import-relion", str(star), "--out", str(tmp_path / "d.h5")]) == 2
+    assert "row 1, column rlnOpticsGroup: optics group 7 is not in the optics table" in \
+        capsys.readouterr().err
+    star = write(tmp_path, "nopixel.star", star_text(["rlnImageName"],
+                                                     [["1@Particles/stack.mrcs"]]))
+    assert cli.main(["import-relion", str(star), "--out", str(tmp_path / "d.h5")]) == 2
+    assert "no pixel size" in capsys.readouterr().err
+    star = write(tmp_path, "several.star", star_text(["rlnImageName"],
+                                                     [["1@Particles/stack.mrcs"]], OPTICS_31))
+    assert cli.main(["import-relion", str(star), "--out", str(tmp_path / "d.h5")]) == 2
+    assert "2 optics groups but no rlnOpticsGroup column" in capsys.readouterr().err
+    assert not (tmp_path / "d.h5").exists()
+
+
+def test_non_finite_angles_are_refused(tmp_path, stack, capsys):
+    columns = ["rlnImageName", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]
+    rows = [[f"{k + 1}@Particles/stack.mrcs", 0.0, "nan" if k == 2 else 30.0, 0.0]
+            for k in range(N)]
+    star = write(tmp_path, "nan.star", star_text(columns, rows, OPTICS_ONE))
+    assert cli.main(["import-relion", str(star), "--out", str(tmp_path / "d.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "nan.star: row 3 of the particle table has no finite value in column rlnAngleTilt" \
+        in err
+    assert not (tmp_path / "d.h5").exists()
