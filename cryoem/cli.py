@@ -637,6 +637,50 @@ def _model_image_size(model: str) -> int:
 
 
 # ----------------------------------------------------------------------------
+# cryoem score
+# ----------------------------------------------------------------------------
+def add_score_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("estimate", type=Path, metavar="ESTIMATE",
+                        help="estimated poses: STAR file, cryoem orientation file or dataset")
+    parser.add_argument("--truth", type=Path, required=True, metavar="REFERENCE",
+                        help="poses to score against (same kinds): a ground truth, or another "
+                             "program's refinement")
+    parser.add_argument("--map", type=Path, default=None, metavar="MAP.mrc",
+                        help="the estimate's map (with --reference-map: FSC after alignment)")
+    parser.add_argument("--reference-map", type=Path, default=None, metavar="REF.mrc",
+                        help="the reference's map")
+    parser.add_argument("--symmetry", default="C1", help="point group (default: C1)")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT.json",
+                        help="also write the scores as JSON")
+
+
+def run_score(args: argparse.Namespace) -> int:
+    """Score estimated poses against a reference (ground truth or another program's)."""
+    import json
+
+    from . import scoring
+
+    if (args.map is None) != (args.reference_map is None):
+        raise ValueError("--map and --reference-map go together")
+    result = scoring.score(args.estimate, args.truth, symmetry=args.symmetry,
+                           estimate_map=args.map, reference_map=args.reference_map)
+    print(f"{result['matched']} particles matched by {result['matched_by']} "
+          f"({result['estimate_count']} estimated, {result['reference_count']} in the reference)")
+    print(f"physical E_OR {result['e_or_rad']:.4f} rad (median {result['e_or_median_rad']:.4f}, "
+          f"{100 * result['within_0.1_rad']:.1f} % within 0.1 rad); paper's O(4) E_OR "
+          f"{result['e_or_o4_rad']:.4f} rad; handedness {result['handedness']}")
+    if "fsc05_angstrom" in result:
+        print(f"maps: FSC 0.5 {result['fsc05_angstrom']:.2f} Å, FSC 0.143 "
+              f"{result['fsc0143_angstrom']:.2f} Å ({result['map_aligned']})")
+    if args.json is not None:
+        from ._files import atomic_path
+
+        with atomic_path(args.json) as partial:
+            partial.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+# ----------------------------------------------------------------------------
 # cryoem pipeline
 # ----------------------------------------------------------------------------
 def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
@@ -792,6 +836,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
     "reconstruct": (add_reconstruct_args, run_reconstruct),
     "export-relion": (add_export_relion_args, run_export_relion),
     "import-relion": (add_import_relion_args, run_import_relion),
+    "score": (add_score_args, run_score),
     "volumes": (add_volumes_args, run_volumes),
     "notebooks": (add_notebooks_args, run_notebooks),
     "site": (add_site_args, run_site),
