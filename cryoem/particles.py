@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 
 from . import projection, rotations
 
-__all__ = ["import_relion", "read_star", "optics_per_particle", "read_images"]
+__all__ = ["import_relion", "read_star", "optics_per_particle", "read_images", "write_star"]
 
 _ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 #: Optics values a STAR file may give per particle or per optics group, and RELION's defaults
@@ -319,3 +319,55 @@ def import_relion(star_path: str | os.PathLike, out: str | os.PathLike, *,
                 imported=True, orientations_source=orientations_source,
                 shifts_source=shifts_source, ctf_source="input" if ctf is not None else "absent",
                 original_size=original)
+
+
+def _optics_groups(optics: dict[str, NDArray[np.float64]], size: int) -> tuple[Any, NDArray]:
+    """An optics table for a set that had none (RELION 3.0): one group per distinct optics."""
+    import pandas as pd
+
+    keys = np.stack([optics["pixel_size"], optics["voltage"], optics["cs"],
+                     optics["amplitude_contrast"]], -1)
+    unique, group = np.unique(keys, axis=0, return_inverse=True)
+    table = pd.DataFrame({
+        "rlnOpticsGroup": np.arange(1, len(unique) + 1),
+        "rlnOpticsGroupName": [f"opticsGroup{k + 1}" for k in range(len(unique))],
+        "rlnImagePixelSize": unique[:, 0], "rlnImageSize": size, "rlnImageDimensionality": 2,
+        "rlnVoltage": unique[:, 1], "rlnSphericalAberration": unique[:, 2],
+        "rlnAmplitudeContrast": unique[:, 3]})
+    return table, np.ravel(group) + 1
+
+
+def write_star(source: str | os.PathLike, out: str | os.PathLike, quaternions: NDArray,
+               shifts: NDArray, pixel_size: float) -> Path:
+    """The input STAR file's particles, in its order, with estimated poses (RELION 3.1).
+
+    Every column of the input is kept (image names as they were, CTF, groups) except the
+    angles and origins, which are replaced by ``quaternions`` and ``shifts`` (working pixels
+    of ``pixel_size`` Å, so origins in Å do not depend on the working box).  A RELION 3.0
+    input gains an optics table.
+    """
+    import starfile
+
+    from ._files import atomic_path
+
+    source = Path(source)
+    optics_table, table = read_star(source)
+    if len(quaternions) != len(table) or np.shape(shifts) != (len(table), 2):
+        raise ValueError(f"{len(quaternions)} poses for the {len(table)} particles of {source}")
+    table = table.drop(columns=[c for c in ("rlnOriginX", "rlnOriginY") if c in table.columns])
+    angles = rotations.quaternion_to_euler(quaternions)
+    for k, column in enumerate(_ANGLES):
+        table[column] = angles[:, k]
+    table["rlnOriginXAngst"] = -np.asarray(shifts)[:, 0] * pixel_size
+    table["rlnOriginYAngst"] = -np.asarray(shifts)[:, 1] * pixel_size
+    if optics_table is None:
+        optics = optics_per_particle(None, table, source)
+        size = read_images(table["rlnImageName"][:1], source).shape[-1]
+        optics_table, table["rlnOpticsGroup"] = _optics_groups(optics, size)
+        moved = [c for c in ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast",
+                             "rlnDetectorPixelSize", "rlnMagnification", "rlnImagePixelSize")
+                 if c in table.columns]
+        table = table.drop(columns=moved)
+    with atomic_path(out) as partial:
+        starfile.write({"optics": optics_table, "particles": table}, partial, overwrite=True)
+    return Path(out)

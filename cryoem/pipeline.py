@@ -131,8 +131,11 @@ class _Run:
 
         return datasets.load(self.path("data.h5"), images=images)
 
-    def test_indices(self) -> np.ndarray:
-        return self.data(images=False).split["test"]
+    def working_indices(self, data: Any) -> np.ndarray:
+        """The particles the run estimates: all of the user's particles, or a simulation's test split."""
+        if self.config.particles is not None:
+            return np.arange(len(data))
+        return data.split["test"]
 
     def use_truth(self, stage: str, fields: Any) -> None:
         """Record that ``stage`` read these ground-truth fields for more than scoring."""
@@ -195,7 +198,7 @@ def _import_particles(run: _Run) -> None:
         shutil.copyfile(source, run.path("data.h5"))
     data = run.data(images=False)
     run.metrics.update(volume=str(source), n_projections=len(data),
-                       test_size=len(data.split["test"]), size=data.size,
+                       test_size=len(data), size=data.size,
                        pixel_size_angstrom=data.pixel_size, snr=data.attrs.get("snr"))
 
 
@@ -238,12 +241,15 @@ def _distances(run: _Run) -> None:
                          "particles do not have: use the learned estimator with --model")
     run.use_truth("distances", estimator.truth_fields)
     estimator.fit(data)
-    test = data.split["test"]
+    test = run.working_indices(data)
     matrix = estimator.matrix(data, test)
     distance.save_matrix(run.path("distances.h5"), matrix, test, estimator=estimator.name)
     run.metrics["estimator"] = estimator.name
     group = rotations.point_group(data.attrs.get("symmetry", "C1"))
-    for split, key in ((test, "l_de_test"), (data.split["validation"], "l_de_val")):
+    scored = [(test, "l_de_test")]
+    if run.config.particles is None:
+        scored.append((data.split["validation"], "l_de_val"))
+    for split, key in scored:
         reference = run.reference(data, split) if len(split) >= 2 else None
         if reference is None:
             continue
@@ -412,12 +418,20 @@ def _fsc_figure(curves: dict[str, Any], halves: Any) -> Any:
 
 
 def _export(run: _Run) -> None:
-    from . import relion
+    """``relion/`` (a stack and STAR of the working images); with a STAR input, also
+    ``particles.star``: the input's particles and columns, in its order, with the poses."""
+    from . import particles, relion
 
     q, indices, shifts = _final(run)
-    relion.export_relion(run.data(), run.path("relion"), orientations=q, indices=indices,
-                         shifts=np.zeros((len(indices), 2)) if shifts is None else shifts,
-                         overwrite=True)
+    shifts = np.zeros((len(indices), 2)) if shifts is None else shifts
+    data = run.data()
+    relion.export_relion(data, run.path("relion"), orientations=q, indices=indices,
+                         shifts=shifts, overwrite=True)
+    source = run.config.particles
+    if source is not None and Path(source).suffix == ".star":
+        order = np.argsort(indices)  # all particles, by their row in the input
+        particles.write_star(source, run.path("particles.star"), q[order], shifts[order],
+                             data.pixel_size)
 
 
 #: The stages, in order.
