@@ -1,30 +1,232 @@
-"""The science benchmarks run end to end in their --quick mode (tiny settings), as CI runs them.
+"""The science benchmarks run end to end in their --quick mode (tiny settings), as CI runs them,
+and the shared harness (``benchmarks/harness.py``) caches by settings and commit.
 
-Each script runs in a subprocess (as a user runs it) with every output redirected
-to a temporary folder; the checks are on what the JSON says, against what the tiny
-settings must give (exact distances recover exactly, reruns reuse finished work).
+Each script runs in a subprocess (as a user runs it) with every output redirected to a
+temporary folder; the checks are on what the JSON says: every quick run must succeed and
+its numbers be finite.  Tests over about a minute on two cores are marked ``slow``.
 """
 
 import json
 import math
+import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
-pytest.importorskip("cryoem.siamese")  # the scripts train or load distance models
+import cryoem.siamese  # noqa: F401 - a hard dependency of the scripts: a broken import fails
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
 
 
 def run_script(name, *args, cwd):
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), "--quick", *args],
-                            cwd=cwd, capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, str(BENCHMARKS / name), "--quick", *args],
+                            cwd=cwd, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
+    return result.stdout + result.stderr
 
 
+def finite(*values):
+    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+
+
+@pytest.fixture()
+def harness(monkeypatch):
+    """The harness module, with the commit under the test's control (``harness.COMMIT``)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import harness as module
+
+    from cryoem import provenance
+
+    monkeypatch.setattr(module, "COMMIT", "a" * 40, raising=False)
+    monkeypatch.setattr(provenance, "git_state", lambda root=None: (module.COMMIT, False))
+    return module
+
+
+# ----------------------------------------------------------------------------
+# The harness, in process
+# ----------------------------------------------------------------------------
+def test_harness_caches_per_commit_and_labels_stale(harness, tmp_path):
+    out, calls = tmp_path / "bench.json", []
+
+    def scenario(value):
+        return harness.Scenario("one", {"value": value},
+                                lambda: calls.append(value) or {"status": "ok", "x": value})
+
+    def run(value, **options):
+        with harness.Harness("bench", out, config={}, **options) as bench:
+            row = bench.run(scenario(value))
+            report = bench.write({"rows": [row]})
+        return report["rows"][0]
+
+    first = run(1)
+    assert calls == [1] and first["code"]["git_commit"] == "a" * 40 and not first["stale"]
+    assert run(1)["reused"] and calls == [1]  # same settings, same commit: cached
+    run(2)
+    assert calls == [1, 2]  # other settings: computed
+    harness.COMMIT = "b" * 40
+    assert not run(2)["reused"] and calls == [1, 2, 2]  # another commit: computed again
+    harness.COMMIT = "c" * 40
+    stale = run(2, reuse_stale=True)  # …unless asked, and then labelled
+    assert calls == [1, 2, 2] and stale["stale"] and stale["code"]["git_commit"] == "b" * 40
+    assert "stale (bbbbbbbbbb)" in harness.table([stale], [harness.Column("x", lambda r: r["x"])])
+    assert not run(2, fresh=True)["reused"] and calls[-1] == 2 and len(calls) == 4
+
+
+def test_harness_records_failures_and_never_reuses_them(harness, tmp_path):
+    out, calls = tmp_path / "bench.json", []
+
+    def fail():
+        calls.append(1)
+        raise RuntimeError("boom")
+
+    for _ in range(2):
+        with harness.Harness("bench", out, config={}) as bench:
+            row = bench.run(harness.Scenario("bad", {}, fail))
+            bench.write({"rows": [row]})
+        assert row["status"] == "failed" and "boom" in row["reason"]
+        assert bench.failures == ["bad"]
+    assert len(calls) == 2
+    assert json.loads(out.read_text())["code"]["git_commit"] == "a" * 40
+
+
+def test_model_info_names_the_supervision(harness, tmp_path):
+    run = tmp_path / "4ake_snrinf_learned_refined"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "model.keras").write_bytes(b"weights")
+    (run / "model" / "config.json").write_text(json.dumps(
+        {"mode": "rendered", "sources": [str(tmp_path / "4ake.h5")], "snr_range": None}))
+    (run / "pipeline.json").write_text(json.dumps({"timings_s": {"train": 321.5}}))
+    info = harness.model_info(str(run / "model"), "4ake")
+    assert info["supervision"].startswith("supervised on the true map")
+    assert info["training_seconds"] == 321.5 and info["mode"] == "rendered"
+    assert "unseen" in harness.model_info(str(run / "model"), "1ubq")["supervision"]
+    general = harness.model_info("pretrained", "4ake")  # shipped: trained on other proteins
+    assert "unseen" in general["supervision"] and general["training_seconds"] is None
+    with pytest.raises(FileNotFoundError):
+        harness.model_info(str(tmp_path / "nothing"), "4ake")
+
+
+# ----------------------------------------------------------------------------
+# The scripts, --quick, in a subprocess
+# ----------------------------------------------------------------------------
+FAKE_ASPIRE = textwrap.dedent("""\
+    import argparse, json, os
+    import numpy as np
+    p = argparse.ArgumentParser()
+    for name in ("--images", "--rotations-out", "--out", "--n-theta", "--pixel-size", "--dtype",
+                 "--threads"):
+        p.add_argument(name)
+    a, _ = p.parse_known_args()
+    n = len(np.load(a.images))
+    q = np.random.default_rng(0).standard_normal((n, 4))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    w, x, y, z = q.T
+    R = np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+                  2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+                  2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1)
+    np.save(a.rotations_out, R.reshape(n, 3, 3))
+    json.dump({"seconds": 0.01, "threads_option": a.threads,
+               "omp": os.environ.get("OMP_NUM_THREADS")}, open(a.out, "w"))
+""")
+
+
+def test_common_lines_quick(tmp_path):
+    """Ours and a stand-in for ASPIRE (random rotations, ASPIRE's worker interface) through
+    the same refinement, with the same thread count; a rerun reuses every part."""
+    (tmp_path / "fake_worker.py").write_text(FAKE_ASPIRE)
+    fake_python = tmp_path / "fake-python"
+    fake_python.write_text(f"#!/bin/sh\nshift\nexec {sys.executable} "
+                           f"{tmp_path / 'fake_worker.py'} \"$@\"\n")
+    fake_python.chmod(0o755)
+    out = tmp_path / "cl.json"
+    args = ("--work-dir", str(tmp_path / "work"), "--runs-dir", str(tmp_path / "runs"),
+            "--out", str(out), "--figure", str(tmp_path / "cl.png"),
+            "--aspire-python", str(fake_python), "--threads", "1")
+    run_script("common_lines.py", *args, cwd=tmp_path)
+    report = json.loads(out.read_text())
+    assert [row["snr_label"] for row in report["rows"]] == ["inf", "1/4"]
+    assert report["threads"]["threads"] == 1 and report["code"]["git_commit"]
+    for row in report["rows"]:
+        ours, aspire = row["ours"], row["aspire"]
+        assert ours["status"] == "ok" and aspire["status"] == "ok" and not ours["stale"]
+        assert ours["e_or"] < 0.5  # perturbed distances (σ² = 0.2), then refined
+        assert finite(ours["e_or_unrefined"], ours["e_or"], ours["seconds"]["first_guess"],
+                      ours["seconds"]["total"], ours["resolution_fsc05_angstrom"],
+                      aspire["e_or_unrefined"], aspire["e_or"], aspire["seconds"]["total"],
+                      aspire["resolution_fsc05_angstrom"],
+                      row["oracle"]["resolution_fsc05_angstrom"],
+                      row["comparison"]["ratio_e_or"], row["comparison"]["ratio_e_or_first_guess"])
+        assert ours["seconds"]["training"] is None and ours["model"] is None  # no model
+        assert aspire["e_or_unrefined"] > 1.0  # random first guess…
+        assert ours["scenario"]["settings"]["ours"]["refine"] \
+            == aspire["scenario"]["settings"]["aspire"]["refine"]
+        assert aspire["worker"]["threads_option"] == "1" and aspire["worker"]["omp"] == "1"
+        assert row["comparison"]["goal_met"] is not None
+    assert (tmp_path / "cl.png").is_file()
+    run_script("common_lines.py", *args, cwd=tmp_path)
+    again = json.loads(out.read_text())
+    assert all(row[part]["reused"] for row in again["rows"] for part in ("ours", "aspire"))
+
+
+def test_common_lines_without_aspire(tmp_path):
+    out = tmp_path / "cl.json"
+    printed = run_script("common_lines.py", "--work-dir", str(tmp_path / "work"), "--runs-dir",
+                         str(tmp_path / "runs"), "--out", str(out), "--figure",
+                         str(tmp_path / "cl.png"), "--snrs", "inf",
+                         "--aspire-python", str(tmp_path / "no-aspire" / "python"), cwd=tmp_path)
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["ours"]["status"] == "ok" and finite(row["ours"]["e_or"])
+    assert row["aspire"]["status"] == "skipped" and "ASPIRE was not run" in row["aspire"]["reason"]
+    assert row["comparison"]["ratio_e_or"] is None and "not run" in printed
+
+
+def test_preferred_views_quick(tmp_path):
+    out = tmp_path / "pv.json"
+    run_script("preferred_views.py", "--work-dir", str(tmp_path / "work"), "--out", str(out),
+               "--figure", str(tmp_path / "pv.png"), cwd=tmp_path)
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert len(rows) == 2 and report["settings"]["estimator"] == "perturbed"
+    uniform, preferred = sorted(rows, key=lambda row: row["strength"]["fraction"])
+    assert preferred["coverage"]["share_near_direction"] > 2 * uniform["coverage"]["share_near_direction"]
+    assert uniform["e_or_o4_rad"] < 0.5
+    for row in rows:
+        assert finite(row["l_de"], row["e_or_o4_rad"], row["e_or_rad"],
+                      row["e_or_before_frame_rad"], row["seconds"]["total"])
+    assert (tmp_path / "pv.png").is_file()
+
+
+def test_orientation_recovery_quick_parts(tmp_path):
+    out = tmp_path / "or.json"
+    run_script("orientation_recovery.py", "--parts", "exact-1650", "learned", "align-large",
+               "--work-dir", str(tmp_path / "none"), "--out", str(out), cwd=tmp_path)
+    report = json.loads(out.read_text())
+    rows = {(row["part"], row["method"]): row for row in report["rows"]}
+    assert rows["exact-1650", "spectral+descent"]["e_or_o4"] < 1e-3
+    assert rows["exact-1650", "spectral only (steps=0)"]["e_or_o4"] < 1e-3
+    assert finite(rows["align-large", "align_physical"]["e_or"],
+                  rows["align-large", "align_o4"]["e_or_o4"])
+    assert {s["part"] for s in report["skipped"]} == {"learned-clean", "learned-noisy"}
+
+
+@pytest.mark.slow  # about 3 min on two cores
+def test_orientation_recovery_quick(tmp_path):
+    out = tmp_path / "or.json"
+    run_script("orientation_recovery.py", "--work-dir", str(tmp_path / "none"), "--out",
+               str(out), cwd=tmp_path)
+    report = json.loads(out.read_text())
+    parts = {row["part"] for row in report["rows"]}
+    assert parts == {"exact-1650", "exact-large", "perturbed-0.8", "frame", "align-large"}
+    frames = [row for row in report["rows"] if row["part"] == "frame"]
+    assert len(frames) == 2 and frames[0]["e_or"] < 0.05  # exact distances, noiseless images
+    assert all(finite(row["seconds"]) for row in report["rows"])
+
+
+@pytest.mark.slow  # about 90 s on two cores
 def test_paper_table_quick(tmp_path):
     out = tmp_path / "paper.json"
     run_script("paper_table.py", "--runs-dir", str(tmp_path / "runs"), "--out", str(out),
@@ -40,6 +242,7 @@ def test_paper_table_quick(tmp_path):
     assert "| 4ake (C1) | ∞ | exact |" in table and "12.2" in table  # ours, then the paper's
 
 
+@pytest.mark.slow
 def test_generalisation_quick(tmp_path):
     out = tmp_path / "gen.json"
     args = ("--work-dir", str(tmp_path / "work"), "--runs-dir", str(tmp_path / "runs"),
@@ -52,30 +255,6 @@ def test_generalisation_quick(tmp_path):
     assert "4ake" not in general["proteins"]
     kinds = {(row["volume"], row["model"]) for row in report["rows"]}
     assert kinds == {("4ake", "general"), ("4ake", "per-protein")}
-    for row in report["rows"]:  # both ran the pipeline (or say which stage failed)
-        assert row["failed"] or math.isfinite(row["metrics"]["e_or_o4_rad"])
-
-
-def test_common_lines_quick(tmp_path):
-    out = tmp_path / "cl.json"
-    run_script("common_lines.py", "--work-dir", str(tmp_path / "work"), "--runs-dir",
-               str(tmp_path / "runs"), "--out", str(out), "--figure", str(tmp_path / "cl.png"),
-               "--no-aspire", cwd=tmp_path)
-    report = json.loads(out.read_text())
-    assert [row["snr_label"] for row in report["rows"]] == ["inf", "1/4"]
-    for row in report["rows"]:
-        assert row["ours"]["status"] == "ok" and row["aspire"]["status"] == "skipped"
-        assert row["ours"]["e_or"] < 0.5  # perturbed distances (σ² = 0.2), then refined
-        assert row["oracle"]["resolution_fsc05_angstrom"] > 0
-    assert (tmp_path / "cl.png").is_file()
-
-
-def test_preferred_views_quick(tmp_path):
-    out = tmp_path / "pv.json"
-    run_script("preferred_views.py", "--work-dir", str(tmp_path / "work"), "--out", str(out),
-               "--figure", str(tmp_path / "pv.png"), cwd=tmp_path)
-    rows = json.loads(out.read_text())["rows"]
-    assert len(rows) == 2
-    uniform, preferred = sorted(rows, key=lambda row: row["strength"]["fraction"])
-    assert preferred["coverage"]["share_near_direction"] > 2 * uniform["coverage"]["share_near_direction"]
-    assert uniform["e_or_o4_rad"] < 0.5
+    for row in report["rows"]:  # both ran the whole pipeline
+        assert not row["failed"], row["failed"]
+        assert finite(row["metrics"]["e_or_o4_rad"], row["metrics"]["e_or_rad"])
