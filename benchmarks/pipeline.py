@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", type=Path, default=Path("data/benchmarks/pipeline"),
                         help="run folder (emptied first)")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/pipeline.json"))
+    parser.add_argument("--images", type=Path, default=Path("images"),
+                        help="where the README's two figures of the run are copied")
     args = parser.parse_args(argv)
     shutil.rmtree(args.out_dir, ignore_errors=True)
     start = time.perf_counter()
@@ -43,6 +45,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"goal (< {GOAL_SECONDS} s): {'met' if wall < GOAL_SECONDS else 'MISSED'}")
     write_report({"benchmark": "pipeline", "rows": rows, "metrics": metrics,
                   "wall_seconds": wall, "machine": machine_info(None)}, args.json)
+    for figure, name in (("dp_dq.png", "pipeline-dp-dq.png"), ("map.png", "pipeline-map.png")):
+        if (args.out_dir / "figures" / figure).exists():
+            args.images.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(args.out_dir / "figures" / figure, args.images / name)
 
 
 if __name__ == "__main__":
