@@ -1,0 +1,462 @@
+"""Commands of the method's phases: train, distances, recover, refine, reconstruct.
+
+Each scores its output only against a ground truth, or against reference poses when
+asked (``--reference-poses``), and names any ground truth it reads for more than scoring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ..datasets import Dataset, Reference
+    from ..distance import Estimator
+
+
+# ----------------------------------------------------------------------------
+# Scoring: only against ground truth, or a reference when asked
+# ----------------------------------------------------------------------------
+def add_reference_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reference-poses", action="store_true",
+                        help="score against the dataset's reference poses (e.g. the angles of "
+                             "an imported RELION refinement) when it has no ground truth")
+
+
+def scoring_reference(data: Dataset, indices: np.ndarray,
+                      args: argparse.Namespace) -> Reference | None:
+    """The poses to score against (a :class:`cryoem.datasets.Reference`), or ``None``, said aloud."""
+    from .. import datasets
+
+    reference = datasets.poses_for_scoring(data, indices, getattr(args, "reference_poses", False))
+    if reference is None:
+        kind = data.source("orientations")
+        hint = (" (its reference poses are used only with --reference-poses)"
+                if kind == datasets.REFERENCE else "")
+        print(f"not scored: {data.path} has no ground-truth orientations{hint}")
+    return reference
+
+
+def require_truth(estimator: Estimator, data: Dataset) -> None:
+    """Refuse an estimator that reads ground truth on data that have none; name its use."""
+    from .. import datasets
+
+    fields = estimator.truth_fields
+    if not fields:
+        return
+    if data.source("orientations") != datasets.GROUND_TRUTH:
+        raise ValueError(f"the {estimator.name} estimator reads the true orientations, which "
+                         f"{data.path} does not have: use --estimator learned --model MODEL_DIR")
+    print(f"ground truth used: the {estimator.name} estimator reads the true "
+          f"{', '.join(fields)} (an oracle, not a method)")
+
+
+# ----------------------------------------------------------------------------
+# cryoem train
+# ----------------------------------------------------------------------------
+def add_train_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", type=Path, nargs="+", metavar="DATA.h5",
+                        help="training dataset(s), e.g. several proteins at the same --size")
+    parser.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR",
+                        help="folder for the model, its config, history and logs")
+    parser.add_argument("--epochs", type=int, default=20, help="epochs (default: 20)")
+    parser.add_argument("--steps-per-epoch", type=int, default=100,
+                        help="batches per epoch in rendered mode (default: 100)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+    parser.add_argument("--arch", choices=("paper", "light"), default="light",
+                        help="network: the paper's 7 blocks or a light one for CPUs "
+                             "(default: light)")
+    parser.add_argument("--width", type=float, default=1.0, help="filter-count multiplier")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="downsample images to this edge inside the model (low-pass)")
+    parser.add_argument("--mode", choices=("rendered", "fixed"), default="rendered",
+                        help="rendered: fresh images, noise and shifts every batch; fixed: the "
+                             "dataset's training split as stored (the paper's protocol)")
+    parser.add_argument("--snr-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                        help="rendered mode: SNR drawn log-uniformly in [LO, HI] per image "
+                             "(default: the dataset's SNR, noiseless if it has none)")
+    parser.add_argument("--max-shift", type=float, default=None, metavar="PX",
+                        help="rendered mode: shifts within ±PX (default: the dataset's)")
+    parser.add_argument("--allow-reference-labels", action="store_true",
+                        help="fixed mode: accept labels that are not a ground truth (e.g. the "
+                             "angles of an imported RELION refinement)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--patience", type=int, default=6, help="early-stopping patience (epochs)")
+    parser.add_argument("--threads", type=int, default=None, help="TensorFlow threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a finished model in --out (an interrupted run resumes)")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train the Siamese distance network on projections."""
+    from .. import datasets, siamese
+
+    siamese.configure_threads(args.threads)
+    data = [datasets.load(path) for path in args.data]
+    _check_labels(data, args)
+    first = data[0].attrs
+    snr = first.get("snr", float("inf"))
+    snr_range = tuple(args.snr_range) if args.snr_range else (
+        None if not np.isfinite(snr) else (snr, snr))
+    config = siamese.TrainingConfig(
+        arch=args.arch, width=args.width, input_size=args.input_size, mode=args.mode,
+        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, patience=args.patience, snr_range=snr_range,
+        max_shift=args.max_shift if args.max_shift is not None else first.get("max_shift", 0.0),
+        ctf=bool(first.get("ctf", False)), seed=args.seed,
+    )
+    start = time.perf_counter()
+    history = siamese.train(data, args.out, config, overwrite=args.overwrite)
+    best = min(history.get("val_loss", [float("nan")]))
+    print(f"trained {args.arch} network for {len(history['loss'])} epochs in "
+          f"{time.perf_counter() - start:.0f} s: best validation L_DE {best:.4f} rad²; "
+          f"model in {args.out}")
+    return 0
+
+
+def _check_labels(data: list[Dataset], args: argparse.Namespace) -> None:
+    """Training labels must be a ground truth, unless the user accepts a reference; say which."""
+    from .. import datasets
+
+    truth = []
+    for item in data:
+        kind = item.source("orientations")
+        if kind == datasets.GROUND_TRUTH:
+            truth.append(item)
+            continue
+        if kind == datasets.REFERENCE and args.mode == "fixed" and args.allow_reference_labels:
+            print(f"training labels of {item.path}: reference poses, not a ground truth "
+                  "(--allow-reference-labels)")
+            continue
+        need = ("rendered mode draws training images from a ground-truth map" if args.mode ==
+                "rendered" else "fixed mode trains on the stored orientations as labels")
+        extra = (": pass --allow-reference-labels to train on them anyway"
+                 if kind == datasets.REFERENCE and args.mode == "fixed" else "")
+        raise ValueError(f"{item.path} has no ground-truth orientations ({kind}); {need}{extra}")
+    if truth:
+        read = ("map (volume), orientations, SNR and shift range: supervised on the true map"
+                if args.mode == "rendered" else
+                "orientations of the training and validation splits")
+        print(f"ground truth used: training reads the true {read} "
+              f"({', '.join(str(item.path) for item in truth)})")
+
+
+# ----------------------------------------------------------------------------
+# cryoem distances
+# ----------------------------------------------------------------------------
+def add_distances_args(parser: argparse.ArgumentParser) -> None:
+    from ..distance import ESTIMATORS
+
+    parser.add_argument("data", type=Path, metavar="DATA.h5", help="dataset")
+    parser.add_argument("--estimator", choices=ESTIMATORS, default="learned")
+    parser.add_argument("--model", type=Path, default=None, metavar="MODEL_DIR",
+                        help="trained model (learned estimator), or `pretrained`: the general "
+                             "model shipped with cryoem")
+    parser.add_argument("--sigma2", type=float, default=0.2,
+                        help="noise variance in rad² (perturbed estimator, default: 0.2)")
+    parser.add_argument("--split", choices=("test", "validation", "train", "all"), default="test",
+                        help="which projections (default: test)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True, metavar="D.h5",
+                        help="output HDF5 file with the distance matrix")
+    add_reference_arg(parser)
+
+
+def run_distances(args: argparse.Namespace) -> int:
+    """Estimate the distance matrix between projections of a dataset."""
+    from .. import datasets, distance, rotations
+
+    data = datasets.load(args.data)
+    indices = np.arange(len(data)) if args.split == "all" else data.split[args.split]
+    estimator = distance.make_estimator(args.estimator, model_dir=args.model, sigma2=args.sigma2,
+                                        seed=args.seed)
+    require_truth(estimator, data)
+    estimator.fit(data)
+    start = time.perf_counter()
+    matrix = estimator.matrix(data, indices)
+    elapsed = time.perf_counter() - start
+    reference = scoring_reference(data, indices, args)
+    score = None
+    if reference is not None:
+        group = data.attrs.get("symmetry", "C1")
+        truth = rotations.symmetric_distance_matrix(reference.orientations,
+                                                    rotations.point_group(group))
+        score = distance.l_de(matrix, truth)
+    distance.save_matrix(args.out, matrix, indices, estimator=args.estimator, source=str(args.data),
+                         l_de=score)
+    line = (f"wrote {args.out}: {len(indices)}×{len(indices)} {args.estimator} distances "
+            f"({args.split} split) in {elapsed:.1f} s")
+    if reference is not None:
+        line += f"; L_DE against {reference.label} {score:.4f} rad²"
+    print(line)
+    return 0
+
+
+# ----------------------------------------------------------------------------
+# cryoem recover
+# ----------------------------------------------------------------------------
+def add_recover_args(parser: argparse.ArgumentParser) -> None:
+    from ..distance import ESTIMATORS
+
+    parser.add_argument("data", type=Path, metavar="DATA.h5", help="dataset")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--distances", type=Path, metavar="D.h5",
+                        help="distance matrix from `cryoem distances`")
+    source.add_argument("--estimator", choices=ESTIMATORS, help="estimate distances here")
+    parser.add_argument("--model", type=Path, default=None, metavar="MODEL_DIR",
+                        help="trained model, or `pretrained` (the general model shipped with "
+                             "cryoem: no training)")
+    parser.add_argument("--sigma2", type=float, default=0.2, help="perturbed estimator's σ²")
+    parser.add_argument("--split", choices=("test", "all"), default="test",
+                        help="which projections (default: test, never seen in training)")
+    parser.add_argument("--init", choices=("spectral", "random"), default="spectral")
+    parser.add_argument("--steps", type=int, default=2000, help="gradient steps at most")
+    parser.add_argument("--learning-rate", type=float, default=0.01)
+    parser.add_argument("--max-distance", type=float, default=None,
+                        help="down-weight pairs whose estimated distance exceeds this (rad)")
+    parser.add_argument("--restarts", type=int, default=1)
+    parser.add_argument("--no-resolve-frame", action="store_true",
+                        help="skip choosing, from the images' common lines, the frame that "
+                             "distances cannot see (the output is then right only up to O(4))")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True, metavar="ORIENT.h5")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_reference_arg(parser)
+
+
+def run_recover(args: argparse.Namespace) -> int:
+    """Recover orientations from distances; score them when a ground truth exists."""
+    from .. import commonlines, datasets, distance, recovery
+
+    data = datasets.load(args.data)
+    if args.distances is not None:
+        matrix, indices, _ = distance.load_matrix(args.distances)
+    else:
+        indices = np.arange(len(data)) if args.split == "all" else data.split["test"]
+        estimator = distance.make_estimator(args.estimator, model_dir=args.model,
+                                            sigma2=args.sigma2, seed=args.seed)
+        require_truth(estimator, data)
+        matrix = estimator.fit(data).matrix(data, indices)
+    symmetry = data.attrs.get("symmetry", "C1")
+    result = recovery.recover(matrix, init=args.init, steps=args.steps,
+                              learning_rate=args.learning_rate, max_distance=args.max_distance,
+                              restarts=args.restarts, symmetry=symmetry,
+                              seed=args.seed, progress=not args.quiet)
+    orientations, frame = result.quaternions, None
+    if not args.no_resolve_frame:
+        frame = commonlines.resolve_frame(data.projections[indices], result.quaternions,
+                                          seed=args.seed, progress=not args.quiet)
+        orientations = recovery.to_asymmetric_unit(frame.quaternions, symmetry)
+    reference = scoring_reference(data, indices, args)
+    scores = {} if reference is None else _recovery_scores(result.quaternions, orientations,
+                                                           reference, symmetry)
+    recovery.save_orientations(
+        args.out, orientations, indices, result.loss_history, source=str(args.data),
+        l_or=result.final_loss, init_residual=result.init_residual,
+        frame_resolved=frame is not None,
+        frame_confidence=None if frame is None else frame.confidence,
+        scored_against=None if reference is None else reference.label,
+        handedness="undetermined (projections cannot tell a map from its mirror image)",
+        **scores)
+    print(f"wrote {args.out}: {len(indices)} orientations in {result.seconds:.1f} s "
+          f"({result.steps} steps), L_OR {result.final_loss:.4f} rad²")
+    if frame is not None:
+        print(f"frame chosen from common lines: {'transposed' if frame.transposed else 'plain'} "
+              f"branch, confidence {frame.confidence:.1f} standard errors; the handedness stays "
+              "undetermined (projections cannot tell a map from its mirror image)")
+    if reference is not None:
+        line = (f"E_OR against {reference.label} (used only to score): paper's O(4) metric "
+                f"{scores['e_or_o4_rad']:.3f} rad; physical {scores['e_or_before_frame_rad']:.3f}"
+                " rad from distances alone")
+        if frame is not None:
+            line += (f", {scores['e_or_rad']:.3f} rad (median {scores['e_or_median_rad']:.3f}) "
+                     "after choosing the frame")
+        print(line)
+    if frame is not None and not frame.distinguishable:
+        raise RuntimeError(
+            f"the common-line score cannot distinguish the frame (confidence "
+            f"{frame.confidence:.1f} < 5 standard errors): the orientations in {args.out} may be "
+            "wrong for reconstruction; try more projections or a higher SNR")
+    return 0
+
+
+def _recovery_scores(from_distances: np.ndarray, final: np.ndarray, reference: Reference,
+                     symmetry: str) -> dict[str, float]:
+    """Both metrics of recovered orientations against reference poses."""
+    from .. import alignment
+
+    truth = reference.orientations
+    physical = alignment.align_physical(final, truth, symmetry)
+    return {"e_or_o4_rad": alignment.align_o4(from_distances, truth, symmetry).mean,
+            "e_or_before_frame_rad": alignment.align_physical(from_distances, truth, symmetry).mean,
+            "e_or_rad": physical.mean, "e_or_median_rad": physical.median}
+
+
+# ----------------------------------------------------------------------------
+# cryoem reconstruct
+# ----------------------------------------------------------------------------
+def add_reconstruct_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", type=Path, metavar="DATA.h5", help="dataset")
+    parser.add_argument("--orientations", type=Path, default=None, metavar="ORIENT.h5",
+                        help="recovered orientations (default: the dataset's own poses: the "
+                             "truth of a simulation, an oracle)")
+    parser.add_argument("--out", type=Path, required=True, metavar="MAP.mrc",
+                        help="the map, in the orientations' own frame; with a ground truth "
+                             "(or --reference-poses) also MAP_aligned_to_truth.mrc, for scoring")
+    parser.add_argument("--reference", type=Path, default=None, metavar="TRUE.mrc",
+                        help="map to score against (default: the dataset's ground-truth map)")
+    parser.add_argument("--half-maps", action="store_true",
+                        help="also reconstruct two random halves and report their FSC at 0.143")
+    parser.add_argument("--oracle-shifts", action="store_true",
+                        help="use the true shifts (an oracle reconstruction, labelled as such)")
+    parser.add_argument("--iterations", type=int, default=30, help="conjugate-gradient steps")
+    parser.add_argument("--regularization", type=float, default=1e-3,
+                        help="Tikhonov weight relative to the data term's mean diagonal")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_reference_arg(parser)
+
+
+def run_reconstruct(args: argparse.Namespace) -> int:
+    """Reconstruct a map from projections and orientations; report its FSC resolution."""
+    from .. import datasets, reconstruction, recovery, resolution, volumes
+
+    data = datasets.load(args.data)
+    notes: list[str] = []
+    if args.orientations is None:
+        kind = data.source("orientations")
+        if kind == datasets.ABSENT:
+            raise ValueError(f"{args.data} holds no orientations: pass --orientations ORIENT.h5")
+        indices = np.arange(len(data))
+        orientations = data.orientations
+        notes.append("true orientations (oracle)" if kind == datasets.GROUND_TRUTH
+                     else "the dataset's reference poses")
+        estimated_shifts = None
+    else:
+        orientations, indices, attrs = recovery.load_orientations(args.orientations)
+        estimated_shifts = attrs.get("shifts")
+    shifts = _reconstruction_shifts(data, indices, estimated_shifts, args.oracle_shifts, notes)
+    options = dict(shifts=shifts, ctf=data.ctf[indices] if data.ctf is not None else None,
+                   pixel_size=data.pixel_size, iterations=args.iterations,
+                   regularization=args.regularization, progress=not args.quiet)
+    images = data.projections[indices]
+    result = reconstruction.reconstruct(images, orientations, **options)
+    volumes.save_map(volumes.Volume(result.data, data.pixel_size, args.out.stem), args.out)
+    line = f"wrote {args.out}: {len(indices)} images, {result.iterations} CG iterations"
+    line += _score_map(args, data, indices, orientations, options, notes)
+    if args.half_maps:
+        first, second, _ = reconstruction.half_maps(images, orientations, **options)
+        for k, half in enumerate((first, second), start=1):
+            volumes.save_map(volumes.Volume(half.data, data.pixel_size),
+                             args.out.with_name(f"{args.out.stem}_half{k}.mrc"))
+        curve = resolution.fsc(first.data, second.data, data.pixel_size, mask=True)
+        line += (f"; half maps FSC 0.143: {curve.resolution(0.143):.2f} Å (halves split after "
+                 "the orientations were estimated from all images: not independent)")
+    print(line + (f" [{'; '.join(notes)}]" if notes else ""))
+    return 0
+
+
+def _reconstruction_shifts(data: Dataset, indices: np.ndarray, estimated: np.ndarray | None,
+                           oracle: bool, notes: list[str]) -> np.ndarray | None:
+    """The shifts to reconstruct with: estimated ones, or the true ones when asked (an oracle)."""
+    from .. import datasets
+
+    if oracle:
+        if data.source("shifts") != datasets.GROUND_TRUTH:
+            raise ValueError(f"--oracle-shifts: {data.path} has no ground-truth shifts")
+        notes.append("true shifts (oracle)")
+        return data.shifts[indices]
+    if estimated is not None:
+        notes.append("estimated shifts")
+    else:
+        notes.append("no shifts estimated: any shifts of the images are ignored (run cryoem "
+                     "refine)")
+    return estimated
+
+
+def _score_map(args: argparse.Namespace, data: Dataset, indices: np.ndarray,
+               orientations: np.ndarray, options: dict, notes: list[str]) -> str:
+    """FSC against the reference map, after putting a copy in the reference poses' frame.
+
+    The map written to ``--out`` stays in the orientations' own frame (what a user without
+    a truth gets); the aligned copy ``MAP_aligned_to_truth.mrc`` exists only to score.
+    """
+    from .. import alignment, reconstruction, resolution, volumes
+
+    reference_map = (volumes.load_map(args.reference).data if args.reference is not None
+                     else data.volume)
+    if reference_map is None:
+        return "; not scored (no reference map: pass --reference TRUE.mrc)"
+    reference = scoring_reference(data, indices, args)
+    if reference is None:
+        return "; not scored against a map (no poses to align the map's frame with)"
+    fit = alignment.align_physical(orientations, reference.orientations,
+                                   data.attrs.get("symmetry", "C1"))
+    aligned = reconstruction.reconstruct(data.projections[indices],
+                                         fit.to_truth_frame(orientations),
+                                         **{**options, "progress": False})
+    path = args.out.with_name(f"{args.out.stem}_aligned_to_truth.mrc")
+    volumes.save_map(volumes.Volume(aligned.data, data.pixel_size, path.stem), path)
+    notes.append(f"scored after a copy was put in the frame of {reference.label} "
+                 f"(global rotation{', mirrored' if fit.flipped else ''}): {path.name}")
+    curve = resolution.fsc(aligned.data, reference_map, data.pixel_size)
+    return f"; FSC 0.5 against the reference map: {curve.resolution(0.5):.2f} Å"
+
+
+# ----------------------------------------------------------------------------
+# cryoem refine
+# ----------------------------------------------------------------------------
+def add_refine_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", type=Path, metavar="DATA.h5", help="dataset")
+    parser.add_argument("--orientations", type=Path, required=True, metavar="ORIENT.h5",
+                        help="first guess (e.g. from cryoem recover)")
+    parser.add_argument("--out", type=Path, required=True, metavar="REFINED.h5")
+    parser.add_argument("--iterations", type=int, default=6, help="local iterations at most")
+    parser.add_argument("--global-iterations", type=int, default=2,
+                        help="global searches over all orientations first (default: 2; 0: "
+                             "local only)")
+    parser.add_argument("--step", type=float, default=0.3,
+                        help="radius of the first local search, rad (default: 0.3)")
+    parser.add_argument("--max-shift", type=float, default=8.0,
+                        help="largest shift estimated, pixels (default: 8)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_reference_arg(parser)
+
+
+def run_refine(args: argparse.Namespace) -> int:
+    """Refine orientations and estimate shifts by gold-standard local projection matching."""
+    from .. import alignment, datasets, recovery, refinement
+
+    data = datasets.load(args.data)
+    q, indices, attrs = recovery.load_orientations(args.orientations)
+    result = refinement.refine(
+        data.projections[indices], q, shifts=attrs.get("shifts"),
+        ctf=data.ctf[indices] if data.ctf is not None else None, pixel_size=data.pixel_size,
+        iterations=args.iterations, global_iterations=args.global_iterations, step=args.step,
+        max_shift_total=args.max_shift, seed=args.seed, progress=not args.quiet)
+    last = result.history[-1]
+    reference = scoring_reference(data, indices, args)
+    scores: dict[str, object] = {}
+    if reference is not None:
+        symmetry = data.attrs.get("symmetry", "C1")
+        after = alignment.align_physical(result.quaternions, reference.orientations, symmetry)
+        scores = {"e_or_unrefined_rad": alignment.align_physical(
+                      q, reference.orientations, symmetry).mean,
+                  "e_or_rad": after.mean, "e_or_median_rad": after.median,
+                  "scored_against": reference.label}
+    recovery.save_orientations(args.out, result.quaternions, indices, shifts=result.shifts,
+                               halfmap_fsc0143_angstrom=last["halfmap_fsc0143_angstrom"],
+                               source=str(args.data), **scores)
+    line = (f"wrote {args.out}: {len(indices)} orientations and shifts refined in "
+            f"{len(result.history)} iterations; half maps FSC 0.143 "
+            f"{last['halfmap_fsc0143_angstrom']:.2f} Å")
+    if reference is not None:
+        line += (f"; physical E_OR against {reference.label} (used only to score) "
+                 f"{scores['e_or_unrefined_rad']:.3f} → {scores['e_or_rad']:.3f} rad")
+    print(line)
+    return 0
