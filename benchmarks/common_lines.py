@@ -429,9 +429,9 @@ def main(argv: list[str] | None = None) -> int:
                                    max_shift=args.max_shift, **stale_option)
                 m = run["metrics"]
                 pipeline = {"run": run["folder"], "failed": run["failed"],
-                            **{k: m.get(k) for k in ("l_de_val", "e_or_o4_rad", "e_or_rad",
-                                                     "e_or_unrefined_rad", "timings_s",
-                                                     "resolution_fsc05_angstrom")}}
+                            **{k: m.get(k) for k in ("l_de_test", "l_de_val", "e_or_o4_rad",
+                                                     "e_or_rad", "e_or_unrefined_rad",
+                                                     "timings_s", "resolution_fsc05_angstrom")}}
                 run_args = argparse.Namespace(**{
                     **vars(args), "model": str(Path(run["folder"]) / "model"),
                     "pipeline_data": str(Path(run["folder"]) / "data.h5")})
