@@ -1,4 +1,4 @@
-"""The Siamese network of Phase 1: learn ``d_p(p_i, p_j) ≈ d_q(q_i, q_j)`` (Keras on TensorFlow).
+"""The Siamese network of Phase 1: learn ``d_p(p_i, p_j) ≈ d_q(q_i, q_j)`` (Keras 3, any backend).
 
 * :func:`build_embedding` — the feature extractor ``G_w``: per-image
   standardisation and optional area downsampling (both inside the saved
@@ -22,13 +22,20 @@
   stopping, a learning-rate schedule, TensorBoard logs, a CSV history and
   resumption after an interruption (``BackupAndRestore``).
 
-On several GPUs, wrap :func:`train` in ``tf.distribute.MirroredStrategy().scope()``:
-the model and optimizer are built inside :func:`train`, so they pick up the
-strategy (untested here: no GPU).
+The network, its loss and the training step use ``keras.ops`` only, so the
+same code trains under the TensorFlow (default), JAX and PyTorch backends
+(``KERAS_BACKEND``; ``tests/test_backends.py`` runs one step on each
+installed one).  Only :func:`configure_threads` and the TensorBoard logs of
+:func:`train` (written when TensorFlow is installed) touch a backend's own API.
+
+On several GPUs under TensorFlow, wrap :func:`train` in
+``tf.distribute.MirroredStrategy().scope()``: the model and optimizer are built
+inside :func:`train`, so they pick up the strategy (untested here: no GPU).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import time
@@ -42,7 +49,7 @@ from numpy.typing import NDArray
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from keras import ops  # noqa: E402
 
 from . import projection, provenance, rotations  # noqa: E402
 from ._models import (CONFIG_FILE, CONTRACT_FILE, MODEL_FILE, PRETRAINED,  # noqa: E402,F401
@@ -55,6 +62,7 @@ __all__ = [
     "build_embedding",
     "pairwise_distances",
     "uniform_pair_weights",
+    "pair_weight_matrix",
     "InBatchModel",
     "per_pair_model",
     "FixedBatches",
@@ -77,21 +85,38 @@ ARCHITECTURES: dict[str, dict[str, tuple[int, ...]]] = {
 #: Cosines are clipped to [EPSILON, 1 − EPSILON] before arccos (infinite slope at 1).
 EPSILON = 1e-6
 
+#: The L2 normalisation caps ``1/‖x‖`` at ``1/_NORM_EPSILON``: ``‖x‖²`` floored at 1e-12,
+#: as ``tf.math.l2_normalize`` (which the first models were trained with) does.
+_NORM_EPSILON = 1e-6
 
 
 def configure_threads(n: int | None) -> None:
-    """Use ``n`` threads in TensorFlow (intra-op) and one inter-op thread; ``None`` keeps defaults.
+    """Use ``n`` intra-op threads and one inter-op thread in the Keras backend; ``None`` keeps defaults.
 
-    Call before any TensorFlow work.  finufft takes its threads per call
-    (``nthreads``) and BLAS from ``OMP_NUM_THREADS``.
+    TensorFlow and PyTorch take the setting (call before any network work:
+    afterwards they may ignore it).  JAX reads its threads when it starts
+    (``XLA_FLAGS``), so under JAX this does nothing.  finufft takes its
+    threads per call (``nthreads``) and BLAS from ``OMP_NUM_THREADS``.
     """
     if n is None:
         return
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(n)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:  # already initialised: the settings can no longer change
-        pass
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(n)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:  # already initialised: the settings can no longer change
+            pass
+    elif backend == "torch":
+        import torch
+
+        torch.set_num_threads(n)
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:  # already set, or parallel work has started
+            pass
 
 
 # ----------------------------------------------------------------------------
@@ -141,11 +166,32 @@ def build_embedding(image_size: int, input_size: int | None = None, arch: str = 
     return keras.Model(inputs, outputs, name="embedding")
 
 
+def _arccos_distance(cosine: Any) -> Any:
+    """``2·arccos|cos|``, the cosine clipped to ``[EPSILON, 1 − EPSILON]``."""
+    return 2.0 * ops.arccos(ops.clip(ops.abs(cosine), EPSILON, 1.0 - EPSILON))
+
+
 def pairwise_distances(features: Any) -> Any:
     """All distances ``(B, B)`` between the rows of ``features``: ``2·arccos|cos|``."""
-    unit = tf.math.l2_normalize(features, axis=-1)
-    cosine = tf.abs(tf.matmul(unit, unit, transpose_b=True))
-    return 2.0 * tf.acos(tf.clip_by_value(cosine, EPSILON, 1.0 - EPSILON))
+    unit = ops.normalize(features, axis=-1, order=2, epsilon=_NORM_EPSILON)
+    return _arccos_distance(ops.matmul(unit, ops.transpose(unit)))
+
+
+def pair_weight_matrix(targets: Any, bins: int = 16, cap: float = 10.0) -> Any:
+    """Dense form of :func:`uniform_pair_weights`: a ``(B, B)`` matrix, zero off the pairs ``i < j``.
+
+    Fixed shapes only (no boolean masking), so it traces under every backend's
+    compiler: the count of each pair's bin is a one-hot sum over the strict
+    upper triangle.  Computed in the dtype of ``targets``.
+    """
+    targets = ops.convert_to_tensor(targets)
+    mask = ops.triu(ops.ones_like(targets), k=1)
+    index = ops.clip(ops.cast(targets / np.pi * bins, "int32"), 0, bins - 1)
+    one_hot = ops.one_hot(index, bins, dtype=targets.dtype) * ops.expand_dims(mask, -1)
+    counts = ops.sum(one_hot, axis=(0, 1))
+    floor = ops.sum(mask) / (bins * cap)
+    weights = mask / ops.maximum(ops.take(counts, index), floor)
+    return weights / ops.sum(weights)
 
 
 def uniform_pair_weights(targets: Any, bins: int = 16, cap: float = 10.0) -> Any:
@@ -154,18 +200,16 @@ def uniform_pair_weights(targets: Any, bins: int = 16, cap: float = 10.0) -> Any
     Each pair gets ``1 / (count of its bin)``, so every non-empty bin weighs
     the same; a bin with fewer than ``1/cap`` of the average count per bin is
     weighted as if it had that many (rare small distances would otherwise
-    explode).  Returns ``(mask, weights)``: the upper-triangle mask ``(B, B)``
-    and the weights of the masked pairs, summing to 1.
+    explode).  Returns ``(mask, weights)``: the boolean upper-triangle mask
+    ``(B, B)`` and the weights of the masked pairs in row-major order
+    (``np.triu_indices(B, 1)``), summing to 1.  ``B`` must be known (eager
+    use); the training loss uses the dense :func:`pair_weight_matrix`.
     """
-    size = tf.shape(targets)[0]
-    mask = tf.linalg.band_part(tf.ones((size, size), dtype=tf.bool), 0, -1)
-    mask = tf.logical_and(mask, tf.logical_not(tf.eye(size, dtype=tf.bool)))
-    values = tf.boolean_mask(targets, mask)
-    index = tf.clip_by_value(tf.cast(values / np.pi * bins, tf.int32), 0, bins - 1)
-    counts = tf.cast(tf.math.bincount(index, minlength=bins, maxlength=bins), values.dtype)
-    floor = tf.cast(tf.size(values), values.dtype) / (bins * cap)
-    weights = 1.0 / tf.maximum(tf.gather(counts, index), floor)
-    return mask, weights / tf.reduce_sum(weights)
+    weights = pair_weight_matrix(targets, bins, cap)
+    size = int(ops.shape(weights)[0])
+    upper = np.triu(np.ones((size, size), dtype=bool), k=1)
+    return ops.convert_to_tensor(upper), ops.take(ops.reshape(weights, (-1,)),
+                                                  np.flatnonzero(upper))
 
 
 class InBatchModel(keras.Model):
@@ -184,9 +228,9 @@ class InBatchModel(keras.Model):
     def compute_loss(self, x: Any = None, y: Any = None, y_pred: Any = None,
                      sample_weight: Any = None, training: bool = True) -> Any:
         """Uniform-weighted mean squared error over the pairs of the batch (L_DE)."""
-        mask, weights = uniform_pair_weights(y, self.bins, self.cap)
-        error = tf.boolean_mask(y_pred, mask) - tf.boolean_mask(tf.cast(y, y_pred.dtype), mask)
-        return tf.reduce_sum(tf.cast(weights, error.dtype) * tf.square(error))
+        y = ops.cast(y, y_pred.dtype)
+        weights = pair_weight_matrix(y, self.bins, self.cap)
+        return ops.sum(weights * ops.square(y_pred - y))
 
 
 @keras.saving.register_keras_serializable(package="cryoem")
@@ -194,10 +238,9 @@ class CosineDistance(keras.layers.Layer):
     """``2·arccos|cos_sim(a, b)|`` row by row."""
 
     def call(self, a: Any, b: Any) -> Any:
-        a = tf.math.l2_normalize(a, axis=-1)
-        b = tf.math.l2_normalize(b, axis=-1)
-        cosine = tf.abs(tf.reduce_sum(a * b, axis=-1))
-        return 2.0 * tf.acos(tf.clip_by_value(cosine, EPSILON, 1.0 - EPSILON))
+        a = ops.normalize(a, axis=-1, order=2, epsilon=_NORM_EPSILON)
+        b = ops.normalize(b, axis=-1, order=2, epsilon=_NORM_EPSILON)
+        return _arccos_distance(ops.sum(a * b, axis=-1))
 
 
 def per_pair_model(embedding: keras.Model) -> keras.Model:
@@ -372,7 +415,7 @@ def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
 
     ``out_dir`` receives ``model.keras`` (the best embedding by validation
     loss, preprocessing included), ``config.json``, ``history.csv``,
-    TensorBoard ``logs/`` and, while training, ``backup/``: rerunning the same
+    TensorBoard ``logs/`` (when TensorFlow is installed) and, while training, ``backup/``: rerunning the same
     call after an interruption resumes from the last finished epoch.  A folder
     holding a finished model is refused unless ``overwrite``, which clears it.
 
@@ -421,8 +464,10 @@ def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
         keras.callbacks.ReduceLROnPlateau(factor=0.5, patience=max(1, config.patience // 3)),
         keras.callbacks.EarlyStopping(patience=config.patience),
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
-        keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0),
     ]
+    if importlib.util.find_spec("tensorflow") is not None:  # Keras writes the logs with tf.summary
+        all_callbacks.append(keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False,
+                                                         profile_batch=0))
     if config.max_seconds is not None:
         all_callbacks.append(_TimeBudget(config.max_seconds))
     history = model.fit(train_data, validation_data=val_data, epochs=config.epochs,
