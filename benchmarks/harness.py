@@ -482,6 +482,8 @@ def model_info(model: str, test_volume: str | None = None) -> dict[str, Any]:
     from cryoem import datasets, siamese
 
     folder = siamese.model_directory(model)
+    if not (folder / siamese.MODEL_FILE).is_file():
+        raise FileNotFoundError(f"no trained model at {folder} ({siamese.MODEL_FILE} missing)")
     config = read_json(folder / siamese.CONFIG_FILE)
     contract = read_json(folder / "contract.json")
     sources = list(config.get("sources") or [])
