@@ -17,7 +17,7 @@ import math
 import os
 import platform
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -354,3 +354,33 @@ def _finished_run(folder: Path, row: dict[str, Any], reuse_stale: bool = False
             "metrics": metrics,
             "failed": f"stage '{failure['stage']}' failed: {failure['error']}" if failure else None,
             "produced_at": None if stale == "unknown" else (stale or current_commit())}
+
+
+def carry_over_rows(previous: dict[str, Any] | None, rows: list[dict[str, Any]],
+                    key: Callable[[dict[str, Any]], Any]) -> list[dict[str, Any]]:
+    """The rows of an earlier report that this run did not redo, each labelled with its commit.
+
+    A row that could not be rerun stays in the table, marked stale by the commit that
+    produced it (its own ``produced_at``, else the earlier report's, or its transcription's).
+
+    Parameters
+    ----------
+    previous : dict or None
+        The earlier report (its JSON), if any.
+    rows : list of dict
+        The rows this run produced.
+    key : callable
+        What identifies a row (e.g. protein, SNR and estimator).
+    """
+    if not previous:
+        return []
+    done = {key(row) for row in rows}
+    commit = ((previous.get("transcribed") or {}).get("commit")
+              or (previous.get("provenance") or {}).get("git_commit") or "unknown")
+    kept = []
+    for row in previous.get("rows", []):
+        if key(row) in done:
+            continue
+        kept.append({**row, "produced_at": row_commit(row) or commit,
+                     "carried_over": "not rerun by this run: kept from the previous report"})
+    return kept

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import (PROTEIN_TRAINING_EPOCHS, frame_and_refined,  # noqa: E402
+from _common import (PROTEIN_TRAINING_EPOCHS, carry_over_rows, frame_and_refined,  # noqa: E402
                      machine_info, pipeline_row, positive_snr, snr_tag, stale_label,
                      write_report)
 
@@ -295,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"benchmark": "paper_table", "machine": machine_info(args.threads),
                               "settings": settings, "paper": PAPER, "rows": [],
                               "random_resolution": {}}
+    previous = json.loads(args.out.read_text()) if args.out.is_file() and not args.quick else None
     start = time.perf_counter()
     for protein in args.proteins:
         for snr in args.snrs:
@@ -315,9 +316,15 @@ def main(argv: list[str] | None = None) -> int:
                       f"({row['seconds']:.0f} s)", flush=True)
                 report["seconds"] = time.perf_counter() - start
                 write(report, args.out)
+    report["rows"] += carry_over_rows(previous, report["rows"], _row_key)
     print(write(report, args.out))
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
     return 0
+
+
+def _row_key(row: dict[str, Any]) -> tuple[str, str, str]:
+    """A row's protein, SNR (as text) and estimator."""
+    return row["protein"], snr_tag(float(row["snr"])), row["estimator"]
 
 
 def write(report: dict[str, Any], out: Path) -> str:
