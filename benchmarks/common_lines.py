@@ -1,4 +1,4 @@
-"""Like for like: our first guess and ASPIRE's CLSyncVoting on the same images, then both refined alike.
+"""Like for like: our first guess and ASPIRE's on the same images, then both refined alike.
 
 Images: the first ``--n-subset`` test projections of the dataset a ``cryoem.pipeline``
 run makes at each SNR (``--snrs``; every SNR shares orientations, shifts and split,
@@ -36,7 +36,6 @@ import argparse
 import inspect
 import math
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -46,12 +45,11 @@ from _common import jsonable, pipeline_row, positive_snr, snr_label, volume_name
 from harness import Column, Harness, Scenario, score, timed
 
 HERE = Path(__file__).resolve().parent
-WORKER = HERE / "aspire_commonlines_worker.py"
 DEFAULT_OUT = HERE / "results" / "common_lines.json"
 WORK_DIR, RUNS_DIR = Path("data/benchmarks/common_lines"), Path("data/benchmarks/runs")
 SEED = 0
 GOAL_FACTOR = 1.5
-PARTS = ("ours", "aspire", "oracle")
+PARTS = ("ours", "aspire", "aspire_class_averages", "oracle")
 QUICK = {"size": 32, "n_projections": 300, "test_size": 100, "n_subset": 60,
          "snrs": [math.inf, 1 / 4], "iterations": 1, "steps": 300, "estimator": "perturbed",
          "out": WORK_DIR / "quick" / "common_lines.json", "work_dir": WORK_DIR / "quick",
@@ -80,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--aspire-dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--aspire-timeout", type=float, default=3 * 3600.0)
     p.add_argument("--no-aspire", action="store_true", help="skip ASPIRE")
+    p.add_argument("--aspire-class-averages", type=int, default=0, metavar="N_NBOR",
+                   help="also ASPIRE's class averages (N_NBOR neighbours, e.g. 50) then "
+                        "CLSyncVoting, refined alike (default 0: not run)")
     p.add_argument("--works-below", type=float, default=0.5, help="rad; see the goal")
     p.add_argument("--work-dir", type=Path, default=WORK_DIR)
     p.add_argument("--runs-dir", type=Path, default=RUNS_DIR)
@@ -135,37 +136,6 @@ def refine_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"iterations": args.iterations, "seed": SEED}
 
 
-def refine_and_score(args: argparse.Namespace, data: Any, subset: Any, first: Any,
-                     name: str) -> dict[str, Any]:
-    """``refinement.refine`` from a first guess, scored each iteration (untimed) and mapped."""
-    from cryoem import refinement
-
-    images, truth = data.projections[subset], data.orientations[subset]  # truth: to score
-    symmetry = str(data.attrs.get("symmetry", "C1"))
-    scoring = {"seconds": 0.0}
-
-    def callback(iteration: int, q: Any, shifts: Any) -> dict[str, float]:
-        numbers, seconds = timed(lambda: score(q, truth, symmetry)[0])
-        scoring["seconds"] += seconds
-        print(f"  {name}: refinement iteration {iteration}: e_or {numbers['e_or']:.4f}",
-              file=sys.stderr)
-        return {"e_or_rad": float(numbers["e_or"])}
-
-    refined, wall = timed(lambda: refinement.refine(
-        images, first, pixel_size=data.pixel_size, progress=args.progress, callback=callback,
-        **refine_options(args)))
-    final, fit = score(refined.quaternions, truth, symmetry)
-    shift_error = np.linalg.norm(refined.shifts - data.shifts[subset], axis=1)
-    return {**final, "e_or_by_iteration": [h["e_or_rad"] for h in refined.history],
-            "refinement_iterations": len(refined.history),
-            "mean_abs_shift_px": float(np.mean(np.abs(refined.shifts))),
-            "shift_error_px_median": float(np.median(shift_error)),
-            **harness.map_fsc(data, images, fit.to_truth_frame(refined.quaternions),
-                             refined.shifts, args.progress),
-            "refinement_seconds": wall - scoring["seconds"],
-            "refinement_scoring_seconds_excluded": scoring["seconds"]}
-
-
 def ours_settings(args: argparse.Namespace) -> dict[str, Any]:
     """What our part depends on besides the data (the model by its file's hash)."""
     settings = {"estimator": args.estimator, "steps": args.steps,
@@ -198,7 +168,8 @@ def run_ours(args: argparse.Namespace, data: Any, subset: Any, label: str) -> di
     frame, t_frame = timed(lambda: commonlines.resolve_frame(
         images, recovered.quaternions, seed=SEED, progress=args.progress, **args.frame_options))
     first = recovery.to_asymmetric_unit(frame.quaternions, symmetry)
-    refined = refine_and_score(args, data, subset, first, f"SNR {label}: ours")
+    refined = harness.refine_and_score(data, subset, first, refine_options(args),
+                                       args.progress, f"SNR {label}: ours")
     info = ours_settings(args).get("model")
     training = (info or {}).get("training_seconds")
     seconds = {"distances": t_distances, "recovery": t_recovery, "frame": t_frame,
@@ -221,30 +192,24 @@ def aspire_settings(args: argparse.Namespace) -> dict[str, Any]:
             "refine": refine_options(args), "threads": args.threads}
 
 
-def aspire_worker(args: argparse.Namespace, images: Any, pixel_size: float) -> Any:
-    """ASPIRE's rotation matrices (its convention), its result and wall seconds; or why not."""
+def aspire_worker(args: argparse.Namespace, images: Any, pixel_size: float,
+                  n_nbor: int = 0) -> Any:
+    """``harness.aspire_common_lines`` with this script's options (or why it did not run)."""
     if args.no_aspire:
         return {"status": "skipped", "reason": "--no-aspire: ASPIRE was not run"}
-    with tempfile.TemporaryDirectory(prefix="common_lines_aspire_") as scratch:
-        folder = Path(scratch)
-        np.save(folder / "images.npy", np.asarray(images, dtype=np.float32))
-        outcome = harness.run_worker(
-            args.aspire_python, WORKER,
-            ["--images", str(folder / "images.npy"), "--rotations-out",
-             str(folder / "rotations.npy"), "--n-theta", str(args.aspire_n_theta),
-             "--pixel-size", str(pixel_size), "--dtype", args.aspire_dtype],
-            folder / "result.json", args.threads, args.aspire_timeout)
-        if isinstance(outcome, dict):
-            return {**outcome, "reason": outcome["reason"].replace("the peer", "ASPIRE")}
-        return np.load(folder / "rotations.npy"), *outcome
+    return harness.aspire_common_lines(
+        args.aspire_python, images, pixel_size, n_theta=args.aspire_n_theta,
+        dtype=args.aspire_dtype, threads=args.threads, timeout=args.aspire_timeout,
+        n_nbor=n_nbor)
 
 
-def run_aspire(args: argparse.Namespace, data: Any, subset: Any, label: str) -> dict[str, Any]:
-    """CLSyncVoting (first guess), then the same refinement as ours."""
+def run_aspire(args: argparse.Namespace, data: Any, subset: Any, label: str,
+               n_nbor: int = 0) -> dict[str, Any]:
+    """CLSyncVoting (on class averages with ``n_nbor``) first, then the same refinement."""
     from cryoem import alignment, recovery, rotations
 
     truth, symmetry = data.orientations[subset], str(data.attrs.get("symmetry", "C1"))
-    outcome = aspire_worker(args, data.projections[subset], data.pixel_size)
+    outcome = aspire_worker(args, data.projections[subset], data.pixel_size, n_nbor)
     if isinstance(outcome, dict):
         return outcome
     print(f"  SNR {label}: ASPIRE CLSyncVoting ran on {len(subset)} images", file=sys.stderr)
@@ -254,7 +219,8 @@ def run_aspire(args: argparse.Namespace, data: Any, subset: Any, label: str) -> 
         rotations.matrix_to_quaternion(np.swapaxes(matrices, -1, -2)), symmetry)
     untransposed = alignment.align_physical(rotations.matrix_to_quaternion(matrices), truth,
                                             symmetry).mean
-    refined = refine_and_score(args, data, subset, first, f"SNR {label}: ASPIRE")
+    refined = harness.refine_and_score(data, subset, first, refine_options(args),
+                                       args.progress, f"SNR {label}: ASPIRE{' CA' * bool(n_nbor)}")
     seconds = {"first_guess": result["seconds"], "first_guess_wall": wall,
                "refinement": refined.pop("refinement_seconds")}
     seconds["total"] = seconds["first_guess"] + seconds["refinement"]
@@ -282,6 +248,9 @@ def compare(row: dict[str, Any], works_below: float) -> dict[str, Any]:
             "ratio_e_or": ratio, "ratio_e_or_median": (ours["e_or_median"]
                                                        / max(aspire["e_or_median"], 1e-12)),
             "aspire_works": works,
+            "ratio_e_or_vs_class_averages": (
+                ours["e_or"] / max(row["aspire_class_averages"]["e_or"], 1e-12)
+                if (row.get("aspire_class_averages") or {}).get("status") == "ok" else None),
             "goal": (f"refined: ours ≤ {GOAL_FACTOR:g}× ASPIRE (ASPIRE works)" if works
                      else "refined: ours < ASPIRE (ASPIRE fails)"),
             "goal_met": bool(ratio <= GOAL_FACTOR if works else ours["e_or"] < aspire["e_or"])}
@@ -303,6 +272,10 @@ def run_snr(bench: Harness, args: argparse.Namespace, snr: float,
     subset = data.split["test"][: args.n_subset]
     parts = {"ours": (ours_settings, run_ours), "aspire": (aspire_settings, run_aspire),
              "oracle": (lambda a: {}, run_oracle)}
+    if args.aspire_class_averages:  # ASPIRE's ab-initio route, refined alike
+        parts["aspire_class_averages"] = (
+            lambda a: {**aspire_settings(a), "n_nbor": a.aspire_class_averages},
+            lambda *a: run_aspire(*a, n_nbor=args.aspire_class_averages))
     row: dict[str, Any] = {"snr": snr, "snr_label": label, "n": args.n_subset,
                            "settings": settings, "dataset": info,
                            "pixel_size_angstrom": data.pixel_size}
@@ -331,6 +304,8 @@ COLUMNS = [
     Column("ASPIRE 1st", lambda r: _get(r.get("aspire"), "e_or_unrefined")),
     Column("ours ref.", lambda r: _get(r.get("ours"), "e_or")),
     Column("ASPIRE ref.", lambda r: _get(r.get("aspire"), "e_or")),
+    Column("CA+CL 1st", lambda r: _get(r.get("aspire_class_averages"), "e_or_unrefined")),
+    Column("CA+CL ref.", lambda r: _get(r.get("aspire_class_averages"), "e_or")),
     Column("ratio", lambda r: r["comparison"].get("ratio_e_or"), ".2f"),
     Column("ours s", lambda r: _get(r.get("ours"), "seconds", "total"), ".1f"),
     Column("+training", lambda r: _get(r.get("ours"), "seconds", "total_with_training"), ".0f"),
@@ -347,6 +322,7 @@ def print_table(rows: list[dict[str, Any]], threads: int) -> None:
     print(harness.table(rows, COLUMNS))
     print(f"E_OR = align_physical mean (rad), same images; 1st = first guess (ours: distances → "
           f"recovery → frame; ASPIRE: CLSyncVoting), ref. = after the same refinement.refine; "
+          f"CA+CL = ASPIRE's class averages then CLSyncVoting (--aspire-class-averages); "
           f"ratio = ours ref. / ASPIRE ref.; seconds to orientations, {threads} thread(s) each; "
           "+training = ours with the model's training; FSC 0.5 vs the true map (Å).")
     for row in rows:
@@ -378,7 +354,9 @@ def make_figure(rows: list[dict[str, Any]], path: Path) -> Path | None:
     for name, part, key, style in (("ours, refined", "ours", "e_or", "o-"),
                                    ("ours, first guess", "ours", "e_or_unrefined", "s:"),
                                    ("ASPIRE, refined", "aspire", "e_or", "^-"),
-                                   ("ASPIRE CLSyncVoting", "aspire", "e_or_unrefined", "v:")):
+                                   ("ASPIRE CLSyncVoting", "aspire", "e_or_unrefined", "v:"),
+                                   ("ASPIRE class averages + CL, refined",
+                                    "aspire_class_averages", "e_or", "d-")):
         points = sorted((xi, v) for xi, row in zip(x, rows)
                         if isinstance(v := _get(row.get(part), key), float))
         if points:

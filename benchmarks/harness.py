@@ -1,4 +1,4 @@
-"""The benchmark scripts' shared harness: a scenario is declared once, then run, cached and tabulated.
+"""The benchmark scripts' shared harness: a scenario declared once, run, cached, tabulated.
 
 A :class:`Scenario` is a name, the settings its result depends on (data, method,
 scoring) and a function that computes the result (one row, or a list of rows).
@@ -361,7 +361,7 @@ def score(q: Any, truth: Any, symmetry: str = "C1", prefix: str = "e_or",
 
 
 def run_worker(python: Path, script: Path, arguments: Sequence[str], out_json: Path,
-               threads: int | None, timeout: float) -> tuple[dict[str, Any], float] | dict[str, Any]:
+               threads: int | None, timeout: float) -> Any:
     """Run ``script`` with another environment's ``python`` (ASPIRE's), ``threads`` threads.
 
     Returns the JSON it wrote to ``out_json`` (passed as ``--out``) and the wall seconds,
@@ -402,6 +402,75 @@ def map_fsc(data: Any, images: Any, q: Any, shifts: Any = None,
     return {"resolution_fsc05_angstrom": value, "resolution_fsc05_px": value / data.pixel_size,
             "fsc_frequencies": curve.frequencies, "fsc_values": curve.values,
             "reconstruction_seconds": seconds}
+
+
+def refine_and_score(data: Any, subset: Any, first: Any, options: dict[str, Any],
+                     progress: bool, name: str) -> dict[str, Any]:
+    """``refinement.refine(images, first, **options)`` on ``data``'s images ``subset``, scored
+    against the truth each iteration (untimed), then mapped (:func:`map_fsc`).
+
+    Every method compared gets this one call (shifts estimated from zero).  Seconds:
+    ``refinement_seconds`` (the scoring taken out).
+    """
+    import numpy as np
+
+    from cryoem import refinement
+
+    images, truth = data.projections[subset], data.orientations[subset]  # truth: to score
+    symmetry = str(data.attrs.get("symmetry", "C1"))
+    scoring = {"seconds": 0.0}
+
+    def callback(iteration: int, q: Any, shifts: Any) -> dict[str, float]:
+        numbers, seconds = timed(lambda: score(q, truth, symmetry)[0])
+        scoring["seconds"] += seconds
+        print(f"  {name}: refinement iteration {iteration}: e_or {numbers['e_or']:.4f}",
+              file=sys.stderr)
+        return {"e_or_rad": float(numbers["e_or"])}
+
+    refined, wall = timed(lambda: refinement.refine(
+        images, first, pixel_size=data.pixel_size, progress=progress, callback=callback,
+        **options))
+    final, fit = score(refined.quaternions, truth, symmetry)
+    shift_error = np.linalg.norm(refined.shifts - data.shifts[subset], axis=1)
+    return {**final, "e_or_by_iteration": [h["e_or_rad"] for h in refined.history],
+            "refinement_iterations": len(refined.history),
+            "mean_abs_shift_px": float(np.mean(np.abs(refined.shifts))),
+            "shift_error_px_median": float(np.median(shift_error)),
+            **map_fsc(data, images, fit.to_truth_frame(refined.quaternions), refined.shifts,
+                      progress),
+            "refinement_seconds": wall - scoring["seconds"],
+            "refinement_scoring_seconds_excluded": scoring["seconds"]}
+
+
+def aspire_common_lines(python: Path, images: Any, pixel_size: float, *, n_theta: int = 360,
+                        dtype: str = "float32", threads: int | None = None,
+                        timeout: float = 3 * 3600.0, n_nbor: int = 0) -> Any:
+    """ASPIRE's ``CLSyncVoting`` on ``images`` (``aspire_commonlines_worker.py`` run by
+    ASPIRE's ``python``; with ``n_nbor``, on class averages first).
+
+    Returns ASPIRE's rotation matrices (its convention: transpose them for ours; in the
+    images' order), the worker's JSON and the wall seconds; or a record (``status``,
+    ``reason``) saying why ASPIRE was not run or failed.
+    """
+    import tempfile
+
+    import numpy as np
+
+    if n_nbor and len(images) < 300:
+        return {"status": "skipped", "reason": "ASPIRE's class averaging needs ≥ 300 images "
+                                               "(RIRClass2D's 300 bispectrum components)"}
+    with tempfile.TemporaryDirectory(prefix="aspire_common_lines_") as scratch:
+        folder = Path(scratch)
+        np.save(folder / "images.npy", np.asarray(images, dtype=np.float32))
+        outcome = run_worker(
+            python, Path(__file__).with_name("aspire_commonlines_worker.py"),
+            ["--images", str(folder / "images.npy"), "--rotations-out",
+             str(folder / "rotations.npy"), "--n-theta", str(n_theta), "--pixel-size",
+             str(pixel_size), "--dtype", dtype, "--class-averages", str(n_nbor)],
+            folder / "result.json", threads, timeout)
+        if isinstance(outcome, dict):
+            return {**outcome, "reason": outcome["reason"].replace("the peer", "ASPIRE")}
+        return np.load(folder / "rotations.npy"), *outcome
 
 
 # ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""How preferred orientations affect orientation recovery: E_OR against the strength of a preferred view.
+"""How preferred orientations affect orientation recovery: E_OR against a preferred view's strength.
 
 Particles that stick to the grid crowd their viewing directions around a few
 directions.  For each strength (``--fractions`` at ``--concentration`` κ, or
@@ -291,7 +291,8 @@ COLUMNS = [
     Column("strength", lambda r: r["strength"]["label"]),
     Column("covered %", lambda r: 100 * r["coverage"]["covered_fraction"], ".1f"),
     Column("near %", lambda r: 100 * r["coverage"]["share_near_direction"], ".1f"),
-    Column("L_DE", lambda r: r["l_de"], ".3f"), Column("E_OR o4", lambda r: r["e_or_o4_rad"], ".3f"),
+    Column("L_DE", lambda r: r["l_de"], ".3f"),
+    Column("E_OR o4", lambda r: r["e_or_o4_rad"], ".3f"),
     Column("phys.", lambda r: r["e_or_before_frame_rad"], ".3f"),
     Column("frame", lambda r: r["e_or_rad"], ".3f"),
     Column("median", lambda r: r["e_or_median_rad"], ".3f"),
