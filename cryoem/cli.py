@@ -152,13 +152,13 @@ def add_site_args(parser: argparse.ArgumentParser) -> None:
 def run_site(args: argparse.Namespace) -> int:
     """Build a static site of the executed notebooks that works offline (`cryoem site build`)."""
     try:
-        from . import notebooks
+        from . import publish
         import nbconvert  # noqa: F401
     except ImportError as error:
         raise RuntimeError(f"{error}; install the site tools with pip install -e \".[site]\"") \
             from None
 
-    pages = notebooks.build_site(args.notebooks, args.out, results=args.results)
+    pages = publish.build_site(args.notebooks, args.out, results=args.results)
     for page in pages:
         print(page)
     print(f"{len(pages) - 2} notebook pages, the results page and the index; open {pages[0]}")
