@@ -1,8 +1,8 @@
 """The Siamese network of Phase 1: learn ``d_p(p_i, p_j) ≈ d_q(q_i, q_j)`` (Keras 3, any backend).
 
 * :func:`build_embedding` — the feature extractor ``G_w``: per-image
-  standardisation and optional area downsampling (both inside the saved
-  model), then fully convolutional blocks (conv + ReLU + max-pool, ``same``
+  standardisation and optional area downsampling (:class:`AreaResize`; both
+  inside the saved model), then fully convolutional blocks (conv + ReLU + max-pool, ``same``
   padding), global average pooling and a linear layer.
 * :func:`pairwise_distances` — ``d_p = 2·arccos(|cos_sim(G(p_i), G(p_j))|)``.
   The features after the linear layer can be negative, so the cosine can be
@@ -132,6 +132,40 @@ class Standardize(keras.layers.Layer):
         return (images - mean) / (std + 1e-6)
 
 
+def _area_weights(n_in: int, n_out: int) -> NDArray[np.float32]:
+    """``(n_out, n_in)`` matrix of area resampling along one axis: pixel overlaps over the scale."""
+    scale = n_in / n_out
+    low = np.arange(n_out)[:, None] * scale
+    pixels = np.arange(n_in)[None, :]
+    overlap = np.minimum(low + scale, pixels + 1) - np.maximum(low, pixels)
+    return (np.maximum(overlap, 0.0) / scale).astype(np.float32)
+
+
+@keras.saving.register_keras_serializable(package="cryoem")
+class AreaResize(keras.layers.Layer):
+    """Area resampling of images ``(B, H, W, C)`` to ``(B, size, size, C)``, on any backend.
+
+    Each output pixel is the mean of the input over its footprint (pixels
+    weighted by their overlap), as TensorFlow's ``area`` resize, which Keras's
+    ``Resizing`` offers under TensorFlow only.  Separable: one matrix per axis.
+    """
+
+    def __init__(self, size: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.size = int(size)
+
+    def call(self, images: Any) -> Any:
+        rows = ops.convert_to_tensor(_area_weights(images.shape[1], self.size), images.dtype)
+        cols = ops.convert_to_tensor(_area_weights(images.shape[2], self.size), images.dtype)
+        return ops.einsum("ij,bjkc,lk->bilc", rows, images, cols)
+
+    def compute_output_shape(self, input_shape: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (input_shape[0], self.size, self.size, input_shape[3])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "size": self.size}
+
+
 def build_embedding(image_size: int, input_size: int | None = None, arch: str = "light",
                     feature_dim: int = 128, width: float = 1.0) -> keras.Model:
     """The feature extractor ``G_w``: images ``(B, L, L)`` → features ``(B, feature_dim)``.
@@ -156,7 +190,7 @@ def build_embedding(image_size: int, input_size: int | None = None, arch: str = 
     x = keras.layers.Reshape((image_size, image_size, 1))(inputs)
     x = Standardize(name="standardize")(x)
     if input_size and input_size != image_size:
-        x = keras.layers.Resizing(input_size, input_size, interpolation="area", name="downsample")(x)
+        x = AreaResize(input_size, name="downsample")(x)
     for k, (filters, kernel) in enumerate(zip(spec["filters"], spec["kernels"])):
         x = keras.layers.Conv2D(max(4, int(filters * width)), kernel, padding="same",
                                 activation="relu", name=f"conv{k}")(x)
@@ -597,7 +631,34 @@ def load_embedding(model_dir: str | os.PathLike) -> tuple[keras.Model, dict[str,
     contract = read_contract(directory)
     if contract is not None:
         config["contract"] = contract
-    return keras.models.load_model(path, safe_mode=True, compile=False), config
+    embedding = keras.models.load_model(path, safe_mode=True, compile=False)
+    return _portable(embedding), config
+
+
+def _portable(embedding: keras.Model) -> keras.Model:
+    """Swap ``Resizing(interpolation="area")`` (TensorFlow-only) for :class:`AreaResize`.
+
+    Models saved before :class:`AreaResize` (the shipped ``pretrained`` one
+    among them) downsample with Keras's ``Resizing``; under TensorFlow they
+    are returned as loaded, under another backend cloned with the swap (same
+    weights, same numbers).
+    """
+    area = {layer.name for layer in embedding.layers
+            if isinstance(layer, keras.layers.Resizing) and layer.interpolation == "area"}
+    if not area or keras.backend.backend() == "tensorflow":
+        return embedding
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if layer.name in area:
+            if layer.height != layer.width:
+                raise ValueError(f"{layer.name}: area resize to {layer.height}×{layer.width}, "
+                                 "only square outputs can be converted")
+            return AreaResize(layer.height, name=layer.name)
+        return layer.__class__.from_config(layer.get_config())
+
+    portable = keras.models.clone_model(embedding, clone_function=clone)
+    portable.set_weights(embedding.get_weights())
+    return portable
 
 
 def write_contract(model_dir: str | os.PathLike, *, proteins: Sequence[str], box_ratio: float,

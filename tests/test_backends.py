@@ -1,9 +1,10 @@
-"""One training step of the Siamese network under each installed Keras backend.
+"""The Siamese network under each installed Keras backend (TensorFlow, JAX, PyTorch).
 
 Each backend runs in its own interpreter (``KERAS_BACKEND`` is read when Keras
-is first imported).  The step's loss must be finite, equal the uniform-weighted
-L_DE computed with NumPy from the network's distances before the step, and the
-weights must change.
+is first imported): one training step, whose loss must be finite and equal the
+uniform-weighted L_DE computed with NumPy from the network's distances before
+the step, and after which every weight must have changed; and the shipped
+pretrained model, which must give the features it gives in this process.
 """
 
 import importlib.util
@@ -13,12 +14,27 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from cryoem import siamese  # noqa: E402 - a hard dependency: a broken import must fail
+
+keras = siamese.keras
 
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Keras backend → the package it needs.
 BACKENDS = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+
+#: Run in every backend's interpreter and in this one (the reference).
+FEATURES = r"""
+def pretrained_features(siamese):
+    # The shipped model's features of four seeded noise images (it downsamples 64 -> 32 px).
+    embedding, config = siamese.load_embedding("pretrained")
+    size = config["image_size"]
+    images = np.random.default_rng(7).standard_normal((4, size, size)).astype(np.float32)
+    return siamese.keras.ops.convert_to_numpy(embedding(images))
+"""
 
 STEP = r"""
 import json, os, sys
@@ -52,16 +68,25 @@ expected = float(np.sum(weights / weights.sum() * (d[i, j] - targets[i, j]) ** 2
 before = [keras.ops.convert_to_numpy(w).copy() for w in model.trainable_weights]
 loss = float(model.train_on_batch(images, targets))
 after = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
+""" + FEATURES + r"""
 print(json.dumps({
     "backend": keras.backend.backend(), "loss": loss, "expected": expected,
     "changed": sum(not np.allclose(b, a) for b, a in zip(before, after)),
     "weights": len(before), "tensorflow_imported": tensorflow_imported,
+    "pretrained": pretrained_features(siamese).tolist(),
 }))
 """
 
 
+@pytest.fixture(scope="module")
+def reference_features():
+    namespace = {"np": np}
+    exec(FEATURES, namespace)
+    return namespace["pretrained_features"](siamese)
+
+
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
-def test_one_training_step(backend):
+def test_one_training_step(backend, reference_features):
     if importlib.util.find_spec(BACKENDS[backend]) is None:
         pytest.skip(f"the {backend} Keras backend needs the {BACKENDS[backend]} package, "
                     "which is not installed")
@@ -82,3 +107,19 @@ def test_one_training_step(backend):
     assert result["changed"] == result["weights"] > 0
     if backend != "tensorflow":
         assert not result["tensorflow_imported"], "cryoem.siamese imported TensorFlow"
+    np.testing.assert_allclose(result["pretrained"], reference_features, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("sizes", [(64, 32), (48, 36), (33, 16), (24, 24)])
+def test_area_resize_is_tensorflows_area_resize(sizes):
+    """AreaResize (any backend) computes what ``Resizing(interpolation="area")`` does on TensorFlow."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the reference, Keras's area Resizing, runs on TensorFlow only")
+    n_in, n_out = sizes
+    images = np.random.default_rng(n_in).standard_normal((3, n_in, n_in, 2)).astype(np.float32)
+    reference = keras.layers.Resizing(n_out, n_out, interpolation="area")(images)
+    resized = siamese.AreaResize(n_out)(images)
+    assert resized.shape == (3, n_out, n_out, 2)
+    np.testing.assert_allclose(np.asarray(resized), np.asarray(reference), atol=2e-5)
+    restored = siamese.AreaResize.from_config(siamese.AreaResize(n_out).get_config())
+    assert restored.size == n_out
