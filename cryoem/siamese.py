@@ -91,7 +91,7 @@ _NORM_EPSILON = 1e-6
 
 
 def configure_threads(n: int | None) -> None:
-    """Use ``n`` intra-op threads and one inter-op thread in the Keras backend; ``None`` keeps defaults.
+    """Use ``n`` intra-op threads and one inter-op thread in the backend; ``None`` keeps defaults.
 
     TensorFlow and PyTorch take the setting (call before any network work:
     afterwards they may ignore it).  JAX reads its threads when it starts
@@ -212,7 +212,7 @@ def pairwise_distances(features: Any) -> Any:
 
 
 def pair_weight_matrix(targets: Any, bins: int = 16, cap: float = 10.0) -> Any:
-    """Dense form of :func:`uniform_pair_weights`: a ``(B, B)`` matrix, zero off the pairs ``i < j``.
+    """Dense :func:`uniform_pair_weights`: a ``(B, B)`` matrix, zero off the pairs ``i < j``.
 
     Fixed shapes only (no boolean masking), so it traces under every backend's
     compiler: the count of each pair's bin is a one-hot sum over the strict

@@ -112,7 +112,7 @@ def test_one_training_step(backend, reference_features):
 
 @pytest.mark.parametrize("sizes", [(64, 32), (48, 36), (33, 16), (24, 24)])
 def test_area_resize_is_tensorflows_area_resize(sizes):
-    """AreaResize (any backend) computes what ``Resizing(interpolation="area")`` does on TensorFlow."""
+    """AreaResize (any backend) computes what TensorFlow's ``Resizing("area")`` does."""
     if keras.backend.backend() != "tensorflow":
         pytest.skip("the reference, Keras's area Resizing, runs on TensorFlow only")
     n_in, n_out = sizes
