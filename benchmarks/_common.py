@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
-import importlib.metadata as metadata
 import json
 import math
 import os
@@ -45,12 +44,9 @@ def machine_info(threads: int | None, packages: Sequence[str] = PACKAGES) -> dic
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "python": platform.python_version(),
     }
-    for package in packages:
-        try:
-            info[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return info
+    from cryoem import provenance
+
+    return {**info, **provenance.package_versions(packages)}
 
 
 def jsonable(value: Any) -> Any:

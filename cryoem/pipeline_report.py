@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from . import __version__, provenance
 
 __all__ = ["METRIC_KEYS", "write_metrics", "write_json", "summary"]
 
@@ -38,16 +38,9 @@ def _json_default(value: Any) -> Any:
 
 
 def _versions() -> dict[str, str]:
-    import importlib.metadata as metadata
-
-    versions = {"cryoem": __version__, "python": platform.python_version()}
-    for package in ("numpy", "scipy", "finufft", "tensorflow", "keras", "gemmi", "mrcfile",
-                    "h5py"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions
+    return {"cryoem": __version__, "python": platform.python_version(),
+            **provenance.package_versions(("numpy", "scipy", "finufft", "tensorflow", "keras",
+                                           "gemmi", "mrcfile", "h5py"))}
 
 
 def _finite_or_none(value: Any) -> Any:

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 from . import __version__
 
-__all__ = ["collect", "git_state", "machine", "REPOSITORY", "CODE_PATHSPEC"]
+__all__ = ["collect", "git_state", "machine", "package_versions", "REPOSITORY", "CODE_PATHSPEC"]
 
 #: The checkout this package was imported from, when it was (an editable install).
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -78,6 +78,19 @@ def machine() -> dict[str, Any]:
     except (ValueError, OSError, AttributeError):
         info["memory_gb"] = None
     return info
+
+
+def package_versions(names: Sequence[str]) -> dict[str, str]:
+    """The installed version of each package of ``names`` (those not installed are left out)."""
+    import importlib.metadata as metadata
+
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
 
 
 def _cpu_model() -> str:
