@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-shift", type=float, default=2.0, help="shifts (px), training and test")
     p.add_argument("--ctf-fraction", type=float, default=0.5,
                    help="share of training images with a CTF (default: 0.5)")
+    p.add_argument("--general-epochs", type=int, default=None,
+                   help="train the general model for this many epochs (default: until "
+                        "--train-seconds)")
     p.add_argument("--train-seconds", type=float, default=2400.0,
                    help="training budget of the general model (default: 2400)")
     p.add_argument("--width", type=float, default=1.5, help="filter-count multiplier")
@@ -102,13 +105,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         if args.out == DEFAULT_OUT:
             args.out = DEFAULT_OUT.with_name("generalisation_quick.json")
-        args.size, args.train_seconds, args.protein_epochs = 32, 8.0, 2
+        # Budgets in epochs, not seconds, so that a loaded CI machine trains the same models.
+        args.size, args.train_seconds, args.protein_epochs = 32, None, 2
+        args.general_epochs = 3
         args.n_projections, args.test_size, args.steps_per_epoch = 300, 100, 5
         args.train_proteins = args.train_proteins or ["5pti", "1ubq", "19hc"]
         args.held_out = args.held_out[:1]
         args.snrs = args.snrs[:1]
         args.width = 0.5
     return args
+
+
+def _budget(args: argparse.Namespace) -> str:
+    """The general model's training budget as options: epochs and/or seconds."""
+    parts = []
+    if args.general_epochs is not None:
+        parts.append(f"--general-epochs {args.general_epochs}")
+    if args.train_seconds is not None:
+        parts.append(f"--train-seconds {args.train_seconds:g}")
+    return " ".join(parts)
 
 
 def training_proteins(args: argparse.Namespace) -> list[str]:
@@ -142,7 +157,7 @@ def train_general(args: argparse.Namespace) -> dict[str, Any]:
         datasets.generate(volumes.resolve(proteins[0], args.size), 600, validation_path,
                           snr=0.25, max_shift=args.max_shift, seed=1)
     config = siamese.TrainingConfig(
-        width=args.width, input_size=args.size // 2, epochs=100_000,
+        width=args.width, input_size=args.size // 2, epochs=args.general_epochs or 100_000,
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, patience=40,
         snr_range=tuple(args.snr_range), max_shift=args.max_shift, ctf=True,
         ctf_fraction=args.ctf_fraction, max_seconds=args.train_seconds, seed=0)
@@ -167,7 +182,7 @@ def finish_general(args: argparse.Namespace) -> dict[str, Any]:
         symmetries={e["name"]: e.get("symmetry", "C1") for e in volumes.builtin_manifest()
                     if e["name"] in proteins},
         training_command=(f"python benchmarks/generalisation.py --stages train --ship "
-                          f"--train-seconds {args.train_seconds:g} --width {args.width:g} "
+                          f"{_budget(args)} --width {args.width:g} "
                           f"--snr-range {args.snr_range[0]:g} {args.snr_range[1]:g} "
                           f"--max-shift {args.max_shift:g} --ctf-fraction {args.ctf_fraction:g}"))
     if args.ship:
