@@ -110,12 +110,27 @@ def provenance_lines(data: dict[str, Any], script: str, relative: str) -> list[s
     provenance = data.get("provenance") or {}
     commit = provenance.get("git_commit")
     dirty = " (dirty: uncommitted code)" if provenance.get("git_dirty") else ""
-    command = provenance.get("command")
-    line = (f"Produced at commit {_short(commit)}{dirty} by "
-            f"`{command or 'python benchmarks/' + script}` → `{relative}`.")
+    command = _rerunnable(provenance.get("command"), script)
+    line = (f"Produced at commit {_short(commit)}{dirty} by `{command}` → `{relative}`.")
     if not provenance:
         line += " Its JSON predates provenance records: stale, commit unknown."
     return [line]
+
+
+def _rerunnable(command: str | None, script: str) -> str:
+    """The recorded command as one reruns it from the repository's root.
+
+    Provenance records the script by name (``paper_table.py --snrs inf``); the table
+    prints ``python benchmarks/paper_table.py --snrs inf``.
+    """
+    if not command:
+        return f"python benchmarks/{script}"
+    first, _, rest = command.partition(" ")
+    if first.endswith(".py") and "/" not in first:
+        first = f"python benchmarks/{first}"
+    elif first.endswith(".py"):
+        first = f"python {first}"
+    return f"{first} {rest}".strip()
 
 
 def machine_line(data: dict[str, Any]) -> str:
@@ -203,7 +218,8 @@ def pipeline_rows(data: dict[str, Any]) -> list[str]:
         f"| FSC 0.5 vs truth: final / true orientations | "
         f"{_number(m.get('resolution_fsc05_angstrom'), 2)} / "
         f"{_number(m.get('resolution_fsc05_true_orientations_angstrom'), 2)} Å |",
-        f"| half maps FSC 0.143 | {_number(m.get('resolution_halfmap_fsc0143_angstrom'), 2)} Å |",
+        f"| half maps FSC 0.143 | {_number(m.get('resolution_halfmap_fsc0143_angstrom'), 2)} Å"
+        + (f" ({m['halfmap_independence']})" if m.get("halfmap_independence") else "") + " |",
         f"| total time | {_number(sum(timings.values()), 0, ' s')} "
         f"({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}) |",
     ]

@@ -192,7 +192,8 @@ def test_new_sections_come_first_after_the_pipeline(results_table):
 def test_section_names_commit_command_and_recorded_machine(results_table, tmp_path):
     dirty = {**PAPER, "provenance": {**PROVENANCE, "git_dirty": True}}
     text = _section(results_table.render(_root(tmp_path, {"paper_table": dirty})), "The paper")
-    assert ("Produced at commit `aaaaaaa` (dirty: uncommitted code) by `paper_table.py --quick` "
+    assert ("Produced at commit `aaaaaaa` (dirty: uncommitted code) by "
+            "`python benchmarks/paper_table.py --quick` "
             "→ `benchmarks/results/paper_table.json`.") in text
     assert "Machine: Test CPU 9000, 2 of 8 cores available, 15.5 GB memory, 2 threads." in text
 
