@@ -201,9 +201,10 @@ def frame_and_refined(metrics: dict[str, Any]) -> tuple[Any, Any]:
     return metrics.get("e_or_rad"), None
 
 
-#: Epochs the default pipeline trains in its 300 s budget on an idle 2-core CPU (68, measured
-#: by benchmarks/pipeline.py). Benchmarks train per-protein models for this many epochs rather
-#: than for a wall-clock time, so that scripts sharing the machine stay comparable.
+#: Epochs per-protein models train for in the benchmarks: what the default pipeline's 300 s
+#: gave on the idle 2-core CPU of an earlier session (68, benchmarks/pipeline.py; the CPU of
+#: 2026-11-30 gives far fewer, see pipeline.json's timings). A number of epochs rather than
+#: a wall-clock time, so that scripts sharing the machine stay comparable.
 PROTEIN_TRAINING_EPOCHS = 68
 
 
