@@ -152,11 +152,20 @@ def snr_label(snr: float) -> str:
 
 
 def row_commit(row: dict[str, Any]) -> str | None:
-    """The commit that produced a row: ``produced_at``, ``code`` (``harness.py``'s stamp) or
-    its metrics' provenance."""
+    """The commit that produced a row: ``produced_at``, ``code`` (``harness.py``'s stamp), its
+    metrics' provenance, or the one commit its parts (``harness.py`` sub-results) share;
+    ``"mixed"`` when those parts come from several commits."""
     metrics = row.get("metrics") or {}
-    return (row.get("produced_at") or (row.get("code") or {}).get("git_commit")
-            or (metrics.get("provenance") or {}).get("git_commit"))
+    direct = (row.get("produced_at") or (row.get("code") or {}).get("git_commit")
+              or (metrics.get("provenance") or {}).get("git_commit"))
+    if direct:
+        return direct
+    parts = {part["code"].get("git_commit") for part in row.values()
+             if isinstance(part, dict) and isinstance(part.get("code"), dict)}
+    parts.discard(None)
+    if len(parts) > 1:
+        return "mixed"
+    return parts.pop() if parts else None
 
 
 def stale_label(row: dict[str, Any], table_commit: str | None,
@@ -187,6 +196,8 @@ def stale_label(row: dict[str, Any], table_commit: str | None,
     commit = row_commit(row)
     if commit is None:
         return None if table_commit is None else "stale: produced at an unrecorded commit"
+    if commit == "mixed":
+        return "stale: its parts were produced at several commits"
     return None if commit == table_commit else f"stale: produced at {commit[:7]}"
 
 
