@@ -56,6 +56,7 @@ __all__ = [
     "upper_triangle",
     "save_matrix",
     "load_matrix",
+    "check_truth",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -317,6 +318,23 @@ class LearnedDistance(Estimator):
 
 #: Names accepted by :func:`make_estimator` and ``cryoem distances --estimator``.
 ESTIMATORS = ("learned", "exact", "perturbed", "euclidean")
+
+
+def check_truth(estimator: Estimator, data: Dataset) -> None:
+    """Refuse an estimator that reads ground truth (:attr:`Estimator.truth_fields`) on data
+    that have none (imported particles, or a truth-blind copy).
+
+    Raises
+    ------
+    ValueError
+        Naming the estimator and the dataset.
+    """
+    from .datasets import GROUND_TRUTH
+
+    if estimator.truth_fields and data.source("orientations") != GROUND_TRUTH:
+        raise ValueError(f"the {estimator.name} estimator reads the true orientations, which "
+                         f"{data.path} does not have: use the learned estimator with a model "
+                         "(--model)")
 
 
 def make_estimator(name: str, *, model_dir: str | os.PathLike | None = None,

@@ -223,13 +223,11 @@ def _estimator(run: _Run) -> Any:
 
 
 def _distances(run: _Run) -> None:
-    from . import datasets, distance, plots, rotations
+    from . import distance, plots, rotations
 
     data = run.data()
     estimator = _estimator(run)
-    if estimator.truth_fields and data.source("orientations") != datasets.GROUND_TRUTH:
-        raise ValueError(f"the {estimator.name} estimator reads the true orientations, which the "
-                         "particles do not have: use the learned estimator with --model")
+    distance.check_truth(estimator, data)
     run.use_truth("distances", estimator.truth_fields)
     estimator.fit(data)
     test = run.working_indices(data)

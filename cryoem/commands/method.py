@@ -43,16 +43,13 @@ def scoring_reference(data: Dataset, indices: np.ndarray,
 
 def require_truth(estimator: Estimator, data: Dataset) -> None:
     """Refuse an estimator that reads ground truth on data that have none; name its use."""
-    from .. import datasets
+    from .. import distance
 
+    distance.check_truth(estimator, data)
     fields = estimator.truth_fields
-    if not fields:
-        return
-    if data.source("orientations") != datasets.GROUND_TRUTH:
-        raise ValueError(f"the {estimator.name} estimator reads the true orientations, which "
-                         f"{data.path} does not have: use --estimator learned --model MODEL_DIR")
-    print(f"ground truth used: the {estimator.name} estimator reads the true "
-          f"{', '.join(fields)} (an oracle, not a method)")
+    if fields:
+        print(f"ground truth used: the {estimator.name} estimator reads the true "
+              f"{', '.join(fields)} (an oracle, not a method)")
 
 
 # ----------------------------------------------------------------------------
