@@ -28,7 +28,7 @@ __all__ = ["main", "build_parser"]
 # ----------------------------------------------------------------------------
 def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     from .distance import ESTIMATORS
-    from .pipeline import PipelineConfig
+    from .pipeline import ROUTES, PipelineConfig
 
     d = PipelineConfig()
     parser.add_argument("--volume", default=d.volume,
@@ -41,6 +41,10 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=d.size, help=f"image edge (default: {d.size})")
     parser.add_argument("--snr", type=float, default=d.snr, help="signal-to-noise ratio (default: inf)")
     parser.add_argument("--max-shift", type=float, default=d.max_shift, metavar="PX")
+    parser.add_argument("--route", choices=ROUTES, default=d.route,
+                        help="the first guess: distances (learned or other, then recovery and "
+                             "the frame step) or ab-initio (from the images alone: no "
+                             f"distances, no training, no truth) (default: {d.route})")
     parser.add_argument("--estimator", choices=ESTIMATORS, default=d.estimator)
     parser.add_argument("--model", default=None, metavar="MODEL_DIR",
                         help="trained model (skips training), or `pretrained`: the general "
@@ -52,7 +56,8 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
                              "projections only (the paper's protocol)")
     parser.add_argument("--particles", default=None, metavar="PATH",
                         help="start from these particles (RELION STAR or cryoem dataset) "
-                             "instead of simulating; needs --model (e.g. pretrained)")
+                             "instead of simulating; with --route distances it needs --model "
+                             "(e.g. pretrained)")
     parser.add_argument("--datadir", default=None, metavar="DIR",
                         help="with a STAR file: the folder its stack paths are relative to")
     parser.add_argument("--reference-poses", action="store_true",
@@ -66,10 +71,25 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-refine", action="store_true",
                         help="skip the local refinement (which also estimates the shifts)")
     parser.add_argument("--refine-iterations", type=int, default=d.refine_iterations)
+    parser.add_argument("--initial-resolution", type=_angstrom_or_none,
+                        default=d.initial_resolution, metavar="ANGSTROM",
+                        help="the refinement's start is low-passed to this before the halves "
+                             f"split (gold standard; default: {d.initial_resolution:g} Å); "
+                             "`none`: the halves start from the first guess (their FSC is then "
+                             "not independent)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--out", type=Path, default=Path("data/pipeline"), metavar="DIR",
                         help="output folder (default: data/pipeline); rerun to resume")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _angstrom_or_none(text: str) -> float | None:
+    if text.lower() == "none":
+        return None
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a resolution in Å or `none`, got {text}")
+    return value
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
@@ -78,11 +98,13 @@ def run_pipeline(args: argparse.Namespace) -> int:
 
     config = pipeline.PipelineConfig(
         volume=args.volume, n_projections=args.n_projections, test_size=args.test_size,
-        size=args.size, snr=args.snr, max_shift=args.max_shift, estimator=args.estimator,
+        size=args.size, snr=args.snr, max_shift=args.max_shift, route=args.route,
+        estimator=args.estimator,
         model=args.model, training=args.training, particles=args.particles, datadir=args.datadir,
         reference_poses=args.reference_poses, epochs=args.epochs, train_seconds=args.train_seconds,
         sigma2=args.sigma2, steps=args.steps, refine=not args.no_refine,
-        refine_iterations=args.refine_iterations, seed=args.seed)
+        refine_iterations=args.refine_iterations, initial_resolution=args.initial_resolution,
+        seed=args.seed)
     metrics = pipeline.run(config, args.out, progress=not args.quiet)
     print(f"\nresults in {args.out} (metrics.json, maps, figures/, relion/)")
     print(pipeline.summary(metrics))

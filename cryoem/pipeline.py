@@ -1,4 +1,12 @@
-"""The whole method in one run: generate → train → distances → recover → resolve → reconstruct.
+"""The whole method in one run: generate → first guess → refine → reconstruct → export.
+
+Two routes make the first guess (``route``): ``"distances"`` (train, estimate
+distances, recover, resolve the frame: the paper's method) and
+``"ab-initio"`` (:mod:`cryoem.ab_initio`: from the images alone, no distances,
+no training).  Both then go through the same gold-standard refinement: a map
+of the first guess, low-passed to ``initial_resolution`` Å, is the common
+start; from there each half of the images is refined against its own map only,
+so the half maps are independent.
 
 :func:`run` executes the stages in order into one folder and records, after
 each stage, what it finished (``pipeline.json``): a run that fails part-way
@@ -22,12 +30,13 @@ scores, computed only when the data hold a ground truth (or reference poses
 with ``reference_poses``).
 
 With ``particles`` (a RELION STAR file or a ``cryoem`` HDF5 dataset) the run
-starts from those images instead of simulating them; training then needs a
-ground truth, so use a given model (``--model pretrained``).
+starts from those images instead of simulating them; the distances route's
+training then needs a ground truth, so use a given model (``--model
+pretrained``) or the ab-initio route.
 
 Outputs in the folder: ``data.h5`` (dataset), ``model/`` (trained network),
 ``distances.h5``, ``orientations_from_distances.h5``, ``orientations.h5``
-(frame resolved), ``orientations_refined.h5`` (final, with estimated shifts),
+(the first guess: frame resolved, or ab initio), ``orientations_refined.h5`` (final, with estimated shifts),
 ``map.mrc`` and ``map_half1.mrc``/``map_half2.mrc`` (in the estimate's own
 frame, as the RELION export), and for scoring only ``map_aligned_to_truth.mrc``
 (the same reconstruction with the orientations put in the truth's frame and
@@ -51,7 +60,7 @@ import numpy as np
 from . import provenance
 from .pipeline_report import METRIC_KEYS, summary, write_json, write_metrics  # noqa: F401
 
-__all__ = ["PipelineConfig", "run", "STAGES", "METRIC_KEYS"]
+__all__ = ["PipelineConfig", "run", "STAGES", "ROUTES", "METRIC_KEYS"]
 
 #: What the training modes read of the ground truth (recorded under ``truth_used["train"]``).
 TRAINING_TRUTH = {
@@ -59,9 +68,16 @@ TRAINING_TRUTH = {
     "fixed": ["orientations"],
 }
 
+#: First-guess routes: learned (or other) distances, or ab initio from the images alone.
+ROUTES = ("distances", "ab-initio")
+
 #: How independent the pipeline's half maps are (``metrics.json``'s ``halfmap_independence``).
-HALFMAP_INDEPENDENCE = ("refined in two halves from a first guess that all images shaped "
-                        "together (not low-passed): the half-map FSC may be inflated")
+HALFMAP_INDEPENDENCE = {
+    True: "independent: each half refined from its own images after a start low-passed to "
+          "{resolution:g} Å",
+    False: "not independent: not refined from a low-passed start (the halves share a first "
+           "guess that all images shaped): the half-map FSC may be inflated",
+}
 
 
 @dataclass
@@ -74,6 +90,7 @@ class PipelineConfig:
     size: int = 64
     snr: float = float("inf")
     max_shift: float = 0.0
+    route: str = "distances"  # the first guess: "distances" or "ab-initio" (images alone)
     estimator: str = "learned"
     model: str | None = None
     training: str = "rendered"  # "rendered": supervised on the true map; "fixed": the paper's
@@ -87,7 +104,14 @@ class PipelineConfig:
     steps: int = 2000
     refine: bool = True
     refine_iterations: int = 6
+    # Å: the gold-standard start's low-pass; None: the halves start from the first guess's
+    # orientations (not independent: for tiny phantoms, whose 30 Å map is featureless)
+    initial_resolution: float | None = 30.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.route not in ROUTES:
+            raise ValueError(f"unknown route {self.route!r}; choose one of {', '.join(ROUTES)}")
 
     def digest(self) -> str:
         """A short hash of the parameters."""
@@ -195,7 +219,7 @@ def _import_particles(run: _Run) -> None:
 
 def _train(run: _Run) -> None:
     c = run.config
-    if c.estimator != "learned" or c.model is not None:
+    if c.route != "distances" or c.estimator != "learned" or c.model is not None:
         return
     from . import datasets, siamese
 
@@ -225,6 +249,8 @@ def _estimator(run: _Run) -> Any:
 def _distances(run: _Run) -> None:
     from . import distance, plots, rotations
 
+    if run.config.route != "distances":
+        return
     data = run.data()
     estimator = _estimator(run)
     distance.check_truth(estimator, data)
@@ -254,6 +280,8 @@ def _recover(run: _Run) -> None:
     from . import alignment, distance, recovery
 
     c = run.config
+    if c.route != "distances":
+        return
     data = run.data(images=False)
     matrix, indices, _ = distance.load_matrix(run.path("distances.h5"))
     symmetry = data.attrs.get("symmetry", "C1")
@@ -274,6 +302,8 @@ def _recover(run: _Run) -> None:
 def _resolve(run: _Run) -> None:
     from . import alignment, commonlines, plots, recovery
 
+    if run.config.route != "distances":
+        return
     data = run.data()
     q, indices, attrs = recovery.load_orientations(run.path("orientations_from_distances.h5"))
     symmetry = data.attrs.get("symmetry", "C1")
@@ -299,18 +329,59 @@ def _resolve(run: _Run) -> None:
                            f"{frame.confidence:.1f} < 5 standard errors)")
 
 
+def _ab_initio(run: _Run) -> None:
+    """The first guess from the images alone (:func:`cryoem.ab_initio.ab_initio`)."""
+    from . import ab_initio, alignment, plots, recovery
+
+    if run.config.route != "ab-initio":
+        return
+    data = run.data()
+    indices = run.working_indices(data)
+    result = ab_initio.ab_initio(
+        data.projections[indices], ctf=run.ctf(data, indices, "ab_initio"),
+        pixel_size=data.pixel_size, seed=run.config.seed, progress=run.progress)
+    run.metrics["ab_initio_history"] = result.history
+    reference = run.reference(data, indices)
+    score = None
+    if reference is not None:  # only to score
+        physical = alignment.align_physical(result.quaternions, reference.orientations,
+                                            data.attrs.get("symmetry", "C1"))
+        score = physical.mean
+        run.metrics.update(e_or_rad=physical.mean, e_or_median_rad=physical.median)
+    recovery.save_orientations(run.path("orientations.h5"), result.quaternions, indices,
+                               shifts=result.shifts, e_or_rad=score,
+                               handedness="undetermined (a map and its mirror image project "
+                                          "to the same images)")
+    plots.save(plots.orientation_coverage(result.quaternions, "ab initio viewing directions"),
+               run.path("figures/orientations.png"))
+
+
+def _initial_map(run: _Run, data: Any, indices: np.ndarray, q: np.ndarray,
+                 shifts: np.ndarray | None) -> np.ndarray:
+    """The first guess's map from all working images (low-passed by the refinement)."""
+    from . import reconstruction
+
+    return reconstruction.reconstruct(
+        data.projections[indices], q, shifts=shifts, ctf=run.ctf(data, indices, "refine"),
+        pixel_size=data.pixel_size, iterations=15).data
+
+
 def _refine(run: _Run) -> None:
-    from . import alignment, recovery, refinement
+    from . import alignment, plots, recovery, refinement
 
     if not run.config.refine:
         return
     data = run.data()
     q, indices, attrs = recovery.load_orientations(run.path("orientations.h5"))
+    start = (None if run.config.initial_resolution is None
+             else _initial_map(run, data, indices, q, attrs.get("shifts")))
     result = refinement.refine(
         data.projections[indices], q, ctf=run.ctf(data, indices, "refine"),
         pixel_size=data.pixel_size, iterations=run.config.refine_iterations,
+        initial_map=start, initial_resolution=run.config.initial_resolution or 30.0,
         seed=run.config.seed, progress=run.progress)
     run.metrics["refinement_history"] = result.history
+    plots.save(plots.refinement_history(result.history), run.path("figures/refinement.png"))
     reference = run.reference(data, indices)
     score = None
     if reference is not None:  # only to score
@@ -336,7 +407,7 @@ def _final(run: _Run) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
 
 
 def _reconstruct(run: _Run) -> None:
-    from . import plots, reconstruction, resolution, volumes
+    from . import plots, reconstruction, refinement, resolution, volumes
 
     data = run.data()
     q, indices, shifts = _final(run)
@@ -353,8 +424,13 @@ def _reconstruct(run: _Run) -> None:
     for name, result in maps.items():
         volumes.save_map(volumes.Volume(result.data, data.pixel_size, name), run.path(name))
     halves = resolution.fsc(first.data, second.data, data.pixel_size, mask=True)
+    independent = (run.config.refine and run.config.initial_resolution is not None
+                   and run.path("orientations_refined.h5").exists())
+    start = refinement.start_resolution(run.config.initial_resolution or 30.0, data.size,
+                                        data.pixel_size)
     run.metrics.update(resolution_halfmap_fsc0143_angstrom=halves.resolution(0.143),
-                       halfmap_independence=HALFMAP_INDEPENDENCE)
+                       halfmap_independence=HALFMAP_INDEPENDENCE[independent].format(
+                           resolution=round(start, 1)))
     curves = {}
     if "map_aligned_to_truth.mrc" in maps and data.volume is not None:
         names = {"final orientations": ("map_aligned_to_truth.mrc", "resolution_fsc05_angstrom"),
@@ -430,6 +506,7 @@ STAGES: tuple[tuple[str, Callable[[_Run], None]], ...] = (
     ("distances", _distances),
     ("recover", _recover),
     ("resolve", _resolve),
+    ("ab_initio", _ab_initio),
     ("refine", _refine),
     ("reconstruct", _reconstruct),
     ("export", _export),
@@ -462,6 +539,7 @@ def run(config: PipelineConfig, out_dir: str | os.PathLike, progress: bool = Tru
                              f"({', '.join(changed)}); use another --out or delete it")
         state.record = previous
     state.record["provenance"] = provenance.collect()
+    state.metrics["route"] = config.route
     commit = state.record["provenance"]["git_commit"]
     for name, stage in STAGES:
         if name in state.record["finished"]:

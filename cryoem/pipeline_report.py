@@ -21,8 +21,8 @@ __all__ = ["METRIC_KEYS", "write_metrics", "write_json", "summary"]
 
 #: Keys of ``metrics.json`` (numbers, or null when not applicable).
 METRIC_KEYS = (
-    "volume", "n_projections", "test_size", "size", "pixel_size_angstrom", "snr", "estimator",
-    "training", "scored_against", "l_de_test", "l_de_val", "l_or", "e_or_rad", "e_or_median_rad", "e_or_o4_rad", "e_or_before_frame_rad",
+    "volume", "n_projections", "test_size", "size", "pixel_size_angstrom", "snr", "route",
+    "estimator", "training", "scored_against", "l_de_test", "l_de_val", "l_or", "e_or_rad", "e_or_median_rad", "e_or_o4_rad", "e_or_before_frame_rad",
     "e_or_unrefined_rad", "resolution_fsc05_angstrom",
     "resolution_fsc05_true_orientations_angstrom", "resolution_halfmap_fsc0143_angstrom",
     "halfmap_independence", "timings_s", "versions", "config_hash", "truth_used", "provenance",
@@ -84,6 +84,11 @@ def _truth_text(truth_used: dict[str, list[str]] | None) -> str:
     return text
 
 
+def _independence(metrics: dict[str, Any]) -> str:
+    text = metrics.get("halfmap_independence") or ""
+    return "independent" if text.startswith("independent") else "not independent"
+
+
 def summary(metrics: dict[str, Any]) -> str:
     """A closing table of the main numbers."""
     def fmt(value: Any, unit: str = "") -> str:
@@ -98,6 +103,7 @@ def summary(metrics: dict[str, Any]) -> str:
         ("projections (test)", f"{metrics.get('n_projections')} ({metrics.get('test_size')})"),
         ("image size, pixel", f"{metrics.get('size')} px, {fmt(metrics.get('pixel_size_angstrom'), ' Å')}"),
         ("SNR", fmt(metrics.get("snr"))),
+        ("first guess", fmt(metrics.get("route"))),
         ("estimator", fmt(metrics.get("estimator"))),
         ("ground truth read (not to score)", _truth_text(metrics.get("truth_used"))),
         ("scored against", fmt(metrics.get("scored_against")) if metrics.get("scored_against")
@@ -110,7 +116,7 @@ def summary(metrics: dict[str, Any]) -> str:
         ("E_OR physical, final", fmt(metrics.get("e_or_rad"), " rad")),
         ("FSC 0.5, final orientations", fmt(metrics.get("resolution_fsc05_angstrom"), " Å")),
         ("FSC 0.5, true orientations", fmt(metrics.get("resolution_fsc05_true_orientations_angstrom"), " Å")),
-        ("half maps FSC 0.143 (not independent)",
+        (f"half maps FSC 0.143 ({_independence(metrics)})",
          fmt(metrics.get("resolution_halfmap_fsc0143_angstrom"), " Å")),
         ("total time", fmt(sum((metrics.get("timings_s") or {}).values()), " s")),
     ]

@@ -158,6 +158,23 @@ def training_curves(history: dict[str, Sequence[float]], title: str = "training"
     return fig
 
 
+def refinement_history(history: Sequence[dict[str, float]], title: str = "refinement") -> Any:
+    """Half-map FSC 0.143 resolution and mean orientation change per refinement iteration."""
+    import matplotlib.pyplot as plt
+
+    steps = [entry["iteration"] for entry in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
+    left.plot(steps, [entry.get("halfmap_fsc0143_angstrom", np.nan) for entry in history], "o-")
+    left.set_ylabel("half maps, FSC 0.143 (Å)")
+    right.semilogy(steps, [max(entry["mean_change_rad"], 1e-6) for entry in history], "o-")
+    right.set_ylabel("mean orientation change (rad)")
+    for ax in (left, right):
+        ax.set_xlabel("iteration")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def save(figure: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
     """Save a matplotlib figure (PNG/PDF/SVG) or a plotly figure (self-contained HTML) and close it."""
     path = Path(path)

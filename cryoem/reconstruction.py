@@ -86,6 +86,7 @@ def reconstruct(
     backend: str = "finufft",
     batch_size: int | None = None,
     symmetry: str = "C1",
+    weights: ArrayLike | None = None,
     progress: bool = False,
     label: str = "",
 ) -> Reconstruction:
@@ -108,6 +109,10 @@ def reconstruct(
     symmetry
         Point group of the particle: each image also counts as a projection at
         ``R_i g`` for every ``g`` of the group (the map comes out symmetric).
+    weights
+        Non-negative weight of each image ``(N,)`` in the least-squares fit
+        (default 1): e.g. the posterior probability of a candidate orientation
+        when an image is entered once per candidate (:mod:`cryoem.ab_initio`).
     """
     images = np.asarray(images, dtype=np.float64)
     if images.ndim != 3 or images.shape[1] != images.shape[2]:
@@ -117,16 +122,18 @@ def reconstruct(
         raise ValueError(f"{len(images)} images but {len(matrices)} orientations")
     n, size = images.shape[:2]
     shifts_arr = projection._check_shifts(shifts, n)
+    image_weights = _check_weights(weights, n)
     group = rotations.quaternion_to_matrix(rotations.point_group(symmetry))
     if backend == "astra":
-        if shifts_arr is not None or ctf is not None or len(group) > 1:
-            raise ValueError("the ASTRA backend reconstructs without shifts, CTF or symmetry")
+        if shifts_arr is not None or ctf is not None or len(group) > 1 or weights is not None:
+            raise ValueError("the ASTRA backend reconstructs without shifts, CTF, symmetry "
+                             "or weights")
         return _reconstruct_astra(images, matrices, iterations, label)
     if backend != "finufft":
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
     plane = _plane(size)
-    weights = _weights(plane)
+    frequency_weights = _weights(plane)
     batch = batch_size or max(1, _POINTS_PER_CALL // plane.count)
     rhs = np.zeros((size,) * 3)
     kernel = np.zeros((2 * size,) * 3)
@@ -143,8 +150,9 @@ def reconstruct(
             transfer = plane.ctf(ctf[start:stop], pixel_size)
             factor = factor * transfer
             square = transfer**2
-        data_terms = (values * factor * weights).ravel()
-        square_terms = (square * weights).ravel().astype(complex)
+        batch_weights = frequency_weights * image_weights[start:stop, None]
+        data_terms = (values * factor * batch_weights).ravel()
+        square_terms = (square * batch_weights).ravel().astype(complex)
         for g in group:  # the same image seen at R_i g (identity alone without symmetry)
             points = plane.points(matrices[start:stop] @ g).reshape(-1, 3)
             rhs += _adjoint(points, data_terms, (size,) * 3)
@@ -155,6 +163,18 @@ def reconstruct(
     operator = _Normal(kernel_spectrum, size, lam)
     x, residuals = _conjugate_gradients(operator, rhs, iterations, tolerance, progress)
     return Reconstruction(x.astype(np.float32), len(residuals), residuals, label)
+
+
+def _check_weights(weights: ArrayLike | None, n: int) -> NDArray[np.float64]:
+    """Per-image weights ``(n,)``: ones by default; finite and non-negative."""
+    if weights is None:
+        return np.ones(n)
+    values = np.asarray(weights, dtype=np.float64)
+    if values.shape != (n,):
+        raise ValueError(f"expected {n} image weights, got shape {values.shape}")
+    if not np.all(np.isfinite(values)) or np.any(values < 0):
+        raise ValueError("image weights must be finite and non-negative")
+    return values
 
 
 def _adjoint(points: NDArray, values: NDArray, shape: tuple[int, int, int]) -> NDArray:

@@ -34,10 +34,11 @@ from typing import Callable
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import projection, reconstruction, resolution, rotations
+from . import projection, reconstruction, resolution, rotations, volumes
+from .matching import Band, GridSlices, grid_scores, integer_moves
 from ._progress import progress_bar
 
-__all__ = ["RefinementResult", "refine", "candidate_offsets"]
+__all__ = ["RefinementResult", "refine", "candidate_offsets", "start_resolution"]
 
 FloatArray = NDArray[np.float64]
 
@@ -64,35 +65,11 @@ def candidate_offsets(step: float, n_axes: int = 20, n_radii: int = 3) -> FloatA
     return np.concatenate([[[1.0, 0.0, 0.0, 0.0]], *turns])
 
 
-class _Band:
-    """Half-plane frequencies with ``|k| < radius``, and their place in the rfft layout."""
-
-    def __init__(self, size: int, radius: float) -> None:
-        kv = np.fft.fftfreq(size) * size
-        ku = np.fft.rfftfreq(size) * size
-        ku_grid, kv_grid = np.meshgrid(ku, kv)
-        self.mask = ku_grid**2 + kv_grid**2 < radius**2
-        self.ku, self.kv = ku_grid[self.mask], kv_grid[self.mask]
-        self.size = size
-        # Weight 2 for frequencies standing for their mirror too (k_u > 0).
-        self.weights = np.where(self.ku == 0, 1.0, 2.0)
-
-    def points(self, matrices: FloatArray) -> FloatArray:
-        scale = 2 * np.pi / self.size
-        return scale * (self.ku[None, :, None] * matrices[:, None, 0, :]
-                        + self.kv[None, :, None] * matrices[:, None, 1, :])
-
-
-def band_radius(band: _Band) -> float:
-    """The largest frequency of a band, pixels."""
-    return float(np.sqrt((band.ku**2 + band.kv**2).max()))
-
-
 _OVERSAMPLING = 2  # correlation sampled every half pixel
 
 
 def _match(reference: NDArray, images_spectra: NDArray, q: FloatArray, shifts: FloatArray,
-           ctf: NDArray | None, band: _Band, offsets: FloatArray, max_shift: float,
+           ctf: NDArray | None, band: Band, offsets: FloatArray, max_shift: float,
            batch: int, soft: bool = False,
            shortlist: int = 4) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Best candidate orientation, shift and score for every image.
@@ -112,7 +89,7 @@ def _match(reference: NDArray, images_spectra: NDArray, q: FloatArray, shifts: F
     evaluator = projection._SliceEvaluator(reference, precision="single")
     n, k = len(q), len(offsets)
     best_q, best_shift, best_score = np.empty((n, 4)), np.empty((n, 2)), np.empty(n)
-    undo = np.exp(2j * np.pi / size * (band.ku * shifts[:, :1] + band.kv * shifts[:, 1:]))
+    undo = band.shift_phases(shifts)
     for start in range(0, n, batch):
         stop = min(start + batch, n)
         count, images = stop - start, np.arange(stop - start)
@@ -144,9 +121,10 @@ def _match(reference: NDArray, images_spectra: NDArray, q: FloatArray, shifts: F
 
 
 def _global_match(reference: NDArray, images_spectra: NDArray, q: FloatArray,
-                  shifts: FloatArray, ctf: NDArray | None, band: _Band, grid: FloatArray,
+                  shifts: FloatArray, ctf: NDArray | None, band: Band, grid: FloatArray,
                   offsets: FloatArray, max_shift: float, batch: int,
-                  reach: float = np.pi) -> tuple[FloatArray, FloatArray, FloatArray]:
+                  reach: float = np.pi,
+                  keep_current: bool = True) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Best orientation of a fixed SO(3) grid or of the local grid, and integer shift, per image.
 
     Each image's band-limited spectrum, moved back by its current shift plus
@@ -156,48 +134,36 @@ def _global_match(reference: NDArray, images_spectra: NDArray, q: FloatArray,
     products per batch (hand-written because the per-candidate loop of
     :func:`_match` would cost the grid size times more).  The local candidates
     ``δ·q_i`` (``offsets``) compete on the same terms: an image escapes to a far
-    grid orientation only when nothing near its own scores as well.
+    grid orientation only when nothing near its own scores as well (unless
+    ``keep_current`` is false: then the grid alone decides).
     """
-    size = band.size
     evaluator = projection._SliceEvaluator(reference, precision="single")
-    weights = band.weights.astype(np.float32)
-
-    def slices_of(quaternions: FloatArray) -> tuple[NDArray, NDArray]:
-        values = evaluator(band.points(rotations.quaternion_to_matrix(quaternions)))
-        norms = np.sqrt(np.sum(weights * np.abs(values) ** 2, axis=-1))
-        return values, np.maximum(norms, 1e-30)
-
-    grid_slices, grid_norms = slices_of(grid)
-    grid_real = np.ascontiguousarray((grid_slices.real / grid_norms[:, None]).T)
-    grid_imag = np.ascontiguousarray((grid_slices.imag / grid_norms[:, None]).T)
-    steps = np.arange(-np.floor(max_shift), np.floor(max_shift) + 1)
-    moves = np.stack(np.meshgrid(steps, steps, indexing="ij"), -1).reshape(-1, 2)  # (T, 2)
-    n, t, k = len(q), len(moves), len(offsets)
+    grid_slices = GridSlices(reference, band, grid)
+    moves = integer_moves(max_shift)
+    n, k = len(q), len(offsets)
     best_q, best_shift, best_score = np.empty((n, 4)), np.empty((n, 2)), np.empty(n)
     for start in range(0, n, batch):
         stop = min(start + batch, n)
         count, rows = stop - start, np.arange(stop - start)
-        trial = shifts[start:stop, None, :] + moves[None, :, :]  # (b, T, 2)
-        undo = np.exp(2j * np.pi / size * (band.ku * trial[..., :1] + band.kv * trial[..., 1:]))
-        spectra = images_spectra[start:stop, None, :] * undo  # (b, T, K)
-        if ctf is not None:
-            spectra = spectra * ctf[start:stop, None, :]
-        spectra = (spectra * weights).astype(np.complex64)
-        flat = spectra.reshape(count * t, -1)
-        scores = (flat.real @ grid_real + flat.imag @ grid_imag).reshape(count, t, -1)
+        transfer = ctf[start:stop] if ctf is not None else None
+        scores, spectra, _ = grid_scores(images_spectra[start:stop], band, grid_slices, moves,
+                                         shifts[start:stop], transfer)
         if reach < np.pi:
             near = np.abs(q[start:stop] @ grid.T) >= np.cos(reach / 2)  # d(q, g) ≤ reach
             scores = np.where(near[:, None, :], scores, -np.inf)
         local = rotations.multiply(offsets[None, :, :], q[start:stop, None, :])  # (b, k, 4)
-        local_slices, local_norms = slices_of(local.reshape(-1, 4))
-        local_slices = local_slices.reshape(count, k, -1)
+        local_slices = evaluator(band.points(rotations.quaternion_to_matrix(
+            local.reshape(-1, 4)))).reshape(count, k, -1)
+        transfer_power = (1.0 if transfer is None else transfer[:, None, :] ** 2)
+        local_norms = np.sqrt(np.maximum(np.sum(band.weights * transfer_power
+                                                * np.abs(local_slices) ** 2, -1), 1e-30))
         local_scores = np.real(np.einsum("btf,bkf->btk", spectra, np.conj(local_slices))) \
-            / local_norms.reshape(count, 1, k)
+            / local_norms[:, None, :]
         grid_shift, grid_which = np.divmod(np.argmax(scores.reshape(count, -1), 1), len(grid))
         local_shift, local_which = np.divmod(np.argmax(local_scores.reshape(count, -1), 1), k)
         grid_best = scores[rows, grid_shift, grid_which]
         local_best = local_scores[rows, local_shift, local_which]
-        stay = local_best >= grid_best
+        stay = (local_best >= grid_best) & keep_current
         best_q[start:stop] = np.where(stay[:, None], local[rows, local_which], grid[grid_which])
         best_shift[start:stop] = shifts[start:stop] + moves[np.where(stay, local_shift,
                                                                     grid_shift)]
@@ -236,6 +202,26 @@ def _shift_search(centred: NDArray, slices: NDArray, norms: FloatArray,
     offset_x = keep[col] - np.where(keep[col] > fine // 2, fine, 0) + dx
     offset = np.stack([offset_x, offset_y], axis=-1) / _OVERSAMPLING
     return which, offset, flat[images, index]
+
+
+def start_resolution(resolution: float, size: int, pixel_size: float) -> float:
+    """The low-pass of the gold-standard start, Å: ``resolution``, or finer when that
+    would leave fewer than three Fourier shells of the box (a small box)."""
+    return float(min(resolution, size * pixel_size / 3))
+
+
+def _half_maps(images: NDArray, q: FloatArray, shifts: FloatArray,
+               ctf: "projection.CTFParameters | None", halves: NDArray, pixel_size: float,
+               regularization: float) -> list[NDArray]:
+    """Each half's map from its own images, orientations and shifts."""
+    maps = []
+    for half in (0, 1):
+        chosen = np.flatnonzero(halves == half)
+        maps.append(reconstruction.reconstruct(
+            images[chosen], q[chosen], shifts=shifts[chosen],
+            ctf=ctf[chosen] if ctf is not None else None, pixel_size=pixel_size,
+            iterations=15, regularization=regularization).data)
+    return maps
 
 
 def _filter_by_fsc(volume: NDArray, values: FloatArray) -> NDArray:
@@ -278,6 +264,8 @@ def refine(
     global_candidates: int = 10000,
     global_radius: float = 8.0,
     global_reach: float = np.pi,
+    initial_map: ArrayLike | None = None,
+    initial_resolution: float = 30.0,
     batch: int = 64,
     seed: int = 0,
     progress: bool = False,
@@ -319,6 +307,17 @@ def refine(
         only when nothing near its orientation scores as well.  This reaches
         first guesses that are too far off for the local grid;
         ``global_iterations=0`` turns it off.
+    initial_map, initial_resolution
+        Gold standard from the start: the first iteration matches both halves
+        against ``initial_map`` (the first guess's map, of the images' box and
+        pixel size) low-passed to ``initial_resolution`` Å (finer in a small box: see
+        :func:`start_resolution`), on the global grid
+        alone (the first guess's orientations and shifts are not used), so that
+        from then on each half's orientations and map depend only on its own
+        images and on detail coarser than ``initial_resolution`` (and on the
+        FSC between the halves, which sets both halves' band and filter, as in
+        RELION): the half-map FSC is not inflated by a shared start.  Without it, the halves start
+        from the first guess's orientations, which all images shaped together.
     callback
         Called after each iteration with ``(iteration, orientations, shifts)``;
         whatever numbers it returns (e.g. the error against a known truth) go
@@ -335,25 +334,33 @@ def refine(
     soft_iterations += global_iterations  # counted from the first iteration
     iterations += global_iterations
     grid = rotations.sample_uniform(global_candidates, seed=np.random.default_rng([seed, 1]))
+    start_map = None
+    if initial_map is not None:
+        if global_iterations < 1:
+            raise ValueError("a start from initial_map needs global_iterations >= 1")
+        initial_resolution = start_resolution(initial_resolution, size, pixel_size)
+        start_map = volumes.lowpass(np.asarray(initial_map), pixel_size, initial_resolution)
+        current_shifts = np.zeros((n, 2))  # searched afresh against the start map
     spectra_all = np.fft.rfft2(np.fft.ifftshift(images, axes=(-2, -1)))
     history: list[dict[str, float]] = []
     for iteration in progress_bar(range(iterations), total=iterations, enable=progress,
                                   desc="refining"):
-        maps = []
-        for half in (0, 1):
-            chosen = np.flatnonzero(halves == half)
-            maps.append(reconstruction.reconstruct(
-                images[chosen], q[chosen], shifts=current_shifts[chosen],
-                ctf=ctf[chosen] if ctf is not None else None, pixel_size=pixel_size,
-                iterations=15, regularization=regularization).data)
-        curve = resolution.fsc(maps[0], maps[1], pixel_size, mask=True)
-        maps = [_filter_by_fsc(m, curve.values) for m in maps]
-        below = np.flatnonzero(curve.values < resolution.THRESHOLD_HALF_MAPS)
-        shell = curve.shells[below[0]] if len(below) else curve.shells[-1]
-        band = _Band(size, min(size / 2 - 1, max(6.0, 1.2 * shell + 2)))
+        from_start = start_map is not None and iteration == 0
+        if from_start:
+            maps = [start_map, start_map]
+            band = Band(size, size * pixel_size / initial_resolution + 0.5)
+            curve = None
+        else:
+            maps = _half_maps(images, q, current_shifts, ctf, halves, pixel_size,
+                              regularization)
+            curve = resolution.fsc(maps[0], maps[1], pixel_size, mask=True)
+            maps = [_filter_by_fsc(m, curve.values) for m in maps]
+            below = np.flatnonzero(curve.values < resolution.THRESHOLD_HALF_MAPS)
+            shell = curve.shells[below[0]] if len(below) else curve.shells[-1]
+            band = Band(size, min(size / 2 - 1, max(6.0, 1.2 * shell + 2)))
         searching_globally = iteration < global_iterations
         if searching_globally:
-            band = _Band(size, min(band_radius(band), global_radius))
+            band = Band(size, min(band.radius, global_radius))
         new_q, new_shifts = q.copy(), current_shifts.copy()
         offsets = candidate_offsets(step)
         scores = np.empty(n)
@@ -366,7 +373,7 @@ def refine(
                 new_q[chosen], new_shifts[chosen], scores[chosen] = _global_match(
                     maps[half], spectra_all[chosen][:, band.mask], q[chosen],
                     current_shifts[chosen], transfer, band, grid, offsets, max_shift,
-                    batch, global_reach)
+                    batch, global_reach, keep_current=not from_start)
                 continue
             new_q[chosen], new_shifts[chosen], scores[chosen] = _match(
                 maps[half], spectra_all[chosen][:, band.mask], q[chosen],
@@ -378,8 +385,10 @@ def refine(
         entry = {"iteration": iteration + 1, "step_rad": step,
                  "global": float(searching_globally),
                  "soft": float(iteration < soft_iterations),
-                 "halfmap_fsc0143_angstrom": curve.resolution(resolution.THRESHOLD_HALF_MAPS),
-                 "band_radius_px": band_radius(band),
+                 "start_lowpass_angstrom": initial_resolution if from_start else float("nan"),
+                 "halfmap_fsc0143_angstrom": (float("nan") if curve is None else
+                                              curve.resolution(resolution.THRESHOLD_HALF_MAPS)),
+                 "band_radius_px": band.radius,
                  "mean_change_rad": moved, "mean_score": float(np.mean(scores))}
         if callback is not None:
             entry.update(callback(iteration + 1, q, current_shifts))

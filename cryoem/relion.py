@@ -45,11 +45,14 @@ _OPTICS_COLUMNS = {"voltage": "rlnVoltage", "cs": "rlnSphericalAberration",
 
 def export_relion(data: Dataset, out_dir: str | os.PathLike, *,
                   orientations: ArrayLike | None = None, shifts: ArrayLike | None = None,
-                  indices: ArrayLike | None = None, overwrite: bool = False) -> Path:
+                  indices: ArrayLike | None = None, poses: bool = True,
+                  overwrite: bool = False) -> Path:
     """Write ``particles.mrcs`` and ``particles.star`` for the projections ``indices``.
 
     ``orientations`` (quaternions) and ``shifts`` (pixels) default to the
-    dataset's own (the ground truth of a simulation).  Returns the STAR path.
+    dataset's own (the ground truth of a simulation).  With ``poses=False`` the
+    STAR has no angle or origin columns: particles as a lab has them before
+    any refinement.  Returns the STAR path.
     """
     import mrcfile
     import pandas as pd
@@ -79,6 +82,10 @@ def export_relion(data: Dataset, out_dir: str | os.PathLike, *,
         "rlnOriginXAngst": -s[:, 0] * pixel, "rlnOriginYAngst": -s[:, 1] * pixel,
         "rlnOpticsGroup": np.ones(len(index), dtype=int),
     }
+    if not poses:
+        for column in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst",
+                       "rlnOriginYAngst"):
+            del particles[column]
     ctf = data.ctf[index] if data.ctf is not None else None
     optics = {"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
               "rlnImagePixelSize": [pixel], "rlnImageSize": [images.shape[-1]],

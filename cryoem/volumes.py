@@ -64,6 +64,7 @@ __all__ = [
     "fourier_resample",
     "spherical_mask",
     "lowpass_nyquist",
+    "lowpass",
     "normalize",
     "prepare",
 ]
@@ -565,12 +566,24 @@ def lowpass_nyquist(data: ArrayLike, start: float = 0.85) -> NDArray[np.float32]
     limited this way has projections whose spectra lie inside the disk that
     :func:`cryoem.projection.project` evaluates, so the projector is exact.
     """
+    return _cosine_lowpass(data, 1.0, start)
+
+
+def lowpass(data: ArrayLike, pixel_size: float, resolution: float) -> NDArray[np.float32]:
+    """Keep a map's detail coarser than ``resolution`` Å: gain 1 up to 0.8/resolution, a
+    cosine roll-off to 0 at 1/resolution (e.g. an initial model limited to 30 Å)."""
+    cutoff = 2 * pixel_size / resolution  # in units of Nyquist
+    return _cosine_lowpass(data, cutoff, 0.8 * cutoff)
+
+
+def _cosine_lowpass(data: ArrayLike, stop: float, start: float) -> NDArray[np.float32]:
+    """Gain 1 below ``start``, 0 beyond ``stop`` (units of Nyquist), a cosine between."""
     data = np.asarray(data, dtype=np.float32)
     size = data.shape[0]
     k = np.fft.fftfreq(size) * 2  # in units of Nyquist
     kr = np.fft.rfftfreq(size) * 2
     radius = np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kr[None, None, :] ** 2)
-    ramp = np.clip((radius - start) / (1 - start), 0.0, 1.0)
+    ramp = np.clip((radius - start) / max(stop - start, 1e-12), 0.0, 1.0)
     gain = 0.5 + 0.5 * np.cos(np.pi * ramp)
     spectrum = np.fft.rfftn(data) * gain
     return np.fft.irfftn(spectrum, s=data.shape, axes=(0, 1, 2)).astype(np.float32)
