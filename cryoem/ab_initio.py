@@ -104,6 +104,7 @@ def ab_initio(
     final_resolution: float = 15.0,
     grid_size: int = 3000,
     candidates: int = 5,
+    draw: str = "sample",
     subset: int = 1000,
     max_shift: float = 2.0,
     batch: int = 256,
@@ -129,8 +130,10 @@ def ab_initio(
         The band's first and last resolution, Å (at least 3 pixels of the working box).
     grid_size
         Uniform orientations drawn afresh each iteration.
-    candidates
-        Orientations each image keeps, weighted by their posterior probability.
+    candidates, draw
+        Orientations each image enters the reconstruction with: drawn from its
+        posterior over the grid (``"sample"``), or its most probable ones
+        weighted by their probability (``"top"``).
     subset
         Images drawn (without replacement) for each of the first half of the
         iterations; the second half uses them all.
@@ -141,6 +144,8 @@ def ab_initio(
         whatever numbers it returns go into that iteration's history entry.
     """
     images = np.asarray(images)
+    if draw not in ("sample", "top"):
+        raise ValueError(f"draw must be 'sample' or 'top', got {draw!r}")
     if images.ndim != 3 or images.shape[1] != images.shape[2]:
         raise ValueError(f"expected images of shape (N, L, L), got {images.shape}")
     n, size = images.shape[:2]
@@ -170,20 +175,20 @@ def ab_initio(
         transfer = (projection.ctf_2d(ctf[chosen], band.ku / (work_size * work_pixel),
                                       band.kv / (work_size * work_pixel))
                     if ctf is not None else None)
-        picked, probability, best_moves, peak = _expectation(
-            spectra_all[chosen][:, band.mask], band, slices, moves, transfer, candidates, batch)
-        q[chosen] = grid[picked[:, 0]]
-        shifts[chosen] = best_moves[:, 0] * scale
-        repeat = np.repeat(chosen, candidates)
+        mode, mode_moves, mode_probability, picked, weight, picked_moves = _expectation(
+            spectra_all[chosen][:, band.mask], band, slices, moves, transfer, candidates, batch,
+            draw, rng)
+        q[chosen] = grid[mode]
+        shifts[chosen] = mode_moves * scale
+        repeat = np.repeat(chosen, picked.shape[1])
         volume = _constrain(reconstruction.reconstruct(
-            work[repeat], grid[picked.ravel()], shifts=best_moves.reshape(-1, 2),
+            work[repeat], grid[picked.ravel()], shifts=picked_moves.reshape(-1, 2),
             ctf=ctf[repeat] if ctf is not None else None, pixel_size=work_pixel,
-            weights=probability.ravel(), regularization=regularization, iterations=10).data,
+            weights=weight.ravel(), regularization=regularization, iterations=10).data,
             mask)
         entry = {"iteration": iteration + 1, "resolution_angstrom": resolution,
                  "band_radius_px": band.radius, "images": float(len(chosen)),
-                 "mean_top_probability": float(np.mean(probability[:, 0])),
-                 "mean_score": float(np.mean(peak))}
+                 "mean_top_probability": float(np.mean(mode_probability))}
         if callback is not None:
             entry.update(callback(iteration + 1, rotations.canonical(q), shifts))
         history.append(entry)
@@ -191,16 +196,24 @@ def ab_initio(
 
 
 def _expectation(spectra: NDArray, band: Band, grid: GridSlices, moves: FloatArray,
-                 ctf: NDArray | None, candidates: int,
-                 batch: int) -> tuple[NDArray, FloatArray, FloatArray, FloatArray]:
-    """Each image's best grid orientations ``(N, C)`` (most probable first), their
-    probabilities, shifts ``(N, C, 2)`` (working pixels) and the best score."""
+                 ctf: NDArray | None, candidates: int, batch: int, draw: str,
+                 rng: np.random.Generator) -> tuple[NDArray, NDArray, FloatArray, NDArray,
+                                                    FloatArray, FloatArray]:
+    """The E step, by batches of images.
+
+    Returns each image's most probable grid orientation ``(N,)`` and its shift
+    (working pixels) and posterior probability; then ``C`` candidates ``(N, C)``
+    with their weights and shifts ``(N, C, 2)``: drawn from the posterior over
+    the whole grid (``draw="sample"``, weights ``1/C``: an unbiased estimate of
+    the marginalisation, however broad the posterior) or the ``C`` most
+    probable (``draw="top"``, weighted by their renormalised probability).
+    """
     n = len(spectra)
     count = min(candidates, len(grid))
-    picked = np.empty((n, count), dtype=np.int64)
-    probability = np.empty((n, count))
-    best_moves = np.empty((n, count, 2))
-    peak = np.empty(n)
+    mode, mode_moves, mode_probability = (np.empty(n, dtype=np.int64), np.empty((n, 2)),
+                                          np.empty(n))
+    picked, weight, picked_moves = (np.empty((n, count), dtype=np.int64), np.empty((n, count)),
+                                    np.empty((n, count, 2)))
     dof = float(np.sum(band.weights))
     for start in range(0, n, batch):
         stop = min(start + batch, n)
@@ -209,10 +222,21 @@ def _expectation(spectra: NDArray, band: Band, grid: GridSlices, moves: FloatArr
                                         ctf=None if ctf is None else ctf[start:stop])
         move_of = np.argmax(scores, axis=1)  # (b, G): the best shift of each orientation
         best = np.take_along_axis(scores, move_of[:, None, :], axis=1)[:, 0, :]
-        top = np.argpartition(-best, count - 1, axis=1)[:, :count]
-        top = np.take_along_axis(top, np.argsort(-best[rows, top], axis=1), axis=1)
-        picked[start:stop] = top
-        probability[start:stop] = posterior_weights(best[rows, top], energy, dof)
-        best_moves[start:stop] = moves[move_of[rows, top]]
-        peak[start:stop] = best[rows[:, 0], top[:, 0]]
-    return picked, probability, best_moves, peak
+        posterior = posterior_weights(best, energy, dof)
+        mode[start:stop] = np.argmax(posterior, axis=1)
+        mode_probability[start:stop] = posterior[rows[:, 0], mode[start:stop]]
+        mode_moves[start:stop] = moves[move_of[rows[:, 0], mode[start:stop]]]
+        if draw == "sample":
+            cumulative = np.cumsum(posterior, axis=1)
+            cumulative /= cumulative[:, -1:]
+            u = rng.random((stop - start, count))
+            chosen = np.minimum(np.sum(cumulative[:, None, :] < u[:, :, None], axis=-1),
+                                len(grid) - 1)
+            weight[start:stop] = 1.0 / count
+        else:
+            chosen = np.argpartition(-best, count - 1, axis=1)[:, :count]
+            top = posterior[rows, chosen]
+            weight[start:stop] = top / top.sum(axis=1, keepdims=True)
+        picked[start:stop] = chosen
+        picked_moves[start:stop] = moves[move_of[rows, chosen]]
+    return mode, mode_moves, mode_probability, picked, weight, picked_moves
