@@ -41,10 +41,11 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=d.size, help=f"image edge (default: {d.size})")
     parser.add_argument("--snr", type=float, default=d.snr, help="signal-to-noise ratio (default: inf)")
     parser.add_argument("--max-shift", type=float, default=d.max_shift, metavar="PX")
-    parser.add_argument("--route", choices=ROUTES, default=d.route,
+    parser.add_argument("--route", choices=ROUTES, default=None,
                         help="the first guess: distances (learned or other, then recovery and "
                              "the frame step) or ab-initio (from the images alone: no "
-                             f"distances, no training, no truth) (default: {d.route})")
+                             "distances, no training, no truth) (default: ab-initio with "
+                             "--particles, distances otherwise)")
     parser.add_argument("--estimator", choices=ESTIMATORS, default=d.estimator)
     parser.add_argument("--model", default=None, metavar="MODEL_DIR",
                         help="trained model (skips training), or `pretrained`: the general "
@@ -60,6 +61,8 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
                              "(e.g. pretrained)")
     parser.add_argument("--datadir", default=None, metavar="DIR",
                         help="with a STAR file: the folder its stack paths are relative to")
+    parser.add_argument("--symmetry", default=None, metavar="GROUP",
+                        help="with --particles: their point group, if known (default: C1)")
     parser.add_argument("--reference-poses", action="store_true",
                         help="with --particles: score against their reference poses (e.g. a "
                              "RELION refinement's angles); they are never used to estimate")
@@ -101,7 +104,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
         size=args.size, snr=args.snr, max_shift=args.max_shift, route=args.route,
         estimator=args.estimator,
         model=args.model, training=args.training, particles=args.particles, datadir=args.datadir,
-        reference_poses=args.reference_poses, epochs=args.epochs, train_seconds=args.train_seconds,
+        reference_poses=args.reference_poses, symmetry=args.symmetry, epochs=args.epochs, train_seconds=args.train_seconds,
         sigma2=args.sigma2, steps=args.steps, refine=not args.no_refine,
         refine_iterations=args.refine_iterations, initial_resolution=args.initial_resolution,
         seed=args.seed)

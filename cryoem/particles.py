@@ -273,7 +273,7 @@ def _ctf(particles: Any, optics: dict[str, NDArray[np.float64]],
 def import_relion(star_path: str | os.PathLike, out: str | os.PathLike, *,
                   size: int | None = None, pixel_size: float | None = None,
                   datadir: str | os.PathLike | None = None, normalize: bool = True,
-                  overwrite: bool = False) -> Path:
+                  symmetry: str = "C1", overwrite: bool = False) -> Path:
     """Turn a RELION particle set into a cryoem dataset (no ground-truth volume).
 
     Images are resampled by Fourier cropping/padding to ``size`` pixels (the
@@ -283,7 +283,8 @@ def import_relion(star_path: str | os.PathLike, out: str | os.PathLike, *,
     (``orientations_source = "reference"``), never as a ground truth: commands
     score against them only when asked (``--reference-poses``).  Missing angles
     or origins are stored as NaN (``"absent"``), never as zeros.  A CTF is kept
-    when defocus columns exist, with each particle's own optics.
+    when defocus columns exist, with each particle's own optics.  ``symmetry`` is
+    the particle's point group as the user knows it (recorded, used by reconstruction).
 
     Raises
     ------
@@ -292,7 +293,10 @@ def import_relion(star_path: str | os.PathLike, out: str | os.PathLike, *,
         nothing is written then.
     """
     from .datasets import save
+    from .rotations import point_group
     from .volumes import fourier_resample
+
+    point_group(symmetry)  # a clear error on an unknown group, before anything is read
 
     star_path = Path(star_path)
     optics_table, particles = read_star(star_path)
@@ -315,7 +319,7 @@ def import_relion(star_path: str | os.PathLike, out: str | os.PathLike, *,
         particles, star_path, np.full(len(particles), pixel), original / images.shape[-1])
     return save(out, images, orientations, shifts, pixel, ctf=ctf,
                 overwrite=overwrite, source=str(star_path), volume_name=star_path.stem,
-                symmetry="C1", snr=float("nan"), noisy=True, max_shift=float("nan"),
+                symmetry=symmetry, snr=float("nan"), noisy=True, max_shift=float("nan"),
                 imported=True, orientations_source=orientations_source,
                 shifts_source=shifts_source, ctf_source="input" if ctf is not None else "absent",
                 original_size=original)

@@ -90,13 +90,16 @@ class PipelineConfig:
     size: int = 64
     snr: float = float("inf")
     max_shift: float = 0.0
-    route: str = "distances"  # the first guess: "distances" or "ab-initio" (images alone)
+    # The first guess: "distances" or "ab-initio" (images alone); None: ab-initio with
+    # particles (the distances route would need a model trained without them), else distances
+    route: str | None = None
     estimator: str = "learned"
     model: str | None = None
     training: str = "rendered"  # "rendered": supervised on the true map; "fixed": the paper's
     particles: str | None = None  # a STAR file or dataset to start from instead of simulating
     datadir: str | None = None  # the folder a STAR file's stack paths are relative to
     reference_poses: bool = False  # score against the particles' reference poses
+    symmetry: str | None = None  # the particles' point group, as the user knows it (C1)
     epochs: int = 200
     train_seconds: float | None = 300.0  # None: the epochs alone bound training
     input_size: int | None = 32
@@ -110,6 +113,10 @@ class PipelineConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.route is None:
+            self.route = "ab-initio" if self.particles is not None else "distances"
+        if self.symmetry is not None and self.particles is None:
+            raise ValueError("symmetry is for --particles; a simulation takes its volume's")
         if self.route not in ROUTES:
             raise ValueError(f"unknown route {self.route!r}; choose one of {', '.join(ROUTES)}")
 
@@ -202,15 +209,22 @@ def _import_particles(run: _Run) -> None:
     """Start from the user's particles: a RELION STAR file (imported) or a dataset (copied)."""
     import shutil
 
-    from . import datasets, particles
+    from . import datasets, particles, rotations
 
     source = Path(run.config.particles)  # type: ignore[arg-type]
     if source.suffix == ".star":
         particles.import_relion(source, run.path("data.h5"), size=run.config.size,
-                                datadir=run.config.datadir, overwrite=True)
+                                datadir=run.config.datadir, overwrite=True,
+                                symmetry=run.config.symmetry or "C1")
     else:
         datasets.load(source, images=False)  # a clear error if it is not a dataset
         shutil.copyfile(source, run.path("data.h5"))
+        if run.config.symmetry is not None:
+            import h5py
+
+            rotations.point_group(run.config.symmetry)  # a clear error on an unknown group
+            with h5py.File(run.path("data.h5"), "a") as handle:
+                handle.attrs["symmetry"] = run.config.symmetry
     data = run.data(images=False)
     run.metrics.update(volume=str(source), n_projections=len(data),
                        test_size=len(data), size=data.size,

@@ -36,3 +36,23 @@ def test_a_star_without_angles_comes_back_with_poses_that_score_well(tmp_path):
     assert score["matched"] == 300
     # Measured 0.05 rad (median 0.035) at this size; random orientations are ~2 rad off.
     assert score["e_or_rad"] < 0.12 and score["within_0.1_rad"] > 0.8
+
+
+def test_particles_default_to_the_ab_initio_route_and_take_a_known_symmetry(tmp_path):
+    import pytest
+
+    from cryoem import particles, pipeline
+
+    assert pipeline.PipelineConfig(particles="p.star").route == "ab-initio"
+    assert pipeline.PipelineConfig().route == "distances"
+    with pytest.raises(ValueError, match="symmetry is for --particles"):
+        pipeline.PipelineConfig(symmetry="C2")
+    with pytest.raises(ValueError, match="unknown route"):
+        pipeline.PipelineConfig(route="guess")
+    truth = datasets.generate(volumes.gaussian_phantom(16), 6, tmp_path / "t.h5", test_size=6)
+    star = relion.export_relion(datasets.load(truth), tmp_path / "star", poses=False)
+    particles.import_relion(star, tmp_path / "c2.h5", symmetry="C2")
+    assert datasets.load(tmp_path / "c2.h5", images=False).attrs["symmetry"] == "C2"
+    with pytest.raises(ValueError):
+        particles.import_relion(star, tmp_path / "bad.h5", symmetry="Q9")
+    assert not (tmp_path / "bad.h5").exists()
