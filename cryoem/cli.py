@@ -50,11 +50,13 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, metavar="MODEL_DIR",
                         help="trained model (skips training), or `pretrained`: the general "
                              "model shipped with cryoem")
-    parser.add_argument("--training", choices=("rendered", "fixed"), default=d.training,
+    parser.add_argument("--training", choices=("rendered", "fixed", "self"), default=d.training,
                         help="rendered (default): images drawn from the TRUE map at the data's "
                              "SNR, labelled with their true orientations - supervised on the "
                              "true map, an upper bound; fixed: the training split's labelled "
-                             "projections only (the paper's protocol)")
+                             "projections only (the paper's protocol); self: images rendered "
+                             "from the pipeline's own ab initio map at the SNR measured on the "
+                             "images - no truth read")
     parser.add_argument("--particles", default=None, metavar="PATH",
                         help="start from these particles (RELION STAR or cryoem dataset) "
                              "instead of simulating; with --route distances it needs --model "

@@ -66,6 +66,7 @@ __all__ = ["PipelineConfig", "run", "STAGES", "ROUTES", "METRIC_KEYS"]
 TRAINING_TRUTH = {
     "rendered": ["volume", "orientations", "snr", "max_shift", "signal_variance"],
     "fixed": ["orientations"],
+    "self": [],  # renderings of the pipeline's own ab initio map (cryoem.self_training)
 }
 
 #: First-guess routes: learned (or other) distances, or ab initio from the images alone.
@@ -238,6 +239,9 @@ def _train(run: _Run) -> None:
     from . import datasets, siamese
 
     data = run.data()
+    if c.training == "self":
+        _self_train(run, data)
+        return
     if data.source("orientations") != datasets.GROUND_TRUTH:
         raise ValueError(f"training needs ground-truth labels, which {c.particles} does not have: "
                          "pass --model pretrained (or a trained model)")
@@ -250,6 +254,23 @@ def _train(run: _Run) -> None:
     run.metrics["training"] = c.training
     siamese.train([data], run.path("model"), config, verbose=2 if run.progress else 0,
                   overwrite=not (run.path("model") / "backup").exists())
+
+
+def _self_train(run: _Run, data: Any) -> None:
+    """Train on renderings of the pipeline's own ab initio map (no truth read)."""
+    from . import self_training, siamese
+
+    c = run.config
+    config = siamese.TrainingConfig(mode="rendered", input_size=c.input_size, epochs=c.epochs,
+                                    max_seconds=c.train_seconds, patience=30, seed=c.seed)
+    indices = run.working_indices(data)
+    run.use_truth("train", [])
+    run.metrics["training"] = "self"
+    run.metrics["self_training"] = self_training.train_on_estimate(
+        data, indices, run.path("model"), run.path("estimate.h5"), config, seed=c.seed,
+        progress=run.progress)
+    if data.simulated_ctf:
+        run.use_truth("train", ["ctf"])
 
 
 def _estimator(run: _Run) -> Any:

@@ -56,3 +56,15 @@ def test_particles_default_to_the_ab_initio_route_and_take_a_known_symmetry(tmp_
     with pytest.raises(ValueError):
         particles.import_relion(star, tmp_path / "bad.h5", symmetry="Q9")
     assert not (tmp_path / "bad.h5").exists()
+
+
+def test_the_snr_measured_on_the_background_matches_the_simulation(tmp_path):
+    from cryoem import self_training
+
+    protein = volumes.resolve("4ake", 32)
+    for snr in (16.0, 1.0, 0.25):  # measured 16.0, 1.00, 0.25
+        path = datasets.generate(protein, 200, tmp_path / f"{snr}.h5", snr=snr, test_size=200)
+        assert self_training.estimate_snr(datasets.load(path).projections) == \
+            __import__("pytest").approx(snr, rel=0.1)
+    clean = datasets.generate(protein, 50, tmp_path / "clean.h5", test_size=50)
+    assert self_training.estimate_snr(datasets.load(clean).projections) == float("inf")

@@ -108,12 +108,14 @@ def test_reconstruction_and_export_ignore_the_truth(stage_outputs):
     np.testing.assert_allclose(b, a, atol=1e-4)
 
 
-def test_the_pipeline_from_particles_ignores_the_truth(copies, tmp_path):
-    """The whole pipeline started from each copy, with the shipped model: same outputs."""
+@pytest.mark.parametrize("route", ["distances", "ab-initio"])
+def test_the_pipeline_from_particles_ignores_the_truth(copies, tmp_path, route):
+    """The whole pipeline started from each copy (distances: with the shipped model): same
+    outputs."""
     results = {}
     for data in copies:
-        config = pipeline.PipelineConfig(particles=str(data), model="pretrained", steps=150,
-                                         refine_iterations=2)
+        config = pipeline.PipelineConfig(particles=str(data), route=route, model="pretrained",
+                                         steps=150, refine_iterations=2)
         folder = tmp_path / data.stem
         try:
             metrics = pipeline.run(config, folder, progress=False, report=lambda _: None)
@@ -134,6 +136,26 @@ def test_the_pipeline_from_particles_ignores_the_truth(copies, tmp_path):
         assert m_intact["scored_against"] == "the ground truth"
         with mrcfile.open(intact / "map.mrc") as a, mrcfile.open(blind / "map.mrc") as b:
             np.testing.assert_allclose(b.data, a.data, rtol=0, atol=1e-5 * np.abs(a.data).max())
+
+
+def test_self_training_ignores_the_truth(copies, tmp_path):
+    """Self-training's map (ab initio), measured SNR and shift range are the same from both
+    copies: it renders its training images from its own estimate, not from the true map."""
+    from cryoem import self_training, siamese
+
+    measured = {}
+    for data in copies:
+        loaded = datasets.load(data)
+        config = siamese.TrainingConfig(epochs=1, steps_per_epoch=2, batch_size=16, width=0.25)
+        record = self_training.train_on_estimate(
+            loaded, np.arange(len(loaded)), tmp_path / data.stem / "model",
+            tmp_path / data.stem / "estimate.h5", config, n_render=60)
+        estimate = datasets.load(tmp_path / data.stem / "estimate.h5", images=False).volume
+        assert np.isfinite(estimate).all()
+        assert (tmp_path / data.stem / "model" / "model.keras").exists()
+        measured[data.stem] = (estimate, record["snr_estimate"], record["max_shift_px"])
+    np.testing.assert_array_equal(measured["blind"][0], measured["intact"][0])
+    assert measured["blind"][1:] == measured["intact"][1:]
 
 
 def test_the_comparison_catches_a_stage_that_reads_the_truth(copies, tmp_path):
