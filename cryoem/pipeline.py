@@ -427,8 +427,10 @@ def _refine(run: _Run) -> None:
         # rerun).
         run.metrics.update(e_or_unrefined_rad=attrs.get("e_or_rad"), e_or_rad=physical.mean,
                            e_or_median_rad=physical.median)
+    run.metrics["match_score_quantiles"] = dict(zip(
+        ("5%", "50%", "95%"), np.quantile(result.scores, [0.05, 0.5, 0.95]).tolist()))
     recovery.save_orientations(run.path("orientations_refined.h5"), result.quaternions, indices,
-                               shifts=result.shifts, e_or_rad=score)
+                               shifts=result.shifts, scores=result.scores, e_or_rad=score)
 
 
 def _final(run: _Run) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

@@ -488,10 +488,12 @@ ORIENTATIONS_FORMAT = "cryoem-orientations-1"
 
 def save_orientations(path: str | os.PathLike[str], quaternions: ArrayLike,
                       indices: ArrayLike, loss_history: ArrayLike = (),
-                      shifts: ArrayLike | None = None, **attributes: object) -> Path:
+                      shifts: ArrayLike | None = None, scores: ArrayLike | None = None,
+                      **attributes: object) -> Path:
     """Write recovered orientations (with the dataset indices they belong to) atomically.
 
-    ``shifts`` (pixels), when estimated (e.g. by refinement), are stored beside them.
+    ``shifts`` (pixels), when estimated (e.g. by refinement), and each image's
+    match ``scores`` are stored beside them.
     """
     import h5py
 
@@ -504,6 +506,8 @@ def save_orientations(path: str | os.PathLike[str], quaternions: ArrayLike,
         f.create_dataset("loss_history", data=np.asarray(loss_history, dtype=np.float64))
         if shifts is not None:
             f.create_dataset("shifts", data=np.asarray(shifts, dtype=np.float64))
+        if scores is not None:
+            f.create_dataset("scores", data=np.asarray(scores, dtype=np.float64))
         f.attrs["format"] = ORIENTATIONS_FORMAT
         f.attrs["quaternion_order"] = "".join(rotations.QUATERNION_ORDER)
         f.attrs.update({k: v for k, v in attributes.items() if v is not None})
@@ -514,7 +518,8 @@ def load_orientations(path: str | os.PathLike[str]) -> tuple[FloatArray, NDArray
                                                               dict[str, object]]:
     """Read ``(quaternions, indices, attributes)`` written by :func:`save_orientations`.
 
-    Estimated shifts, when the file has them, are in ``attributes["shifts"]``.
+    Estimated shifts and match scores, when the file has them, are in
+    ``attributes["shifts"]`` and ``attributes["scores"]``.
     """
     import h5py
 
@@ -525,6 +530,7 @@ def load_orientations(path: str | os.PathLike[str]) -> tuple[FloatArray, NDArray
         if f.attrs.get("format") != ORIENTATIONS_FORMAT:
             raise ValueError(f"{path} is not a cryoem orientation file")
         attributes = dict(f.attrs)
-        if "shifts" in f:
-            attributes["shifts"] = f["shifts"][()]
+        for name in ("shifts", "scores"):
+            if name in f:
+                attributes[name] = f[name][()]
         return f["orientations"][()], f["indices"][()], attributes

@@ -51,6 +51,9 @@ class RefinementResult:
     shifts: FloatArray
     halves: NDArray[np.int64]
     history: list[dict[str, float]] = field(default_factory=list)
+    #: Each image's match score in the last iteration: ``⟨y, c·s⟩ / (‖y‖·‖c·s‖)`` on that
+    #: iteration's band, the correlation of the image with its best CTF-multiplied slice.
+    scores: FloatArray | None = None
 
 
 def candidate_offsets(step: float, n_axes: int = 20, n_radii: int = 3) -> FloatArray:
@@ -201,7 +204,7 @@ def _shift_search(centred: NDArray, slices: NDArray, norms: FloatArray,
     offset_y = keep[row] - np.where(keep[row] > fine // 2, fine, 0) + dy
     offset_x = keep[col] - np.where(keep[col] > fine // 2, fine, 0) + dx
     offset = np.stack([offset_x, offset_y], axis=-1) / _OVERSAMPLING
-    return which, offset, flat[images, index]
+    return which, offset, flat[images, index] * fine * fine  # undo irfft2's 1/fine²
 
 
 def start_resolution(resolution: float, size: int, pixel_size: float) -> float:
@@ -397,4 +400,6 @@ def refine(
             step *= shrink
         if moved < tolerance and iteration >= soft_iterations:
             break
-    return RefinementResult(q, current_shifts, halves, history)
+    energy = np.sqrt(np.sum(band.weights * np.abs(spectra_all[:, band.mask]) ** 2, axis=-1))
+    return RefinementResult(q, current_shifts, halves, history,
+                            scores / np.maximum(energy, 1e-30))
