@@ -3,7 +3,8 @@
 For each protein and SNR: simulate particles (CTF with defocus 1–2.5 µm, shifts ≤ 2 px),
 write them as a RELION STAR with no angle and no origin columns, run the pipeline on
 that STAR with each first-guess route, then — only then — score its ``particles.star``
-against the simulation's truth (``cryoem score``) and its map against the true map
+against the simulation's truth (``cryoem score``, under the protein's point group: an image
+matched to a symmetry mate of its orientation is right) and its map against the true map
 (FSC 0.5 after the alignment the orientations imply), beside the map the true
 orientations give.  The routes:
 
@@ -28,7 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import machine_info, positive_snr, snr_label, write_report  # noqa: E402
+from _common import (carry_over_rows, machine_info, positive_snr, snr_label, snr_tag,  # noqa: E402
+                     write_report)
 
 ROUTES = {"ab-initio": dict(route="ab-initio"),
           "pretrained": dict(route="distances", model="pretrained"),
@@ -66,8 +68,10 @@ def run_route(folder: Path, truth: Path, route: str, size: int, seed: int) -> di
     data = datasets.load(truth, images=False)
     first, _, _ = recovery.load_orientations(out / "orientations.h5")
     scores = _score(out, truth, data)
-    return {"route": route, "truth_used": metrics["truth_used"],
-            "first_guess_e_or_rad": alignment.align_physical(first, data.orientations).mean,
+    symmetry = data.attrs.get("symmetry", "C1")
+    return {"route": route, "truth_used": metrics["truth_used"], "symmetry": symmetry,
+            "first_guess_e_or_rad": alignment.align_physical(first, data.orientations,
+                                                             symmetry).mean,
             **scores, "halfmap_fsc0143_angstrom": metrics["resolution_halfmap_fsc0143_angstrom"],
             "halfmap_independence": metrics["halfmap_independence"],
             "timings_s": metrics["timings_s"], "seconds": seconds}
@@ -79,8 +83,9 @@ def _score(out: Path, truth: Path, data: Any) -> dict[str, Any]:
 
     reference_map = out / "truth_map.mrc"
     volumes.save_map(volumes.Volume(data.volume, data.pixel_size, "truth"), reference_map)
-    result = scoring.score(out / "particles.star", truth, estimate_map=out / "map.mrc",
-                           reference_map=reference_map)
+    symmetry = data.attrs.get("symmetry", "C1")  # a symmetry mate is the same image
+    result = scoring.score(out / "particles.star", truth, symmetry=symmetry,
+                           estimate_map=out / "map.mrc", reference_map=reference_map)
     full = datasets.load(truth)
     oracle = reconstruction.reconstruct(full.projections, full.orientations, shifts=full.shifts,
                                         ctf=full.ctf, pixel_size=full.pixel_size)
@@ -108,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for volume in args.volumes:
         for snr in args.snr:
-            folder = args.work_dir / f"{volume}_{args.size}_{args.n}_snr{snr_label(snr)}"
+            folder = args.work_dir / f"{volume}_{args.size}_{args.n}_snr{snr_tag(snr)}"
             truth = simulate(folder, volume, args.size, args.n, snr, args.seed)
             for route in args.routes:
                 row = {"volume": volume, "snr": snr, "n": args.n,
@@ -116,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "timings_s"},
                                  default=str), flush=True)
+    previous = json.loads(args.out.read_text()) if args.out.exists() else None
+    rows += carry_over_rows(previous, rows, lambda r: (r["volume"], r["snr"], r["route"]))
     print(table(rows))
     write_report({"benchmark": "particles", "settings": vars(args), "rows": rows,
                   "machine": machine_info(None)}, args.out)
@@ -127,7 +134,8 @@ def table(rows: list[dict[str, Any]]) -> str:
              "| FSC 0.5 vs truth (Å) | with true poses (Å) | half maps FSC 0.143 (Å) | time (s) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        head = f"| {row['volume']} | {snr_label(row['snr'])} | {row['route']} "
+        origin = f" (from {row['produced_at'][:7]})" if row.get("carried_over") else ""
+        head = f"| {row['volume']} | {snr_label(row['snr'])} | {row['route']}{origin} "
         if "failed" in row:
             lines.append(head + f"| stopped: {row['failed'][:60]} | | | | | "
                                 f"{row['seconds']:.0f} |")

@@ -107,7 +107,7 @@ class PipelineConfig:
     sigma2: float = 0.2
     steps: int = 2000
     refine: bool = True
-    refine_iterations: int = 6
+    refine_iterations: int = 10
     # Å: the gold-standard start's low-pass; None: the halves start from the first guess's
     # orientations (not independent: for tiny phantoms, whose 30 Å map is featureless)
     initial_resolution: float | None = 30.0

@@ -269,6 +269,7 @@ def refine(
     global_reach: float = np.pi,
     initial_map: ArrayLike | None = None,
     initial_resolution: float = 30.0,
+    angular_band: float | None = 1.5,
     batch: int = 64,
     seed: int = 0,
     progress: bool = False,
@@ -321,6 +322,12 @@ def refine(
         FSC between the halves, which sets both halves' band and filter, as in
         RELION): the half-map FSC is not inflated by a shared start.  Without it, the halves start
         from the first guess's orientations, which all images shaped together.
+    angular_band
+        The local iterations match on frequencies below ``angular_band / step``
+        pixels at most (and below the FSC's band): beyond it, a slice turned by
+        the grid's step no longer correlates with the image, and those
+        frequencies add noise but no pull toward the right orientation — at low
+        SNR the images would not move.  ``None``: the FSC's band alone.
     callback
         Called after each iteration with ``(iteration, orientations, shifts)``;
         whatever numbers it returns (e.g. the error against a known truth) go
@@ -360,7 +367,10 @@ def refine(
             maps = [_filter_by_fsc(m, curve.values) for m in maps]
             below = np.flatnonzero(curve.values < resolution.THRESHOLD_HALF_MAPS)
             shell = curve.shells[below[0]] if len(below) else curve.shells[-1]
-            band = Band(size, min(size / 2 - 1, max(6.0, 1.2 * shell + 2)))
+            radius = min(size / 2 - 1, max(6.0, 1.2 * shell + 2))
+            if angular_band is not None and iteration >= global_iterations:
+                radius = min(radius, max(6.0, angular_band / step))
+            band = Band(size, radius)
         searching_globally = iteration < global_iterations
         if searching_globally:
             band = Band(size, min(band.radius, global_radius))

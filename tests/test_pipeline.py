@@ -76,7 +76,8 @@ def test_an_interrupted_run_resumes_to_the_same_metrics(finished, tmp_path, monk
     with pytest.raises(RuntimeError, match="stage 'reconstruct' failed: power cut"):
         pipeline.run(tiny_config(), tmp_path, progress=False, report=lambda _: None)
     record = json.loads((tmp_path / "pipeline.json").read_text())
-    assert record["finished"] == ["generate", "train", "distances", "recover", "resolve", "refine"]
+    assert record["finished"] == ["generate", "train", "distances", "recover", "resolve", "ab_initio",
+                                  "refine"]
     assert record["failed"]["stage"] == "reconstruct"
     monkeypatch.setattr(pipeline, "STAGES", tuple(original.items()))
     lines = []
