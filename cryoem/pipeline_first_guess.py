@@ -1,0 +1,187 @@
+"""The pipeline's first-guess stages: train → distances → recover → resolve, or ab initio.
+
+Each stage takes the run's state (``cryoem.pipeline._Run``: its folder, config and
+metrics) and returns when its route is not the run's; :mod:`cryoem.pipeline`
+orders them in ``STAGES``.  Whatever they read of a ground truth beyond scoring
+is recorded with ``run.use_truth``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+#: What the training modes read of the ground truth (recorded under ``truth_used["train"]``).
+TRAINING_TRUTH = {
+    "rendered": ["volume", "orientations", "snr", "max_shift", "signal_variance"],
+    "fixed": ["orientations"],
+    "self": [],  # renderings of the pipeline's own ab initio map (cryoem.self_training)
+}
+
+
+def _train(run: Any) -> None:
+    c = run.config
+    if c.route != "distances" or c.estimator != "learned" or c.model is not None:
+        return
+    from . import datasets, siamese
+
+    data = run.data()
+    if c.training == "self":
+        _self_train(run, data)
+        return
+    if data.source("orientations") != datasets.GROUND_TRUTH:
+        raise ValueError(f"training needs ground-truth labels, which {c.particles} does not have: "
+                         "pass --model pretrained (or a trained model)")
+    snr_range = None if not np.isfinite(c.snr) else (c.snr, c.snr)
+    config = siamese.TrainingConfig(
+        mode=c.training, input_size=c.input_size, epochs=c.epochs, max_seconds=c.train_seconds,
+        snr_range=snr_range, max_shift=c.max_shift, patience=30, seed=c.seed,
+        ctf=bool(data.attrs.get("ctf", False)))
+    run.use_truth("train", TRAINING_TRUTH[c.training])
+    run.metrics["training"] = c.training
+    siamese.train([data], run.path("model"), config, verbose=2 if run.progress else 0,
+                  overwrite=not (run.path("model") / "backup").exists())
+
+
+def _self_train(run: Any, data: Any) -> None:
+    """Train on renderings of the pipeline's own ab initio map (no truth read)."""
+    from . import self_training, siamese
+
+    c = run.config
+    config = siamese.TrainingConfig(mode="rendered", input_size=c.input_size, epochs=c.epochs,
+                                    max_seconds=c.train_seconds, patience=30, seed=c.seed)
+    indices = run.working_indices(data)
+    run.use_truth("train", [])
+    run.metrics["training"] = "self"
+    run.metrics["self_training"] = self_training.train_on_estimate(
+        data, indices, run.path("model"), run.path("estimate.h5"), config, seed=c.seed,
+        progress=run.progress)
+    if data.simulated_ctf:
+        run.use_truth("train", ["ctf"])
+
+
+def _estimator(run: Any) -> Any:
+    from . import distance
+
+    c = run.config
+    model = c.model or (str(run.path("model")) if c.estimator == "learned" else None)
+    return distance.make_estimator(c.estimator, model_dir=model, sigma2=c.sigma2, seed=c.seed)
+
+
+def _distances(run: Any) -> None:
+    from . import distance, plots, rotations
+
+    if run.config.route != "distances":
+        return
+    data = run.data()
+    estimator = _estimator(run)
+    distance.check_truth(estimator, data)
+    run.use_truth("distances", estimator.truth_fields)
+    estimator.fit(data)
+    test = run.working_indices(data)
+    matrix = estimator.matrix(data, test)
+    distance.save_matrix(run.path("distances.h5"), matrix, test, estimator=estimator.name)
+    run.metrics["estimator"] = estimator.name
+    group = rotations.point_group(data.attrs.get("symmetry", "C1"))
+    scored = [(test, "l_de_test")]
+    if run.config.particles is None:
+        scored.append((data.split["validation"], "l_de_val"))
+    for split, key in scored:
+        reference = run.reference(data, split) if len(split) >= 2 else None
+        if reference is None:
+            continue
+        truth = rotations.symmetric_distance_matrix(reference.orientations, group)
+        estimate = matrix if split is test else estimator.matrix(data, split)
+        run.metrics[key] = distance.l_de(estimate, truth)
+        if split is test:
+            plots.save(plots.dp_dq(truth, matrix, title=estimator.name),
+                       run.path("figures/dp_dq.png"))
+
+
+def _recover(run: Any) -> None:
+    from . import alignment, distance, recovery
+
+    c = run.config
+    if c.route != "distances":
+        return
+    data = run.data(images=False)
+    matrix, indices, _ = distance.load_matrix(run.path("distances.h5"))
+    symmetry = data.attrs.get("symmetry", "C1")
+    result = recovery.recover(matrix, steps=c.steps, symmetry=symmetry, seed=c.seed,
+                              progress=run.progress)
+    run.metrics["l_or"] = result.final_loss
+    reference = run.reference(data, indices)
+    if reference is not None:  # only to score
+        run.metrics.update(
+            e_or_o4_rad=alignment.align_o4(result.quaternions, reference.orientations,
+                                           symmetry).mean,
+            e_or_before_frame_rad=alignment.align_physical(result.quaternions,
+                                                           reference.orientations, symmetry).mean)
+    recovery.save_orientations(run.path("orientations_from_distances.h5"), result.quaternions,
+                               indices, result.loss_history, l_or=result.final_loss)
+
+
+def _resolve(run: Any) -> None:
+    from . import alignment, commonlines, plots, recovery
+
+    if run.config.route != "distances":
+        return
+    data = run.data()
+    q, indices, attrs = recovery.load_orientations(run.path("orientations_from_distances.h5"))
+    symmetry = data.attrs.get("symmetry", "C1")
+    frame = commonlines.resolve_frame(data.projections[indices], q, seed=run.config.seed,
+                                      progress=run.progress)
+    resolved = recovery.to_asymmetric_unit(frame.quaternions, symmetry)
+    run.metrics.update(frame_confidence=frame.confidence, frame_transposed=frame.transposed)
+    reference = run.reference(data, indices)
+    score = None
+    if reference is not None:  # only to score
+        physical = alignment.align_physical(resolved, reference.orientations, symmetry)
+        score = physical.mean
+        run.metrics.update(e_or_rad=physical.mean, e_or_median_rad=physical.median)
+    recovery.save_orientations(run.path("orientations.h5"), resolved, indices,
+                               l_or=attrs.get("l_or"), e_or_rad=score,
+                               frame_confidence=frame.confidence,
+                               handedness="undetermined (a map and its mirror image project "
+                                          "to the same images)")
+    plots.save(plots.orientation_coverage(resolved, "recovered viewing directions"),
+               run.path("figures/orientations.png"))
+    if not frame.distinguishable:
+        raise RuntimeError(f"the frame is not distinguishable from the images (confidence "
+                           f"{frame.confidence:.1f} < 5 standard errors)")
+
+
+def _ab_initio(run: Any) -> None:
+    """The first guess from the images alone (:func:`cryoem.ab_initio.ab_initio`)."""
+    from . import ab_initio, plots, recovery
+
+    if run.config.route != "ab-initio":
+        return
+    data = run.data()
+    indices = run.working_indices(data)
+    result = ab_initio.ab_initio(
+        data.projections[indices], ctf=run.ctf(data, indices, "ab_initio"),
+        pixel_size=data.pixel_size, seed=run.config.seed, progress=run.progress)
+    run.metrics["ab_initio_history"] = result.history
+    physical = _physical_error(run, data, indices, result.quaternions)
+    score = None
+    if physical is not None:  # only to score
+        score = physical.mean
+        run.metrics.update(e_or_rad=physical.mean, e_or_median_rad=physical.median)
+    recovery.save_orientations(run.path("orientations.h5"), result.quaternions, indices,
+                               shifts=result.shifts, e_or_rad=score,
+                               handedness="undetermined (a map and its mirror image project "
+                                          "to the same images)")
+    plots.save(plots.orientation_coverage(result.quaternions, "ab initio viewing directions"),
+               run.path("figures/orientations.png"))
+
+
+def _physical_error(run: Any, data: Any, indices: np.ndarray, q: np.ndarray) -> Any:
+    """The physical error of ``q`` against the poses to score against, or None (none)."""
+    from . import alignment
+
+    reference = run.reference(data, indices)
+    if reference is None:
+        return None
+    return alignment.align_physical(q, reference.orientations, data.attrs.get("symmetry", "C1"))
