@@ -60,7 +60,7 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--particles", default=None, metavar="PATH",
                         help="start from these particles (RELION STAR or cryoem dataset) "
                              "instead of simulating; with --route distances it needs --model "
-                             "(e.g. pretrained)")
+                             "(e.g. pretrained) or --training self")
     parser.add_argument("--datadir", default=None, metavar="DIR",
                         help="with a STAR file: the folder its stack paths are relative to")
     parser.add_argument("--symmetry", default=None, metavar="GROUP",
