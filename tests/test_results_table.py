@@ -183,7 +183,7 @@ def test_absent_json_says_not_measured_with_the_command(results_table, tmp_path)
 
 def test_new_sections_come_first_after_the_pipeline(results_table):
     scripts = [entry.script for entry in results_table.SECTIONS]
-    assert scripts[:5] == ["pipeline.py", "paper_table.py", "common_lines.py",
+    assert scripts[:6] == ["pipeline.py", "particles.py", "paper_table.py", "common_lines.py",
                            "generalisation.py", "preferred_views.py"]
     assert {"projection.py", "distance_learning.py", "orientation_recovery.py",
             "reconstruction.py", "refinement.py"} <= set(scripts)
