@@ -135,10 +135,10 @@ def table(rows: list[dict[str, Any]]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         origin = f" (from {row['produced_at'][:7]})" if row.get("carried_over") else ""
-        head = f"| {row['volume']} | {snr_label(row['snr'])} | {row['route']}{origin} "
+        head = f"| {row['volume']} | {snr_label(float(row['snr']))} | {row['route']}{origin} "
         if "failed" in row:
-            lines.append(head + f"| stopped: {row['failed'][:60]} | | | | | "
-                                f"{row['seconds']:.0f} |")
+            reason = row["failed"].split(" (finished stages")[0]  # the stage and its error
+            lines.append(head + f"| stopped: {reason} | | | | | {row['seconds']:.0f} |")
             continue
         lines.append(head + f"| {row['first_guess_e_or_rad']:.3f} | {row['e_or_rad']:.3f} / "
                             f"{row['e_or_median_rad']:.3f} | {row['fsc05_angstrom']:.2f} | "
