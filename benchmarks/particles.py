@@ -65,7 +65,7 @@ def run_route(folder: Path, truth: Path, route: str, size: int, seed: int) -> di
         return {"route": route, "failed": str(error),
                 "seconds": time.perf_counter() - began}
     seconds = time.perf_counter() - began
-    data = datasets.load(truth, images=False)
+    data = datasets.load(truth)
     first, _, _ = recovery.load_orientations(out / "orientations.h5")
     scores = _score(out, truth, data)
     symmetry = data.attrs.get("symmetry", "C1")
@@ -79,16 +79,15 @@ def run_route(folder: Path, truth: Path, route: str, size: int, seed: int) -> di
 
 def _score(out: Path, truth: Path, data: Any) -> dict[str, Any]:
     """``cryoem score`` of the run's STAR and map against the truth (after the run)."""
-    from cryoem import datasets, reconstruction, resolution, scoring, volumes
+    from cryoem import reconstruction, resolution, scoring, volumes
 
     reference_map = out / "truth_map.mrc"
     volumes.save_map(volumes.Volume(data.volume, data.pixel_size, "truth"), reference_map)
     symmetry = data.attrs.get("symmetry", "C1")  # a symmetry mate is the same image
     result = scoring.score(out / "particles.star", truth, symmetry=symmetry,
                            estimate_map=out / "map.mrc", reference_map=reference_map)
-    full = datasets.load(truth)
-    oracle = reconstruction.reconstruct(full.projections, full.orientations, shifts=full.shifts,
-                                        ctf=full.ctf, pixel_size=full.pixel_size)
+    oracle = reconstruction.reconstruct(data.projections, data.orientations, shifts=data.shifts,
+                                        ctf=data.ctf, pixel_size=data.pixel_size)
     true_fsc = resolution.fsc(oracle.data, data.volume, data.pixel_size).resolution(0.5)
     return {"e_or_rad": result["e_or_rad"], "e_or_median_rad": result["e_or_median_rad"],
             "within_0.1_rad": result["within_0.1_rad"],

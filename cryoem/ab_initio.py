@@ -172,9 +172,7 @@ def ab_initio(
                   if iteration < iterations // 2 and subset < n else np.arange(n))
         grid = rotations.sample_uniform(grid_size, seed=rng)
         slices = GridSlices(volume, band, grid)
-        transfer = (projection.ctf_2d(ctf[chosen], band.ku / (work_size * work_pixel),
-                                      band.kv / (work_size * work_pixel))
-                    if ctf is not None else None)
+        transfer = band.ctf(ctf[chosen], work_pixel) if ctf is not None else None
         mode, mode_moves, mode_probability, picked, weight, picked_moves = _expectation(
             spectra_all[chosen][:, band.mask], band, slices, moves, transfer, candidates, batch,
             draw, rng)

@@ -44,6 +44,11 @@ class Band:
         return scale * (self.ku[None, :, None] * matrices[:, None, 0, :]
                         + self.kv[None, :, None] * matrices[:, None, 1, :])
 
+    def ctf(self, params: "projection.CTFParameters", pixel_size: float) -> NDArray:
+        """Each image's CTF on the band ``(N, K)``, for pixels of ``pixel_size`` Å."""
+        box_angstrom = self.size * pixel_size
+        return projection.ctf_2d(params, self.ku / box_angstrom, self.kv / box_angstrom)
+
     def shift_phases(self, shifts: FloatArray) -> NDArray:
         """Factors ``(…, K)`` that move spectra back by ``shifts`` ``(…, 2)`` pixels."""
         return np.exp(2j * np.pi / self.size * (self.ku * shifts[..., :1]

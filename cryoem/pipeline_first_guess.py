@@ -52,7 +52,6 @@ def _self_train(run: Any, data: Any) -> None:
     config = siamese.TrainingConfig(mode="rendered", input_size=c.input_size, epochs=c.epochs,
                                     max_seconds=c.train_seconds, patience=30, seed=c.seed)
     indices = run.working_indices(data)
-    run.use_truth("train", [])
     run.metrics["training"] = "self"
     run.metrics["self_training"] = self_training.train_on_estimate(
         data, indices, run.path("model"), run.path("estimate.h5"), config, seed=c.seed,

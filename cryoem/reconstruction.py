@@ -31,7 +31,8 @@ from numpy.typing import ArrayLike, NDArray
 from . import projection, rotations
 from ._progress import progress_bar
 
-__all__ = ["Reconstruction", "reconstruct", "reconstruct_dataset", "half_maps", "BACKENDS"]
+__all__ = ["Reconstruction", "reconstruct", "reconstruct_dataset", "half_maps", "split_halves",
+           "BACKENDS"]
 
 BACKENDS = ("finufft", "astra")
 _POINTS_PER_CALL = 2**22
@@ -262,14 +263,22 @@ def reconstruct_dataset(data: Any, orientations: ArrayLike | None = None,
                        pixel_size=data.pixel_size, label=", ".join(labels), **options)
 
 
+def split_halves(n: int, seed: int = 0) -> NDArray[np.int64]:
+    """The half (0 or 1) of each of ``n`` images: a random split fixed by ``seed``, the one
+    :func:`half_maps` and :func:`cryoem.refinement.refine` share."""
+    return np.random.default_rng(seed).permutation(n) % 2
+
+
 def half_maps(images: ArrayLike, orientations: ArrayLike, seed: int = 0,
               shifts: ArrayLike | None = None, ctf: "projection.CTFParameters | None" = None,
+              halves: NDArray[np.int64] | None = None,
               **options: Any) -> tuple[Reconstruction, Reconstruction, NDArray[np.int64]]:
-    """Gold-standard half maps from two random halves; returns both and the half of each image."""
+    """Gold-standard half maps from two halves (``halves``, default :func:`split_halves` of
+    ``seed``); returns both and the half of each image."""
     images = np.asarray(images)
     orientations = rotations.normalize(orientations) if np.shape(orientations)[-1] == 4 \
         else np.asarray(orientations)
-    halves = np.random.default_rng(seed).permutation(len(images)) % 2
+    halves = split_halves(len(images), seed) if halves is None else np.asarray(halves)
     maps = []
     for half in (0, 1):
         chosen = halves == half

@@ -213,20 +213,6 @@ def start_resolution(resolution: float, size: int, pixel_size: float) -> float:
     return float(min(resolution, size * pixel_size / 3))
 
 
-def _half_maps(images: NDArray, q: FloatArray, shifts: FloatArray,
-               ctf: "projection.CTFParameters | None", halves: NDArray, pixel_size: float,
-               regularization: float) -> list[NDArray]:
-    """Each half's map from its own images, orientations and shifts."""
-    maps = []
-    for half in (0, 1):
-        chosen = np.flatnonzero(halves == half)
-        maps.append(reconstruction.reconstruct(
-            images[chosen], q[chosen], shifts=shifts[chosen],
-            ctf=ctf[chosen] if ctf is not None else None, pixel_size=pixel_size,
-            iterations=15, regularization=regularization).data)
-    return maps
-
-
 def _filter_by_fsc(volume: NDArray, values: FloatArray) -> NDArray:
     """Weight each Fourier shell of a half map by ``√(2·FSC/(1 + FSC))`` (its reliability)."""
     size = volume.shape[0]
@@ -339,7 +325,7 @@ def refine(
     if len(q) != n:
         raise ValueError(f"{n} images but {len(q)} orientations")
     current_shifts = np.zeros((n, 2)) if shifts is None else np.array(shifts, dtype=np.float64)
-    halves = np.random.default_rng(seed).permutation(n) % 2
+    halves = reconstruction.split_halves(n, seed)
     soft_iterations = -(-iterations // 3) if soft_iterations is None else soft_iterations
     soft_iterations += global_iterations  # counted from the first iteration
     iterations += global_iterations
@@ -361,8 +347,9 @@ def refine(
             band = Band(size, size * pixel_size / initial_resolution + 0.5)
             curve = None
         else:
-            maps = _half_maps(images, q, current_shifts, ctf, halves, pixel_size,
-                              regularization)
+            maps = [half.data for half in reconstruction.half_maps(
+                images, q, shifts=current_shifts, ctf=ctf, halves=halves, pixel_size=pixel_size,
+                iterations=15, regularization=regularization)[:2]]
             curve = resolution.fsc(maps[0], maps[1], pixel_size, mask=True)
             maps = [_filter_by_fsc(m, curve.values) for m in maps]
             below = np.flatnonzero(curve.values < resolution.THRESHOLD_HALF_MAPS)
@@ -379,9 +366,7 @@ def refine(
         scores = np.empty(n)
         for half in (0, 1):
             chosen = np.flatnonzero(halves == half)
-            transfer = (projection.ctf_2d(ctf[chosen], band.ku / (size * pixel_size),
-                                          band.kv / (size * pixel_size))
-                        if ctf is not None else None)
+            transfer = band.ctf(ctf[chosen], pixel_size) if ctf is not None else None
             if searching_globally:
                 new_q[chosen], new_shifts[chosen], scores[chosen] = _global_match(
                     maps[half], spectra_all[chosen][:, band.mask], q[chosen],
