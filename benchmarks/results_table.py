@@ -588,6 +588,13 @@ def particles_rows(data: dict[str, Any]) -> list[str]:
             table(rows)]
 
 
+def scale_rows(data: dict[str, Any]) -> list[str]:
+    """Beyond one machine: the table and projection ``benchmarks/scale.py`` writes."""
+    from scale import markdown
+
+    return markdown(data)
+
+
 class Section(NamedTuple):
     """A section: its title, the script that writes its JSON, how to show it, its figure."""
 
@@ -615,6 +622,8 @@ SECTIONS: list[Section] = [
             generic_rows),
     Section("Reconstruction", "reconstruction.py", "reconstruction.json", reconstruction_rows),
     Section("Refinement", "refinement.py", "refinement.json", refinement_rows),
+    Section("Scale: streamed stages, in-process and on Dask", "scale.py", "scale.json",
+            scale_rows),
 ]
 
 

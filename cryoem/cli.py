@@ -16,7 +16,7 @@ from . import __version__
 from .commands.data import (add_export_relion_args, add_generate_args, add_import_relion_args,
                             add_score_args, add_volumes_args, run_export_relion, run_generate,
                             run_import_relion, run_score, run_volumes)
-from .commands.method import (add_distances_args, add_reconstruct_args, add_recover_args,
+from .commands.method import (add_dask_arg, add_distances_args, add_reconstruct_args, add_recover_args,
                               add_refine_args, add_train_args, run_distances, run_reconstruct,
                               run_recover, run_refine, run_train)
 
@@ -86,6 +86,7 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("data/pipeline"), metavar="DIR",
                         help="output folder (default: data/pipeline); rerun to resume")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_dask_arg(parser)
 
 
 def _angstrom_or_none(text: str) -> float | None:
@@ -99,7 +100,7 @@ def _angstrom_or_none(text: str) -> float | None:
 
 def run_pipeline(args: argparse.Namespace) -> int:
     """Run the whole method: generate, train, distances, recover, resolve, reconstruct, export."""
-    from . import pipeline
+    from . import distributed, pipeline
 
     config = pipeline.PipelineConfig(
         volume=args.volume, n_projections=args.n_projections, test_size=args.test_size,
@@ -110,7 +111,8 @@ def run_pipeline(args: argparse.Namespace) -> int:
         sigma2=args.sigma2, steps=args.steps, refine=not args.no_refine,
         refine_iterations=args.refine_iterations, initial_resolution=args.initial_resolution,
         seed=args.seed)
-    metrics = pipeline.run(config, args.out, progress=not args.quiet)
+    with distributed.connect(args.dask_scheduler) as client:
+        metrics = pipeline.run(config, args.out, progress=not args.quiet, client=client)
     print(f"\nresults in {args.out} (metrics.json, maps, figures/, relion/)")
     print(pipeline.summary(metrics))
     return 0

@@ -125,10 +125,12 @@ class PipelineConfig:
 class _Run:
     """State shared by the stages: the folder, the config and the metrics so far."""
 
-    def __init__(self, config: PipelineConfig, folder: Path, progress: bool) -> None:
+    def __init__(self, config: PipelineConfig, folder: Path, progress: bool,
+                 client: Any = None) -> None:
         self.config = config
         self.folder = folder
         self.progress = progress
+        self.client = client  # a dask.distributed.Client, or None: in-process
         self.record_path = folder / "pipeline.json"
         self.record: dict[str, Any] = {"config": asdict(config), "config_hash": config.digest(),
                                        "finished": [], "timings_s": {}, "metrics": {},
@@ -148,6 +150,12 @@ class _Run:
         from . import datasets
 
         return datasets.load(self.path("data.h5"), images=images)
+
+    def images(self, indices: np.ndarray) -> Any:
+        """The dataset's images at ``indices``, read from ``data.h5`` a chunk at a time."""
+        from . import stacks
+
+        return stacks.take(stacks.ImageStack(self.path("data.h5")), indices)
 
     def working_indices(self, data: Any) -> np.ndarray:
         """The particles the run estimates: all of the user's particles, or a simulation's test split."""
@@ -233,8 +241,8 @@ def _initial_map(run: _Run, data: Any, indices: np.ndarray, q: np.ndarray,
     from . import reconstruction
 
     return reconstruction.reconstruct(
-        data.projections[indices], q, shifts=shifts, ctf=run.ctf(data, indices, "refine"),
-        pixel_size=data.pixel_size, iterations=15).data
+        run.images(indices), q, shifts=shifts, ctf=run.ctf(data, indices, "refine"),
+        pixel_size=data.pixel_size, iterations=15, client=run.client).data
 
 
 def _refine(run: _Run) -> None:
@@ -242,15 +250,15 @@ def _refine(run: _Run) -> None:
 
     if not run.config.refine:
         return
-    data = run.data()
+    data = run.data(images=False)
     q, indices, attrs = recovery.load_orientations(run.path("orientations.h5"))
     start = (None if run.config.initial_resolution is None
              else _initial_map(run, data, indices, q, attrs.get("shifts")))
     result = refinement.refine(
-        data.projections[indices], q, ctf=run.ctf(data, indices, "refine"),
+        run.images(indices), q, ctf=run.ctf(data, indices, "refine"),
         pixel_size=data.pixel_size, iterations=run.config.refine_iterations,
         initial_map=start, initial_resolution=run.config.initial_resolution or 30.0,
-        seed=run.config.seed, progress=run.progress)
+        seed=run.config.seed, client=run.client, progress=run.progress)
     run.metrics["refinement_history"] = result.history
     plots.save(plots.refinement_history(result.history), run.path("figures/refinement.png"))
     physical = _physical_error(run, data, indices, result.quaternions)
@@ -280,12 +288,12 @@ def _final(run: _Run) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
 def _reconstruct(run: _Run) -> None:
     from . import plots, reconstruction, refinement, resolution, volumes
 
-    data = run.data()
+    data = run.data(images=False)
     q, indices, shifts = _final(run)
     symmetry = data.attrs.get("symmetry", "C1")
-    images = data.projections[indices]
+    images = run.images(indices)
     options = dict(ctf=run.ctf(data, indices, "reconstruct"), pixel_size=data.pixel_size,
-                   symmetry=symmetry, progress=run.progress)
+                   symmetry=symmetry, client=run.client, progress=run.progress)
     # The outputs a user gets: in the estimate's own frame, as the RELION export.
     maps = {"map.mrc": reconstruction.reconstruct(images, q, shifts=shifts, **options)}
     first, second, _ = reconstruction.half_maps(images, q, seed=run.config.seed, shifts=shifts,
@@ -329,10 +337,10 @@ def _scoring_maps(run: _Run, data: Any, indices: np.ndarray, q: np.ndarray,
     symmetry = data.attrs.get("symmetry", "C1")
     in_frame = alignment.align_physical(q, reference.orientations, symmetry).to_truth_frame(q)
     maps = {"map_aligned_to_truth.mrc": reconstruction.reconstruct(
-        data.projections[indices], in_frame, shifts=shifts, **options)}
+        run.images(indices), in_frame, shifts=shifts, **options)}
     if reference.shifts is not None:
         maps["map_true_orientations.mrc"] = reconstruction.reconstruct(
-            data.projections[indices], reference.orientations, shifts=reference.shifts,
+            run.images(indices), reference.orientations, shifts=reference.shifts,
             label="true orientations and shifts (oracle)", **options)
     return maps
 
@@ -388,8 +396,11 @@ STAGES: tuple[tuple[str, Callable[[_Run], None]], ...] = (
 # Driver
 # ----------------------------------------------------------------------------
 def run(config: PipelineConfig, out_dir: str | os.PathLike, progress: bool = True,
-        report: Callable[[str], None] = print) -> dict[str, Any]:
+        report: Callable[[str], None] = print, client: Any = None) -> dict[str, Any]:
     """Run (or resume) the pipeline in ``out_dir``; returns the metrics.
+
+    With a ``dask.distributed.Client`` (:func:`cryoem.distributed.connect`), refinement
+    and reconstruction run on its workers, with the same results.
 
     Raises
     ------
@@ -400,7 +411,7 @@ def run(config: PipelineConfig, out_dir: str | os.PathLike, progress: bool = Tru
     """
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    state = _Run(config, folder, progress)
+    state = _Run(config, folder, progress, client)
     if state.record_path.exists():
         previous = json.loads(state.record_path.read_text())
         if previous.get("config_hash") != state.record["config_hash"]:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import projection, rotations
+from . import distributed, projection, rotations, stacks
 from ._progress import progress_bar
 
 __all__ = ["Reconstruction", "reconstruct", "reconstruct_dataset", "half_maps", "split_halves",
@@ -88,6 +88,7 @@ def reconstruct(
     batch_size: int | None = None,
     symmetry: str = "C1",
     weights: ArrayLike | None = None,
+    client: Any = None,
     progress: bool = False,
     label: str = "",
 ) -> Reconstruction:
@@ -95,6 +96,9 @@ def reconstruct(
 
     Parameters
     ----------
+    images
+        An array, or a :class:`cryoem.stacks.ImageStack` read a chunk at a time (memory
+        then grows with ``batch_size``, not with ``N``).
     orientations
         ``(N, 4)`` quaternions or ``(N, 3, 3)`` matrices ``R_i`` (see :mod:`cryoem.rotations`).
     shifts
@@ -114,8 +118,13 @@ def reconstruct(
         Non-negative weight of each image ``(N,)`` in the least-squares fit
         (default 1): e.g. the posterior probability of a candidate orientation
         when an image is entered once per candidate (:mod:`cryoem.ab_initio`).
+    batch_size
+        Images per chunk (default: about 4 million Fourier samples).
+    client
+        A ``dask.distributed.Client`` (:func:`cryoem.distributed.connect`): the chunks'
+        back-projections run as tasks on its workers and are summed here.
     """
-    images = np.asarray(images, dtype=np.float64)
+    images = stacks.as_images(images)
     if images.ndim != 3 or images.shape[1] != images.shape[2]:
         raise ValueError(f"expected images of shape (N, L, L), got {images.shape}")
     matrices = projection._as_matrices(orientations)
@@ -129,41 +138,54 @@ def reconstruct(
         if shifts_arr is not None or ctf is not None or len(group) > 1 or weights is not None:
             raise ValueError("the ASTRA backend reconstructs without shifts, CTF, symmetry "
                              "or weights")
-        return _reconstruct_astra(images, matrices, iterations, label)
+        return _reconstruct_astra(np.asarray(images, dtype=np.float64), matrices, iterations,
+                                  label)
     if backend != "finufft":
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
-    plane = _plane(size)
-    frequency_weights = _weights(plane)
-    batch = batch_size or max(1, _POINTS_PER_CALL // plane.count)
-    rhs = np.zeros((size,) * 3)
-    kernel = np.zeros((2 * size,) * 3)
-    for start in progress_bar(range(0, n, batch), total=-(-n // batch), enable=progress,
-                              desc="back-projecting"):
-        stop = min(start + batch, n)
-        spectra = np.fft.rfft2(np.fft.ifftshift(images[start:stop], axes=(-2, -1)))
-        values = spectra[:, plane.mask]
-        factor = np.ones_like(values)
-        if shifts_arr is not None:
-            factor = factor * np.conj(plane.shift_phases(shifts_arr[start:stop]))
-        square = np.ones(values.shape)
-        if ctf is not None:
-            transfer = plane.ctf(ctf[start:stop], pixel_size)
-            factor = factor * transfer
-            square = transfer**2
-        batch_weights = frequency_weights * image_weights[start:stop, None]
-        data_terms = (values * factor * batch_weights).ravel()
-        square_terms = (square * batch_weights).ravel().astype(complex)
-        for g in group:  # the same image seen at R_i g (identity alone without symmetry)
-            points = plane.points(matrices[start:stop] @ g).reshape(-1, 3)
-            rhs += _adjoint(points, data_terms, (size,) * 3)
-            kernel += _adjoint(points, square_terms, (2 * size,) * 3)
+    batch = batch_size or max(1, _POINTS_PER_CALL // _plane(size).count)
+    pieces = [(chunk, matrices[start:stop],
+               None if shifts_arr is None else shifts_arr[start:stop],
+               None if ctf is None else ctf[start:stop], image_weights[start:stop])
+              for start, stop, chunk in stacks.chunks(images, batch)]
+    rhs, kernel = distributed.reduce_chunks(
+        _back_project, pieces, client=client, desc="back-projecting",
+        shared={"group": group, "pixel_size": pixel_size}, progress=progress)
     kernel_spectrum = np.fft.rfftn(np.fft.ifftshift(kernel))
     scale = float(kernel[size, size, size])  # the diagonal of AᴴWA (every voxel's is the same)
     lam = regularization * max(scale, 1e-12)
     operator = _Normal(kernel_spectrum, size, lam)
     x, residuals = _conjugate_gradients(operator, rhs, iterations, tolerance, progress)
     return Reconstruction(x.astype(np.float32), len(residuals), residuals, label)
+
+
+def _back_project(piece: tuple, group: NDArray, pixel_size: float) -> tuple[NDArray, NDArray]:
+    """One chunk's share of ``Aᴴ W ŷ`` (on the ``L³`` grid) and of the kernel of ``Aᴴ W A``
+    (on the ``(2L)³`` grid): reconstruction's map step, summed over chunks."""
+    images, matrices, shifts, ctf, image_weights = piece
+    images = np.asarray(images, dtype=np.float64)
+    size = images.shape[-1]
+    plane = _plane(size)
+    spectra = np.fft.rfft2(np.fft.ifftshift(images, axes=(-2, -1)))
+    values = spectra[:, plane.mask]
+    factor = np.ones_like(values)
+    if shifts is not None:
+        factor = factor * np.conj(plane.shift_phases(shifts))
+    square = np.ones(values.shape)
+    if ctf is not None:
+        transfer = plane.ctf(ctf, pixel_size)
+        factor = factor * transfer
+        square = transfer**2
+    batch_weights = _weights(plane) * image_weights[:, None]
+    data_terms = (values * factor * batch_weights).ravel()
+    square_terms = (square * batch_weights).ravel().astype(complex)
+    rhs = np.zeros((size,) * 3)
+    kernel = np.zeros((2 * size,) * 3)
+    for g in group:  # the same image seen at R_i g (identity alone without symmetry)
+        points = plane.points(matrices @ g).reshape(-1, 3)
+        rhs += _adjoint(points, data_terms, (size,) * 3)
+        kernel += _adjoint(points, square_terms, (2 * size,) * 3)
+    return rhs, kernel
 
 
 def _check_weights(weights: ArrayLike | None, n: int) -> NDArray[np.float64]:
@@ -275,15 +297,15 @@ def half_maps(images: ArrayLike, orientations: ArrayLike, seed: int = 0,
               **options: Any) -> tuple[Reconstruction, Reconstruction, NDArray[np.int64]]:
     """Gold-standard half maps from two halves (``halves``, default :func:`split_halves` of
     ``seed``); returns both and the half of each image."""
-    images = np.asarray(images)
+    images = stacks.as_images(images)
     orientations = rotations.normalize(orientations) if np.shape(orientations)[-1] == 4 \
         else np.asarray(orientations)
     halves = split_halves(len(images), seed) if halves is None else np.asarray(halves)
     maps = []
     for half in (0, 1):
-        chosen = halves == half
+        chosen = np.flatnonzero(halves == half)
         maps.append(reconstruct(
-            images[chosen], orientations[chosen],
+            stacks.take(images, chosen), orientations[chosen],
             shifts=None if shifts is None else np.asarray(shifts)[chosen],
-            ctf=None if ctf is None else ctf[np.flatnonzero(chosen)], **options))
+            ctf=None if ctf is None else ctf[chosen], **options))
     return maps[0], maps[1], halves

@@ -29,12 +29,12 @@ the true ones are never read.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import projection, reconstruction, resolution, rotations, volumes
+from . import distributed, projection, reconstruction, resolution, rotations, stacks, volumes
 from .matching import Band, GridSlices, grid_scores, integer_moves
 from ._progress import progress_bar
 
@@ -126,8 +126,9 @@ def _match(reference: NDArray, images_spectra: NDArray, q: FloatArray, shifts: F
 def _global_match(reference: NDArray, images_spectra: NDArray, q: FloatArray,
                   shifts: FloatArray, ctf: NDArray | None, band: Band, grid: FloatArray,
                   offsets: FloatArray, max_shift: float, batch: int,
-                  reach: float = np.pi,
-                  keep_current: bool = True) -> tuple[FloatArray, FloatArray, FloatArray]:
+                  reach: float = np.pi, keep_current: bool = True,
+                  grid_slices: GridSlices | None = None,
+                  ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Best orientation of a fixed SO(3) grid or of the local grid, and integer shift, per image.
 
     Each image's band-limited spectrum, moved back by its current shift plus
@@ -141,7 +142,7 @@ def _global_match(reference: NDArray, images_spectra: NDArray, q: FloatArray,
     ``keep_current`` is false: then the grid alone decides).
     """
     evaluator = projection._SliceEvaluator(reference, precision="single")
-    grid_slices = GridSlices(reference, band, grid)
+    grid_slices = grid_slices or GridSlices(reference, band, grid)
     moves = integer_moves(max_shift)
     n, k = len(q), len(offsets)
     best_q, best_shift, best_score = np.empty((n, 4)), np.empty((n, 2)), np.empty(n)
@@ -257,6 +258,8 @@ def refine(
     initial_resolution: float = 30.0,
     angular_band: float | None = 1.5,
     batch: int = 64,
+    chunk: int = 1024,
+    client: Any = None,
     seed: int = 0,
     progress: bool = False,
     callback: Callable[[int, FloatArray, FloatArray], dict[str, float]] | None = None,
@@ -314,12 +317,22 @@ def refine(
         the grid's step no longer correlates with the image, and those
         frequencies add noise but no pull toward the right orientation — at low
         SNR the images would not move.  ``None``: the FSC's band alone.
+    images
+        An array, or a :class:`cryoem.stacks.ImageStack` read a chunk at a time.
+    batch, chunk
+        Images matched per vectorised batch, and per task (``chunk``: what one Dask task
+        or one in-process step reads and matches).
+    client
+        A ``dask.distributed.Client`` (:func:`cryoem.distributed.connect`): each half's
+        chunks are matched as tasks on its workers (the references are sent to each
+        worker once per iteration), and the half maps are reconstructed there too; the
+        results are those of the in-process run.
     callback
         Called after each iteration with ``(iteration, orientations, shifts)``;
         whatever numbers it returns (e.g. the error against a known truth) go
         into that iteration's history entry.
     """
-    images = np.asarray(images, dtype=np.float64)
+    images = stacks.as_images(images)
     q = rotations.canonical(orientations)
     n, size = images.shape[0], images.shape[-1]
     if len(q) != n:
@@ -337,7 +350,6 @@ def refine(
         initial_resolution = start_resolution(initial_resolution, size, pixel_size)
         start_map = volumes.lowpass(np.asarray(initial_map), pixel_size, initial_resolution)
         current_shifts = np.zeros((n, 2))  # searched afresh against the start map
-    spectra_all = np.fft.rfft2(np.fft.ifftshift(images, axes=(-2, -1)))
     history: list[dict[str, float]] = []
     for iteration in progress_bar(range(iterations), total=iterations, enable=progress,
                                   desc="refining"):
@@ -349,7 +361,7 @@ def refine(
         else:
             maps = [half.data for half in reconstruction.half_maps(
                 images, q, shifts=current_shifts, ctf=ctf, halves=halves, pixel_size=pixel_size,
-                iterations=15, regularization=regularization)[:2]]
+                iterations=15, regularization=regularization, client=client)[:2]]
             curve = resolution.fsc(maps[0], maps[1], pixel_size, mask=True)
             maps = [_filter_by_fsc(m, curve.values) for m in maps]
             below = np.flatnonzero(curve.values < resolution.THRESHOLD_HALF_MAPS)
@@ -362,21 +374,25 @@ def refine(
         if searching_globally:
             band = Band(size, min(band.radius, global_radius))
         new_q, new_shifts = q.copy(), current_shifts.copy()
-        offsets = candidate_offsets(step)
-        scores = np.empty(n)
+        scores, correlations = np.empty(n), np.empty(n)
         for half in (0, 1):
             chosen = np.flatnonzero(halves == half)
-            transfer = band.ctf(ctf[chosen], pixel_size) if ctf is not None else None
+            settings = {"band": band, "pixel_size": pixel_size,
+                        "offsets": candidate_offsets(step), "max_shift": max_shift,
+                        "batch": batch}
             if searching_globally:
-                new_q[chosen], new_shifts[chosen], scores[chosen] = _global_match(
-                    maps[half], spectra_all[chosen][:, band.mask], q[chosen],
-                    current_shifts[chosen], transfer, band, grid, offsets, max_shift,
-                    batch, global_reach, keep_current=not from_start)
-                continue
-            new_q[chosen], new_shifts[chosen], scores[chosen] = _match(
-                maps[half], spectra_all[chosen][:, band.mask], q[chosen],
-                current_shifts[chosen], transfer, band, offsets, max_shift, batch,
-                soft=iteration < soft_iterations)
+                settings.update(grid=grid, reach=global_reach, keep_current=not from_start,
+                                grid_slices=GridSlices(maps[half], band, grid))
+            else:
+                settings.update(soft=iteration < soft_iterations)
+            pieces = [(part, q[part], current_shifts[part],
+                       None if ctf is None else ctf[part])
+                      for part in np.array_split(chosen, max(1, -(-len(chosen) // chunk)))]
+            results = distributed.map_chunks(
+                _match_piece, pieces, client=client, desc=f"matching half {half + 1}",
+                shared={"images": images, "reference": maps[half], "settings": settings})
+            for (part, *_), result in zip(pieces, results):
+                new_q[part], new_shifts[part], scores[part], correlations[part] = result
         new_shifts = np.clip(new_shifts, -max_shift_total, max_shift_total)
         moved = float(np.mean(rotations.geodesic_distance(new_q, q)))
         q, current_shifts = new_q, new_shifts
@@ -395,6 +411,30 @@ def refine(
             step *= shrink
         if moved < tolerance and iteration >= soft_iterations:
             break
-    energy = np.sqrt(np.sum(band.weights * np.abs(spectra_all[:, band.mask]) ** 2, axis=-1))
-    return RefinementResult(q, current_shifts, halves, history,
-                            scores / np.maximum(energy, 1e-30))
+    return RefinementResult(q, current_shifts, halves, history, correlations)
+
+
+def _match_piece(piece: tuple, images: "NDArray | stacks.ImageStack", reference: NDArray,
+                 settings: dict) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+    """Refinement's task: match a chunk of one half's images against that half's reference.
+
+    ``piece`` holds the chunk's image indices, orientations, shifts and CTFs; ``settings``
+    the band, the candidates and (global search) the grid and its slices.  Returns the
+    new orientations, shifts, scores and correlations (score over the image's norm).
+    """
+    indices, q, shifts, ctf = piece
+    options = dict(settings)
+    band, pixel_size = options.pop("band"), options.pop("pixel_size")
+    chunk_images = np.asarray(images[indices], dtype=np.float64)
+    spectra = np.fft.rfft2(np.fft.ifftshift(chunk_images, axes=(-2, -1)))[:, band.mask]
+    transfer = band.ctf(ctf, pixel_size) if ctf is not None else None
+    common = (reference, spectra, q, shifts, transfer, band)
+    if "grid" in options:
+        found = _global_match(*common, options["grid"], options["offsets"],
+                              options["max_shift"], options["batch"], options["reach"],
+                              options["keep_current"], options["grid_slices"])
+    else:
+        found = _match(*common, options["offsets"], options["max_shift"], options["batch"],
+                       soft=options["soft"])
+    energy = np.sqrt(np.sum(band.weights * np.abs(spectra) ** 2, axis=-1))
+    return (*found, found[2] / np.maximum(energy, 1e-30))

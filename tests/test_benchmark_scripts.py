@@ -266,3 +266,23 @@ def test_generalisation_quick(tmp_path):
             assert row["metrics"]["frame_confidence"] < 5
         else:
             assert finite(row["metrics"]["e_or_rad"])
+
+
+@pytest.mark.slow  # about 80 s on two cores
+def test_scale_quick(tmp_path):
+    """Every stage in its own process, in-process and on a local Dask cluster of two workers."""
+    out = tmp_path / "scale.json"
+    printed = run_script("scale.py", "--out", str(out), cwd=tmp_path)
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert {(r["n"], r["stage"], r["scheduler"]) for r in rows} == {
+        (n, stage, where) for n in (200, 400)
+        for stage, where in [("recover", "in-process"), ("reconstruct", "in-process"),
+                             ("reconstruct", "local:2"), ("refine", "in-process"),
+                             ("refine", "local:2")]}
+    for row in rows:
+        assert finite(row["seconds"], row["peak_rss_mb"])
+        assert row["extrapolated"] == (row["stage"] == "refine" and row["n"] > 100)
+        if row["scheduler"] == "local:2":
+            assert row["max_difference"] < 1e-4 and row["worker_peak_rss_mb"] > 0
+    assert "ms/particle" in printed

@@ -16,6 +16,7 @@ import numpy as np
 if TYPE_CHECKING:
     from ..datasets import Dataset, Reference
     from ..distance import Estimator
+    from ..stacks import ImageStack
 
 
 # ----------------------------------------------------------------------------
@@ -39,6 +40,20 @@ def scoring_reference(data: Dataset, indices: np.ndarray,
                 if kind == datasets.REFERENCE else "")
         print(f"not scored: {data.path} has no ground-truth orientations{hint}")
     return reference
+
+
+def add_dask_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dask-scheduler", default=None, metavar="ADDRESS|local[:N]",
+                        help="run the data-parallel work on Dask: local:N starts N worker "
+                             "processes here, an address (tcp://host:8786) joins a running "
+                             "scheduler, e.g. on a SLURM cluster (default: in-process)")
+
+
+def lazy_images(data: Dataset, indices: np.ndarray) -> "ImageStack":
+    """The dataset's images at ``indices``, read from its file a chunk at a time."""
+    from ..stacks import ImageStack, take
+
+    return take(ImageStack(data.path), indices)
 
 
 def require_truth(estimator: Estimator, data: Dataset) -> None:
@@ -315,14 +330,15 @@ def add_reconstruct_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--regularization", type=float, default=1e-3,
                         help="Tikhonov weight relative to the data term's mean diagonal")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_dask_arg(parser)
     add_reference_arg(parser)
 
 
 def run_reconstruct(args: argparse.Namespace) -> int:
     """Reconstruct a map from projections and orientations; report its FSC resolution."""
-    from .. import datasets, reconstruction, recovery, resolution, volumes
+    from .. import datasets, distributed, reconstruction, recovery, volumes
 
-    data = datasets.load(args.data)
+    data = datasets.load(args.data, images=False)
     notes: list[str] = []
     if args.orientations is None:
         kind = data.source("orientations")
@@ -337,24 +353,34 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         orientations, indices, attrs = recovery.load_orientations(args.orientations)
         estimated_shifts = attrs.get("shifts")
     shifts = _reconstruction_shifts(data, indices, estimated_shifts, args.oracle_shifts, notes)
-    options = dict(shifts=shifts, ctf=data.ctf[indices] if data.ctf is not None else None,
-                   pixel_size=data.pixel_size, iterations=args.iterations,
-                   regularization=args.regularization, progress=not args.quiet)
-    images = data.projections[indices]
-    result = reconstruction.reconstruct(images, orientations, **options)
-    volumes.save_map(volumes.Volume(result.data, data.pixel_size, args.out.stem), args.out)
-    line = f"wrote {args.out}: {len(indices)} images, {result.iterations} CG iterations"
-    line += _score_map(args, data, indices, orientations, options, notes)
-    if args.half_maps:
-        first, second, _ = reconstruction.half_maps(images, orientations, **options)
-        for k, half in enumerate((first, second), start=1):
-            volumes.save_map(volumes.Volume(half.data, data.pixel_size),
-                             args.out.with_name(f"{args.out.stem}_half{k}.mrc"))
-        curve = resolution.fsc(first.data, second.data, data.pixel_size, mask=True)
-        line += (f"; half maps FSC 0.143: {curve.resolution(0.143):.2f} Å (halves split after "
-                 "the orientations were estimated from all images: not independent)")
+    with distributed.connect(args.dask_scheduler) as client:
+        options = dict(shifts=shifts, ctf=data.ctf[indices] if data.ctf is not None else None,
+                       pixel_size=data.pixel_size, iterations=args.iterations,
+                       regularization=args.regularization, client=client,
+                       progress=not args.quiet)
+        images = lazy_images(data, indices)
+        result = reconstruction.reconstruct(images, orientations, **options)
+        volumes.save_map(volumes.Volume(result.data, data.pixel_size, args.out.stem), args.out)
+        line = f"wrote {args.out}: {len(indices)} images, {result.iterations} CG iterations"
+        line += _score_map(args, data, images, indices, orientations, options, notes)
+        if args.half_maps:
+            line += _half_maps(args, data, images, orientations, options)
     print(line + (f" [{'; '.join(notes)}]" if notes else ""))
     return 0
+
+
+def _half_maps(args: argparse.Namespace, data: Dataset, images: ImageStack,
+               orientations: np.ndarray, options: dict) -> str:
+    """Write the two half maps beside ``--out``; their FSC, said not independent."""
+    from .. import reconstruction, resolution, volumes
+
+    first, second, _ = reconstruction.half_maps(images, orientations, **options)
+    for k, half in enumerate((first, second), start=1):
+        volumes.save_map(volumes.Volume(half.data, data.pixel_size),
+                         args.out.with_name(f"{args.out.stem}_half{k}.mrc"))
+    curve = resolution.fsc(first.data, second.data, data.pixel_size, mask=True)
+    return (f"; half maps FSC 0.143: {curve.resolution(0.143):.2f} Å (halves split after "
+            "the orientations were estimated from all images: not independent)")
 
 
 def _reconstruction_shifts(data: Dataset, indices: np.ndarray, estimated: np.ndarray | None,
@@ -375,8 +401,9 @@ def _reconstruction_shifts(data: Dataset, indices: np.ndarray, estimated: np.nda
     return estimated
 
 
-def _score_map(args: argparse.Namespace, data: Dataset, indices: np.ndarray,
-               orientations: np.ndarray, options: dict, notes: list[str]) -> str:
+def _score_map(args: argparse.Namespace, data: Dataset, images: ImageStack,
+               indices: np.ndarray, orientations: np.ndarray, options: dict,
+               notes: list[str]) -> str:
     """FSC against the reference map, after putting a copy in the reference poses' frame.
 
     The map written to ``--out`` stays in the orientations' own frame (what a user without
@@ -393,8 +420,7 @@ def _score_map(args: argparse.Namespace, data: Dataset, indices: np.ndarray,
         return "; not scored against a map (no poses to align the map's frame with)"
     fit = alignment.align_physical(orientations, reference.orientations,
                                    data.attrs.get("symmetry", "C1"))
-    aligned = reconstruction.reconstruct(data.projections[indices],
-                                         fit.to_truth_frame(orientations),
+    aligned = reconstruction.reconstruct(images, fit.to_truth_frame(orientations),
                                          **{**options, "progress": False})
     path = args.out.with_name(f"{args.out.stem}_aligned_to_truth.mrc")
     volumes.save_map(volumes.Volume(aligned.data, data.pixel_size, path.stem), path)
@@ -422,20 +448,24 @@ def add_refine_args(parser: argparse.ArgumentParser) -> None:
                         help="largest shift estimated, pixels (default: 8)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_dask_arg(parser)
     add_reference_arg(parser)
 
 
 def run_refine(args: argparse.Namespace) -> int:
     """Refine orientations and estimate shifts by gold-standard local projection matching."""
-    from .. import alignment, datasets, recovery, refinement
+    from .. import alignment, datasets, distributed, recovery, refinement
 
-    data = datasets.load(args.data)
+    data = datasets.load(args.data, images=False)
     q, indices, attrs = recovery.load_orientations(args.orientations)
-    result = refinement.refine(
-        data.projections[indices], q, shifts=attrs.get("shifts"),
-        ctf=data.ctf[indices] if data.ctf is not None else None, pixel_size=data.pixel_size,
-        iterations=args.iterations, global_iterations=args.global_iterations, step=args.step,
-        max_shift_total=args.max_shift, seed=args.seed, progress=not args.quiet)
+    with distributed.connect(args.dask_scheduler) as client:
+        result = refinement.refine(
+            lazy_images(data, indices), q, shifts=attrs.get("shifts"),
+            ctf=data.ctf[indices] if data.ctf is not None else None,
+            pixel_size=data.pixel_size, iterations=args.iterations,
+            global_iterations=args.global_iterations, step=args.step,
+            max_shift_total=args.max_shift, seed=args.seed, client=client,
+            progress=not args.quiet)
     last = result.history[-1]
     reference = scoring_reference(data, indices, args)
     scores: dict[str, object] = {}
