@@ -19,6 +19,9 @@ client's):
   ``--refine-sample`` particles; for larger ``N`` the time is extrapolated
   linearly from that sample and the table says so.
 
+The distributed runs (each costs the stage's time again) go up to ``--compare-max-n``
+particles at the main box size.
+
 Goals (issue "Beyond one machine"): each stage's time per particle flat within
 1.5× from 1,000 to 100,000; peak RSS under 4 GB at 100,000 particles of 64 px;
 the same results in-process and on ``local:2`` (``max |Δ|``: map difference
@@ -27,7 +30,8 @@ over the map's maximum; orientation difference in rad).
 Usage::
 
     python benchmarks/scale.py [--n 1000 10000 100000] [--size 64] [--extra 10000:128] \\
-        [--schedulers local:2] [--refine-sample 4000] [--work data/bench-scale]
+        [--schedulers local:2] [--refine-sample 2000] [--compare-max-n 10000] \\
+        [--work data/bench-scale]
 """
 
 from __future__ import annotations
@@ -60,8 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     p.add_argument("--schedulers", nargs="*", default=["local:2"],
                    help="Dask schedulers to compare with in-process (default: local:2)")
-    p.add_argument("--refine-sample", type=int, default=4000,
-                   help="refine at most this many particles; beyond, extrapolate (default: 4000)")
+    p.add_argument("--refine-sample", type=int, default=2000,
+                   help="refine at most this many particles; beyond, extrapolate (default: 2000)")
+    p.add_argument("--compare-max-n", type=int, default=10000,
+                   help="run the schedulers (beside in-process) up to this N, at --size only "
+                        "(default: 10000; each costs the stage's time again)")
     p.add_argument("--work", type=Path, default=Path("data/bench-scale"),
                    help="datasets and per-stage outputs (default: data/bench-scale)")
     p.add_argument("--stage", default=None, help=argparse.SUPPRESS)  # the child process
@@ -184,7 +191,8 @@ def case_rows(args: argparse.Namespace, n: int, size: int) -> list[dict[str, Any
         rows.append(row)
         if stage == "recover":
             continue
-        for scheduler in args.schedulers:
+        compared = n <= args.compare_max_n and size == args.size
+        for scheduler in args.schedulers if compared else []:
             there = measure_stage(args, path, stage, scheduler)
             rows.append({"n": n, "size": size, "stage": stage, "scheduler": scheduler, **there,
                          "extrapolated": there["timed_particles"] < n,
@@ -295,16 +303,19 @@ def main(argv: list[str] | None = None) -> int:
         for n, size in cases(args):
             print(f"N = {n}, L = {size} …", file=sys.stderr, flush=True)
             start = time.perf_counter()
-            rows += bench.run_rows(Scenario(f"N={n} L={size}", {**settings, "n": n,
-                                                                 "size": size},
+            compared = n <= args.compare_max_n and size == args.size
+            key = {**settings, "n": n, "size": size,
+                   "schedulers": args.schedulers if compared else []}
+            rows += bench.run_rows(Scenario(f"N={n} L={size}", key,
                                             lambda n=n, size=size: case_rows(args, n, size)))
             print(f"  {time.perf_counter() - start:.0f} s", file=sys.stderr)
-        ok = [r for r in rows if r.get("status") != "failed"]
-        summary = {"flatness": flatness(ok, args.size),
-                   "max_peak_rss_mb": max((max(r["peak_rss_mb"], r.get("worker_peak_rss_mb")
-                                               or 0) for r in ok), default=math.nan)}
-        bench.write({"rows": rows, "summary": summary,
-                     "goals": {"max_rss_mb": GOAL_RSS_MB, "flatness": GOAL_FLATNESS}})
+            ok = [r for r in rows if r.get("status") != "failed"]
+            summary = {"flatness": flatness(ok, args.size),
+                       "max_peak_rss_mb": max((max(r["peak_rss_mb"],
+                                                   r.get("worker_peak_rss_mb") or 0)
+                                               for r in ok), default=math.nan)}
+            bench.write({"rows": rows, "summary": summary,  # after each case: kept if stopped
+                         "goals": {"max_rss_mb": GOAL_RSS_MB, "flatness": GOAL_FLATNESS}})
     print(table(ok, COLUMNS))
     print("time per particle, largest over smallest across N:",
           ", ".join(f"{k} {v:.2f}×" for k, v in summary["flatness"].items()))

@@ -41,7 +41,7 @@ import datetime
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -51,7 +51,7 @@ from ._files import atomic_path
 from ._progress import progress_bar
 from .volumes import Volume
 
-__all__ = ["Dataset", "generate", "save", "load", "read_images", "split_indices", "FORMAT",
+__all__ = ["Dataset", "ImageChunks", "generate", "save", "load", "read_images", "split_indices", "FORMAT",
            "DEFAULT_SPLIT", "GROUND_TRUTH", "REFERENCE", "ABSENT", "poses_for_scoring",
            "Reference"]
 
@@ -270,28 +270,46 @@ def generate(
     return out
 
 
-def save(path: str | os.PathLike, projections: NDArray, orientations: NDArray,
+@dataclass
+class ImageChunks:
+    """Images to :func:`save` that arrive in chunks (e.g. read and resampled from a particle
+    stack): ``n`` images of ``size`` px in all, in order; ``chunks`` is iterated once."""
+
+    n: int
+    size: int
+    chunks: Iterable[NDArray]
+
+
+def save(path: str | os.PathLike, projections: "NDArray | ImageChunks", orientations: NDArray,
          shifts: NDArray, pixel_size: float, *, ctf: projection.CTFParameters | None = None,
          volume: NDArray | None = None, split: dict[str, NDArray] | None = None,
-         overwrite: bool = False, **attributes: Any) -> Path:
-    """Write a dataset from arrays in memory (e.g. imported particles), atomically.
+         normalize: bool = False, overwrite: bool = False, **attributes: Any) -> Path:
+    """Write a dataset from arrays in memory, or images in chunks (:class:`ImageChunks`),
+    atomically (nothing is left behind on failure).
 
     ``split`` defaults to :func:`split_indices` with seed 0; ``attributes`` are
     stored on the root next to the format, version, pixel size and convention.
+    ``normalize`` scales the stack to zero mean and unit variance (a second pass over the
+    written chunks: memory stays that of one chunk).
     """
     import h5py
 
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
-    projections = np.asarray(projections, dtype=np.float32)
-    n, size = len(projections), projections.shape[-1]
-    if projections.shape != (n, size, size) or np.shape(orientations) != (n, 4) \
-            or np.shape(shifts) != (n, 2):
+    if not isinstance(projections, ImageChunks):
+        array = np.asarray(projections, dtype=np.float32)
+        projections = ImageChunks(len(array), array.shape[-1], [array])
+        if array.shape != (projections.n, projections.size, projections.size):
+            raise ValueError(f"projections must be (N, L, L), got {array.shape}")
+    n, size = projections.n, projections.size
+    if np.shape(orientations) != (n, 4) or np.shape(shifts) != (n, 2):
         raise ValueError("projections (N, L, L), orientations (N, 4) and shifts (N, 2) must agree")
     split = split or split_indices(n)
     with atomic_path(path) as partial, h5py.File(partial, "w") as f:
-        f.create_dataset("projections", data=projections, chunks=_image_chunks(n, size))
+        images = f.create_dataset("projections", (n, size, size), dtype="float32",
+                                  chunks=_image_chunks(n, size))
+        _write_chunks(images, projections, normalize)
         _write_truth(f, orientations, shifts, ctf, volume, split)
         f.attrs.update({"format": FORMAT, "version": __version__,
                         "pixel_size": float(pixel_size), "convention": CONVENTION,
@@ -299,6 +317,33 @@ def save(path: str | os.PathLike, projections: NDArray, orientations: NDArray,
                         "ctf": ctf is not None, "created": _now()})
         f.attrs.update({k: v for k, v in attributes.items() if v is not None})
     return path
+
+
+def _write_chunks(images: Any, source: ImageChunks, normalize: bool) -> None:
+    """Fill the HDF5 dataset ``images`` from ``source``'s chunks; then, with ``normalize``,
+    scale it to zero mean and unit variance over the stack (statistics in float64)."""
+    start, total, total_sq = 0, 0.0, 0.0
+    for chunk in source.chunks:
+        chunk = np.asarray(chunk, dtype=np.float32)
+        stop = start + len(chunk)
+        if stop > source.n or chunk.shape[1:] != (source.size, source.size):
+            raise ValueError(f"expected {source.n} images of {source.size} px in all, got a "
+                             f"chunk of shape {chunk.shape} at image {start}")
+        images[start:stop] = chunk
+        total += float(np.sum(chunk, dtype=np.float64))
+        total_sq += float(np.sum(np.square(chunk, dtype=np.float64)))
+        start = stop
+    if start != source.n:
+        raise ValueError(f"expected {source.n} images, got {start}")
+    if not normalize:
+        return
+    count = source.n * source.size * source.size
+    mean = total / count
+    std = max(np.sqrt(max(total_sq / count - mean**2, 0.0)), 1e-12)
+    step = images.chunks[0]  # about 1 MB
+    for begin in range(0, source.n, step):
+        end = min(begin + step, source.n)
+        images[begin:end] = (images[begin:end] - np.float32(mean)) / np.float32(std)
 
 
 def _image_chunks(n: int, size: int) -> tuple[int, int, int]:

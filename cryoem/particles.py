@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from numpy.typing import NDArray
@@ -185,21 +185,23 @@ def _parse_name(name: Any, path: Path, row: int) -> tuple[int, str]:
 
 
 def read_images(names: Any, path: str | os.PathLike,
-                datadir: str | os.PathLike | None = None) -> NDArray[np.float32]:
+                datadir: str | os.PathLike | None = None,
+                first_row: int = 0) -> NDArray[np.float32]:
     """The images named ``index@stack`` (1-based) in a STAR file's ``rlnImageName`` column.
 
     Each stack is memory-mapped once. A missing stack, an index past a stack's end, below
-    1, or not a number is an error naming the STAR file, the row and the column.
+    1, or not a number is an error naming the STAR file, the row and the column (``names``
+    being the file's rows from ``first_row`` on, 0-based).
     """
     import mrcfile
 
     path = Path(path)
     folder = None if datadir is None else Path(datadir)
-    parsed = [_parse_name(name, path, row) for row, name in enumerate(names)]
+    parsed = [_parse_name(name, path, row) for row, name in enumerate(names, start=first_row)]
     stacks: dict[str, Any] = {}
     images = []
     try:
-        for row, (number, stack) in enumerate(parsed):
+        for row, (number, stack) in enumerate(parsed, start=first_row):
             if stack not in stacks:
                 stacks[stack] = mrcfile.mmap(_stack_path(stack, path, folder, row), mode="r",
                                              permissive=True)
@@ -278,7 +280,9 @@ def import_relion(star_path: str | os.PathLike, out: str | os.PathLike, *,
 
     Images are resampled by Fourier cropping/padding to ``size`` pixels (the
     pixel size follows) and, with ``normalize``, scaled to zero mean and unit
-    variance over the stack, so that a trained model sees what it expects.
+    variance over the stack, so that a trained model sees what it expects.  They are
+    read, resampled and written :data:`IMPORT_CHUNK` at a time: memory does not grow
+    with the number of particles.
     The STAR's angles and origins, if any, are kept only as a *reference*
     (``orientations_source = "reference"``), never as a ground truth: commands
     score against them only when asked (``--reference-poses``).  Missing angles
@@ -292,9 +296,8 @@ def import_relion(star_path: str | os.PathLike, out: str | os.PathLike, *,
         On a missing file or a bad entry, naming the file, the row and the column;
         nothing is written then.
     """
-    from .datasets import save
+    from .datasets import ImageChunks, save
     from .rotations import point_group
-    from .volumes import fourier_resample
 
     point_group(symmetry)  # a clear error on an unknown group, before anything is read
 
@@ -307,22 +310,42 @@ def import_relion(star_path: str | os.PathLike, out: str | os.PathLike, *,
                          "separately")
     orientations, orientations_source = _reference_angles(particles, star_path)
     ctf = _ctf(particles, optics, star_path)
-    images = read_images(particles["rlnImageName"], star_path, datadir)
-    pixel = float(optics["pixel_size"][0])
-    original = images.shape[-1]
-    if size is not None and size != original:
-        images = fourier_resample(images, size, axes=(-2, -1))
-        pixel *= original / size
-    if normalize:
-        images = (images - images.mean()) / max(float(images.std()), 1e-12)
+    names = list(particles["rlnImageName"])
+    original = read_images(names[:1], star_path, datadir).shape[-1]
+    size = size or original
+    pixel = float(optics["pixel_size"][0]) * original / size
     shifts, shifts_source = _reference_origins(
-        particles, star_path, np.full(len(particles), pixel), original / images.shape[-1])
-    return save(out, images, orientations, shifts, pixel, ctf=ctf,
+        particles, star_path, np.full(len(particles), pixel), original / size)
+    images = ImageChunks(len(particles), size,
+                         _resampled_chunks(names, star_path, datadir, original, size))
+    return save(out, images, orientations, shifts, pixel, ctf=ctf, normalize=normalize,
                 overwrite=overwrite, source=str(star_path), volume_name=star_path.stem,
                 symmetry=symmetry, snr=float("nan"), noisy=True, max_shift=float("nan"),
                 imported=True, orientations_source=orientations_source,
                 shifts_source=shifts_source, ctf_source="input" if ctf is not None else "absent",
                 original_size=original)
+
+
+#: Particles read, resampled and written per step of an import (memory: one chunk).
+IMPORT_CHUNK = 2048
+
+
+def _resampled_chunks(names: list[Any], star_path: Path, datadir: str | os.PathLike | None,
+                      original: int, size: int) -> Iterator[NDArray[np.float32]]:
+    """The particles named in ``names`` (all of ``original`` px), in order, a chunk at a
+    time, Fourier-resampled to ``size`` px; an error names the STAR file's row."""
+    from .volumes import fourier_resample
+
+    for start in range(0, len(names), IMPORT_CHUNK):
+        chunk = read_images(names[start:start + IMPORT_CHUNK], star_path, datadir,
+                            first_row=start)
+        if chunk.shape[-1] != original:
+            raise ValueError(f"{star_path}: the particles are not square images of one size "
+                             f"({original} px from row 1, {chunk.shape[-1]} px from row "
+                             f"{start + 1} on)")
+        if chunk.shape[-1] != size:
+            chunk = fourier_resample(chunk, size, axes=(-2, -1))
+        yield chunk.astype(np.float32, copy=False)
 
 
 def _optics_groups(optics: dict[str, NDArray[np.float64]], size: int) -> tuple[Any, NDArray]:
