@@ -8,6 +8,8 @@ process, so that its peak RSS is its own, in-process and on each
 processes; the peak RSS of the busiest worker is reported beside the
 client's):
 
+* ``import``: the particles exported once as a RELION STAR + ``.mrcs`` (no angles), read
+  back into a dataset by ``particles.import_relion`` (a chunk at a time).  In-process only.
 * ``recover``: orientations from ``perturbed`` distances (true geodesic
   distances plus noise of variance σ² = 0.2 rad², **an oracle first guess**,
   so that the figures measure the machinery, not the network), by
@@ -51,7 +53,7 @@ from harness import Column, Harness, Scenario, add_options, measure, table
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "scale.json"
 PROTEIN = "4ake"
-STAGES = ("recover", "reconstruct", "refine")
+STAGES = ("import", "recover", "reconstruct", "refine")
 GOAL_RSS_MB, GOAL_FLATNESS = 4096.0, 1.5
 
 
@@ -105,7 +107,8 @@ def run_stage(args: argparse.Namespace) -> dict[str, Any]:
     data = datasets.load(args.data, images=False)
     out = args.result.with_suffix(".npy")
     with distributed.connect(args.scheduler, verbose=False) as client:
-        stage = {"recover": _recover, "reconstruct": _reconstruct, "refine": _refine}[args.stage]
+        stage = {"import": _import, "recover": _recover, "reconstruct": _reconstruct,
+                 "refine": _refine}[args.stage]
         (output, timed_n), seconds, memory = measure(
             lambda: stage(data, client, args), trace=False)
         workers = {} if client is None else client.run(_peak_rss_mb)
@@ -120,6 +123,25 @@ def _peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def relion_set(path: Path) -> Path:
+    """The dataset exported once as a RELION particle set without poses; its STAR file."""
+    from cryoem import datasets, relion
+
+    folder = path.with_name(f"{path.stem}-relion")
+    star = folder / relion.STAR_NAME
+    if not star.exists():
+        relion.export_relion(datasets.load(path, images=False), folder, poses=False)
+    return star
+
+
+def _import(data: Any, client: Any, args: argparse.Namespace) -> tuple[Any, int]:
+    from cryoem import datasets, particles
+
+    out = args.data.with_name(f"{args.data.stem}-imported.h5")
+    particles.import_relion(relion_set(args.data), out, overwrite=True)
+    return datasets.read_images(out, slice(0, 4)), len(data)
 
 
 def _recover(data: Any, client: Any, args: argparse.Namespace) -> tuple[Any, int]:
@@ -183,13 +205,15 @@ def compare(here: dict[str, Any], there: dict[str, Any], stage: str) -> float:
 def case_rows(args: argparse.Namespace, n: int, size: int) -> list[dict[str, Any]]:
     """All stages of one case, in-process and on each scheduler."""
     path = dataset(args.work, n, size)
+    if "import" in args.stages:
+        relion_set(path)  # prepared here, not timed
     rows = []
     for stage in args.stages:
         here = measure_stage(args, path, stage, None)
         row = {"n": n, "size": size, "stage": stage, "scheduler": "in-process", **here,
                "extrapolated": here["timed_particles"] < n}
         rows.append(row)
-        if stage == "recover":
+        if stage in ("import", "recover"):
             continue
         compared = n <= args.compare_max_n and size == args.size
         for scheduler in args.schedulers if compared else []:

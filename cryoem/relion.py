@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import rotations
+from . import rotations, stacks
 from ._files import atomic_path
 from .datasets import Dataset
 
@@ -43,6 +43,17 @@ _OPTICS_COLUMNS = {"voltage": "rlnVoltage", "cs": "rlnSphericalAberration",
                    "amplitude_contrast": "rlnAmplitudeContrast"}
 
 
+#: Particles copied per step into the exported stack (memory: one chunk).
+EXPORT_CHUNK = 4096
+
+
+def _images(data: Dataset, index: np.ndarray) -> Any:
+    """The projections to export: in memory if loaded, else read from the file lazily."""
+    if data.projections is not None:
+        return np.asarray(data.projections)[index]
+    return stacks.take(stacks.ImageStack(data.path), index)
+
+
 def export_relion(data: Dataset, out_dir: str | os.PathLike, *,
                   orientations: ArrayLike | None = None, shifts: ArrayLike | None = None,
                   indices: ArrayLike | None = None, poses: bool = True,
@@ -52,7 +63,9 @@ def export_relion(data: Dataset, out_dir: str | os.PathLike, *,
     ``orientations`` (quaternions) and ``shifts`` (pixels) default to the
     dataset's own (the ground truth of a simulation).  With ``poses=False`` the
     STAR has no angle or origin columns: particles as a lab has them before
-    any refinement.  Returns the STAR path.
+    any refinement.  The stack is written a chunk at a time; a dataset loaded without
+    its images (``datasets.load(path, images=False)``) is read from its file as it goes.
+    Returns the STAR path.
     """
     import mrcfile
     import pandas as pd
@@ -67,12 +80,13 @@ def export_relion(data: Dataset, out_dir: str | os.PathLike, *,
     s = data.shifts[index] if shifts is None else np.asarray(shifts, dtype=np.float64)
     if len(q) != len(index) or s.shape != (len(index), 2):
         raise ValueError("orientations and shifts must match the exported projections")
-    images = np.asarray(data.projections[index], dtype=np.float32)
     out.mkdir(parents=True, exist_ok=True)
-    pixel = data.pixel_size
-
-    with atomic_path(stack_path) as partial, mrcfile.new(partial, overwrite=True) as mrc:
-        mrc.set_data(images)
+    pixel, size = data.pixel_size, data.size
+    with atomic_path(stack_path) as partial, \
+            mrcfile.new_mmap(partial, (len(index), size, size), mrc_mode=2,
+                             overwrite=True) as mrc:
+        for start, stop, chunk in stacks.chunks(_images(data, index), EXPORT_CHUNK):
+            mrc.data[start:stop] = np.asarray(chunk, dtype=np.float32)
         mrc.set_image_stack()
         mrc.voxel_size = pixel
     angles = rotations.quaternion_to_euler(q)
@@ -88,7 +102,7 @@ def export_relion(data: Dataset, out_dir: str | os.PathLike, *,
             del particles[column]
     ctf = data.ctf[index] if data.ctf is not None else None
     optics = {"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
-              "rlnImagePixelSize": [pixel], "rlnImageSize": [images.shape[-1]],
+              "rlnImagePixelSize": [pixel], "rlnImageSize": [size],
               "rlnImageDimensionality": [2]}
     if ctf is not None:
         for name, column in _CTF_COLUMNS.items():

@@ -277,7 +277,8 @@ def test_scale_quick(tmp_path):
     rows = report["rows"]
     assert {(r["n"], r["stage"], r["scheduler"]) for r in rows} == {
         (n, stage, where) for n in (200, 400)
-        for stage, where in [("recover", "in-process"), ("reconstruct", "in-process"),
+        for stage, where in [("import", "in-process"), ("recover", "in-process"),
+                             ("reconstruct", "in-process"),
                              ("reconstruct", "local:2"), ("refine", "in-process"),
                              ("refine", "local:2")]}
     for row in rows:
