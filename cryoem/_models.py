@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.json"
@@ -42,3 +42,32 @@ def read_contract(model: str | os.PathLike) -> dict[str, Any] | None:
     """The input contract of a model (``None`` for models trained without one)."""
     path = model_directory(model) / CONTRACT_FILE
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_contract(model_dir: str | os.PathLike, *, proteins: Sequence[str], box_ratio: float,
+                   symmetries: dict[str, str] | None = None,
+                   training_command: str = "") -> dict[str, Any]:
+    """Record what images a model expects (``contract.json`` beside the model).
+
+    A model trained on several proteins has no single pixel size: what it
+    needs is the same *framing* — images of ``image_size`` pixels whose box is
+    ``box_ratio`` times the particle's diameter (as
+    :func:`cryoem.volumes.resolve` makes them) — and the per-image
+    standardisation that the model applies itself.  Returns the contract.
+    """
+    directory = Path(model_dir)
+    config = json.loads((directory / CONFIG_FILE).read_text())
+    contract = {
+        "image_size": config["image_size"],
+        "box_ratio": float(box_ratio),
+        "normalisation": "none needed: the model standardises each image (zero mean, unit "
+                         "variance) and downsamples it itself",
+        "proteins": list(proteins),
+        "symmetries": dict(symmetries or {}),
+        "snr_range": config.get("snr_range"),
+        "max_shift_px": config.get("max_shift"),
+        "ctf_fraction": config.get("ctf_fraction") if config.get("ctf") else 0.0,
+        "training_command": training_command,
+    }
+    (directory / CONTRACT_FILE).write_text(json.dumps(contract, indent=2))
+    return contract

@@ -28,13 +28,17 @@ same code trains under the TensorFlow (default), JAX and PyTorch backends
 installed one).  Only :func:`configure_threads` and the TensorBoard logs of
 :func:`train` (written when TensorFlow is installed) touch a backend's own API.
 
-On several GPUs under TensorFlow, wrap :func:`train` in
-``tf.distribute.MirroredStrategy().scope()``: the model and optimizer are built
-inside :func:`train`, so they pick up the strategy (untested here: no GPU).
+On several GPUs or hosts under TensorFlow, pass :func:`train` a
+``tf.distribute`` strategy from :func:`cryoem.devices.make_strategy`
+(``cryoem train --strategy mirrored|multiworker``): it builds the model and
+optimizer in the strategy's scope and gives each replica its own
+``batch_size`` images (tested on two logical CPU devices; see
+:mod:`cryoem.devices`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -51,9 +55,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 from keras import ops  # noqa: E402
 
-from . import projection, provenance, rotations  # noqa: E402
+from . import devices, projection, provenance, rotations  # noqa: E402
 from ._models import (CONFIG_FILE, CONTRACT_FILE, MODEL_FILE, PRETRAINED,  # noqa: E402,F401
-                      PRETRAINED_DIR, model_directory, read_config, read_contract)
+                      PRETRAINED_DIR, model_directory, read_config, read_contract,
+                      write_contract)
+from .devices import configure_threads  # noqa: E402,F401
 from .datasets import Dataset  # noqa: E402
 
 __all__ = [
@@ -74,6 +80,11 @@ __all__ = [
     "write_contract",
     "read_contract",
     "configure_threads",
+    "CONFIG_FILE",
+    "CONTRACT_FILE",
+    "MODEL_FILE",
+    "PRETRAINED",
+    "PRETRAINED_DIR",
 ]
 
 #: Filters and kernel sizes per block. "paper" is the paper's network.
@@ -88,35 +99,6 @@ EPSILON = 1e-6
 #: The L2 normalisation caps ``1/‖x‖`` at ``1/_NORM_EPSILON``: ``‖x‖²`` floored at 1e-12,
 #: as ``tf.math.l2_normalize`` (which the first models were trained with) does.
 _NORM_EPSILON = 1e-6
-
-
-def configure_threads(n: int | None) -> None:
-    """Use ``n`` intra-op threads and one inter-op thread in the backend; ``None`` keeps defaults.
-
-    TensorFlow and PyTorch take the setting (call before any network work:
-    afterwards they may ignore it).  JAX reads its threads when it starts
-    (``XLA_FLAGS``), so under JAX this does nothing.  finufft takes its
-    threads per call (``nthreads``) and BLAS from ``OMP_NUM_THREADS``.
-    """
-    if n is None:
-        return
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(n)
-            tf.config.threading.set_inter_op_parallelism_threads(1)
-        except RuntimeError:  # already initialised: the settings can no longer change
-            pass
-    elif backend == "torch":
-        import torch
-
-        torch.set_num_threads(n)
-        try:
-            torch.set_num_interop_threads(1)
-        except RuntimeError:  # already set, or parallel work has started
-            pass
 
 
 # ----------------------------------------------------------------------------
@@ -264,7 +246,23 @@ class InBatchModel(keras.Model):
         """Uniform-weighted mean squared error over the pairs of the batch (L_DE)."""
         y = ops.cast(y, y_pred.dtype)
         weights = pair_weight_matrix(y, self.bins, self.cap)
-        return ops.sum(weights * ops.square(y_pred - y))
+        return devices.scale_loss(ops.sum(weights * ops.square(y_pred - y)))
+
+    def _maybe_symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> None:
+        # Keras 3's TensorFlow trainer peeks at a batch with strategy.reduce, which
+        # MultiWorkerMirroredStrategy refuses for (x, y) (keras-team/keras#20585); train()
+        # builds the model first, so only the optimizer is left to build: skip the peek.
+        if (iterator is not None and self.built and keras.backend.backend() == "tensorflow" and
+                devices.strategy_name(self.distribute_strategy) == "multiworker"):
+            iterator, data_batch = None, ()
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def compute_metrics(self, x: Any, y: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        logs = super().compute_metrics(x, y, y_pred, sample_weight)
+        if keras.backend.backend() == "tensorflow" and devices.across_workers(
+                self.distribute_strategy):  # Keras averages the logs along axis 0 (#20585)
+            logs = {name: ops.reshape(value, (1,)) for name, value in logs.items()}
+        return logs
 
 
 @keras.saving.register_keras_serializable(package="cryoem")
@@ -290,19 +288,27 @@ def per_pair_model(embedding: keras.Model) -> keras.Model:
 # Data
 # ----------------------------------------------------------------------------
 class FixedBatches(keras.utils.PyDataset):
-    """Batches ``(images, target distance matrix)`` from a fixed set of images."""
+    """Batches ``(images, target distance matrix)`` from a fixed set of images.
+
+    With ``replicas`` (a ``tf.distribute`` strategy's), each batch holds
+    ``replicas × batch_size`` images and the targets of each replica's slice
+    (:func:`target_matrix`); ``batch_size`` attribute: the global batch.
+    """
 
     def __init__(self, images: NDArray, orientations: NDArray, symmetry: str = "C1",
-                 batch_size: int = 64, shuffle: bool = True, seed: int = 0) -> None:
+                 batch_size: int = 64, shuffle: bool = True, seed: int = 0,
+                 replicas: int = 1) -> None:
         super().__init__()
         if len(images) != len(orientations):
             raise ValueError(f"{len(images)} images but {len(orientations)} orientations")
-        if len(images) < 2:
-            raise ValueError("need at least two images to form pairs")
+        if len(images) < 2 * replicas:
+            raise ValueError(f"need at least two images per replica to form pairs, got "
+                             f"{len(images)} for {replicas}")
         self.images = np.asarray(images, dtype=np.float32)
         self.orientations = np.asarray(orientations)
         self.group = rotations.point_group(symmetry)
-        self.batch_size = min(batch_size, len(images))
+        self.replicas = replicas
+        self.batch_size = min(batch_size, len(images) // replicas) * replicas
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
@@ -314,7 +320,8 @@ class FixedBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index: int) -> tuple[NDArray, NDArray]:
         chosen = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-        return self.images[chosen], target_matrix(self.orientations[chosen], self.group)
+        return self.images[chosen], target_matrix(self.orientations[chosen], self.group,
+                                                  self.replicas)
 
     def on_epoch_end(self) -> None:
         if self.shuffle:
@@ -323,9 +330,18 @@ class FixedBatches(keras.utils.PyDataset):
         self.epoch += 1
 
 
-def target_matrix(quaternions: NDArray, group: NDArray) -> NDArray[np.float32]:
-    """Symmetry-aware true distances ``min_g d(q_i, q_j·g)`` as a ``(B, B)`` matrix."""
-    return rotations.symmetric_distance_matrix(quaternions, group).astype(np.float32)
+def target_matrix(quaternions: NDArray, group: NDArray,
+                  replicas: int = 1) -> NDArray[np.float32]:
+    """Symmetry-aware true distances ``min_g d(q_i, q_j·g)`` as a ``(B, B)`` matrix.
+
+    With ``replicas`` ``R``, the ``R`` consecutive slices of ``B/R`` images are
+    a ``tf.distribute`` strategy's replicas, which pair images within their
+    slice only: their matrices stacked, ``(B, B/R)``, split by the strategy
+    along the first axis as the images are.
+    """
+    slices = np.split(np.asarray(quaternions), replicas)
+    return np.concatenate([rotations.symmetric_distance_matrix(q, group)
+                           for q in slices]).astype(np.float32)
 
 
 class RenderedBatches(keras.utils.PyDataset):
@@ -339,7 +355,10 @@ class RenderedBatches(keras.utils.PyDataset):
     share of the images), and white noise at an
     SNR drawn log-uniformly in ``snr_range`` (relative to the clean images'
     signal variance, as in the datasets).  Everything derives from ``seed``
-    and the batch number: the same run draws the same data.
+    and the batch number: the same run draws the same data.  With
+    ``replicas``, a batch is ``replicas`` such batches of ``batch_size`` one
+    after the other (each replica's slice, with its own near partners) and
+    their targets (:func:`target_matrix`); ``batch_size`` attribute: the global batch.
     """
 
     def __init__(self, volumes: Sequence[NDArray], pixel_sizes: Sequence[float],
@@ -347,7 +366,7 @@ class RenderedBatches(keras.utils.PyDataset):
                  batch_size: int = 64, steps: int = 100,
                  snr_range: tuple[float, float] | None = None, max_shift: float = 0.0,
                  ctf: bool = False, near_angle: float = 0.5, seed: int = 0,
-                 ctf_fraction: float = 1.0) -> None:
+                 ctf_fraction: float = 1.0, replicas: int = 1) -> None:
         super().__init__()
         if not 0 <= ctf_fraction <= 1:
             raise ValueError(f"ctf_fraction must be in [0, 1], got {ctf_fraction}")
@@ -357,7 +376,8 @@ class RenderedBatches(keras.utils.PyDataset):
         self.pixel_sizes = list(pixel_sizes)
         self.groups = [rotations.point_group(s) for s in symmetries]
         self.signal_variances = list(signal_variances)
-        self.batch_size = batch_size
+        self.replicas = replicas
+        self.batch_size = batch_size * replicas
         self.steps = steps
         self.snr_range = snr_range
         self.max_shift = max_shift
@@ -376,12 +396,16 @@ class RenderedBatches(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> tuple[NDArray, NDArray]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
         which = (self.epoch * self.steps + index) % len(self.volumes)
-        n_far = self.batch_size - self.batch_size // 2
-        far = rotations.sample_uniform(n_far, rng)
-        axes = rng.standard_normal((self.batch_size - n_far, 3))
-        angles = rng.uniform(0, self.near_angle, len(axes))
-        near = rotations.multiply(far[: len(axes)], rotations.axis_angle_to_quaternion(axes, angles))
-        q = rotations.canonical(np.concatenate([far, near]))
+        size = self.batch_size // self.replicas
+        n_far = size - size // 2
+        slices = []
+        for _ in range(self.replicas):
+            far = rotations.sample_uniform(n_far, rng)
+            axes = rng.standard_normal((size - n_far, 3))
+            angles = rng.uniform(0, self.near_angle, len(axes))
+            slices += [far, rotations.multiply(far[: len(axes)],
+                                               rotations.axis_angle_to_quaternion(axes, angles))]
+        q = rotations.canonical(np.concatenate(slices))
         shifts = projection.sample_shifts(len(q), self.max_shift, seed=rng)
         images = projection.project(self.volumes[which], q,
                                     shifts=shifts if self.max_shift > 0 else None,
@@ -398,7 +422,7 @@ class RenderedBatches(keras.utils.PyDataset):
             log_snr = rng.uniform(*np.log(self.snr_range), len(q))
             sigma = np.sqrt(self.signal_variances[which] / np.exp(log_snr)).astype(np.float32)
             images += sigma[:, None, None] * rng.standard_normal(images.shape, dtype=np.float32)
-        return images, target_matrix(q, self.groups[which])
+        return images, target_matrix(q, self.groups[which], self.replicas)
 
 
 # ----------------------------------------------------------------------------
@@ -416,7 +440,7 @@ class TrainingConfig:
     mode: str = "rendered"  # "rendered" (unlimited, on the fly) or "fixed" (the paper's set)
     epochs: int = 20
     steps_per_epoch: int = 100
-    batch_size: int = 64
+    batch_size: int = 64  # per replica: each step takes batch_size × replicas images
     learning_rate: float = 1e-3
     patience: int = 6
     snr_range: tuple[float, float] | None = None
@@ -431,6 +455,8 @@ class TrainingConfig:
     symmetry: str = "C1"
     sources: list[str] = field(default_factory=list)
     pixel_size: float = 1.0
+    strategy: str = "none"  # set by train: its tf.distribute strategy (cryoem.devices)
+    replicas: int = 1  # set by train: replicas in sync
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -444,7 +470,7 @@ def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
           config: TrainingConfig | None = None, validation: Dataset | None = None,
           verbose: int | str = "auto",
           callbacks: Sequence[keras.callbacks.Callback] = (),
-          overwrite: bool = False) -> dict[str, list[float]]:
+          overwrite: bool = False, strategy: Any = None) -> dict[str, list[float]]:
     """Train the Siamese network on one or more datasets and save it in ``out_dir``.
 
     ``out_dir`` receives ``model.keras`` (the best embedding by validation
@@ -456,6 +482,11 @@ def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
     Returns the Keras history (``loss``, ``val_loss``, ``learning_rate``) of
     this call; ``history.csv`` holds every epoch across resumed calls.
     Extra Keras ``callbacks`` run after the built-in ones.
+
+    ``strategy``: a ``tf.distribute`` strategy (:func:`cryoem.devices.make_strategy`,
+    TensorFlow backend) to build and train the model under; each of its
+    replicas takes ``config.batch_size`` images per step and pairs them among
+    themselves, so a step takes ``batch_size × replicas`` images.
     """
     if not datasets:
         raise ValueError("train needs at least one dataset")
@@ -468,6 +499,11 @@ def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
     config.symmetry = groups.pop() if len(groups) == 1 else "mixed"  # rendered mode: per volume
     config.pixel_size = datasets[0].pixel_size
     config.sources = [str(d.path) for d in datasets]
+    if strategy is not None and keras.backend.backend() != "tensorflow":
+        raise ValueError("a tf.distribute strategy needs the TensorFlow Keras backend "
+                         "(KERAS_BACKEND=tensorflow)")
+    config.strategy = devices.strategy_name(strategy)
+    config.replicas = devices.replicas(strategy)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     resuming = _check_resume(out, config)
@@ -478,9 +514,6 @@ def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
         _clear_run(out)
     (out / CONFIG_FILE).write_text(config.record())
 
-    keras.utils.set_random_seed(config.seed)
-    embedding = build_embedding(config.image_size, config.input_size, config.arch,
-                                config.feature_dim, config.width)
     train_data = _training_batches(datasets, config)
     validation = validation if validation is not None else datasets[0]
     val_index = validation.split["validation"]
@@ -488,10 +521,14 @@ def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
         raise ValueError("the validation split needs at least two projections")
     val_data = FixedBatches(validation.projections[val_index], validation.orientations[val_index],
                             validation.attrs.get("symmetry", "C1"), config.batch_size,
-                            shuffle=False)
-    model = InBatchModel(embedding, config.bins, config.cap)
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
-    model.build((None, config.image_size, config.image_size))
+                            shuffle=False, replicas=config.replicas)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        keras.utils.set_random_seed(config.seed)
+        embedding = build_embedding(config.image_size, config.input_size, config.arch,
+                                    config.feature_dim, config.width)
+        model = InBatchModel(embedding, config.bins, config.cap)
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+        model.build((None, config.image_size, config.image_size))
     all_callbacks = [
         keras.callbacks.BackupAndRestore(str(out / "backup")),
         _SaveBestEmbedding(out / MODEL_FILE, resuming),
@@ -517,7 +554,7 @@ def _training_batches(datasets: Sequence[Dataset], config: TrainingConfig) -> ke
         images = np.concatenate([d.projections[d.split["train"]] for d in datasets])
         quaternions = np.concatenate([d.orientations[d.split["train"]] for d in datasets])
         return FixedBatches(images, quaternions, config.symmetry, config.batch_size,
-                            shuffle=True, seed=config.seed)
+                            shuffle=True, seed=config.seed, replicas=config.replicas)
     if config.mode != "rendered":
         raise ValueError(f"unknown training mode {config.mode!r}: rendered or fixed")
     missing = [str(d.path) for d in datasets if d.volume is None]
@@ -530,7 +567,7 @@ def _training_batches(datasets: Sequence[Dataset], config: TrainingConfig) -> ke
         [d.attrs.get("signal_variance") or _signal_variance(d) for d in datasets],
         batch_size=config.batch_size, steps=config.steps_per_epoch, snr_range=config.snr_range,
         max_shift=config.max_shift, ctf=config.ctf, near_angle=config.near_angle,
-        seed=config.seed, ctf_fraction=config.ctf_fraction,
+        seed=config.seed, ctf_fraction=config.ctf_fraction, replicas=config.replicas,
     )
 
 
@@ -547,7 +584,9 @@ def _check_resume(out: Path, config: TrainingConfig) -> bool:
         return False
     old = json.loads(previous.read_text())
     new = json.loads(config.to_json())
-    changed = sorted(key for key in new if old.get(key) != new[key] and key != "epochs")
+    default = json.loads(TrainingConfig().to_json())  # for keys added since the run started
+    changed = sorted(key for key in new
+                     if old.get(key, default[key]) != new[key] and key != "epochs")
     if changed:
         raise ValueError(f"{out} holds an interrupted run with other settings ({', '.join(changed)});"
                          " use another --out or delete it")
@@ -659,32 +698,3 @@ def _portable(embedding: keras.Model) -> keras.Model:
     portable = keras.models.clone_model(embedding, clone_function=clone)
     portable.set_weights(embedding.get_weights())
     return portable
-
-
-def write_contract(model_dir: str | os.PathLike, *, proteins: Sequence[str], box_ratio: float,
-                   symmetries: dict[str, str] | None = None,
-                   training_command: str = "") -> dict[str, Any]:
-    """Record what images a model expects (``contract.json`` beside the model).
-
-    A model trained on several proteins has no single pixel size: what it
-    needs is the same *framing* — images of ``image_size`` pixels whose box is
-    ``box_ratio`` times the particle's diameter (as
-    :func:`cryoem.volumes.resolve` makes them) — and the per-image
-    standardisation that the model applies itself.  Returns the contract.
-    """
-    directory = Path(model_dir)
-    config = json.loads((directory / CONFIG_FILE).read_text())
-    contract = {
-        "image_size": config["image_size"],
-        "box_ratio": float(box_ratio),
-        "normalisation": "none needed: the model standardises each image (zero mean, unit "
-                         "variance) and downsamples it itself",
-        "proteins": list(proteins),
-        "symmetries": dict(symmetries or {}),
-        "snr_range": config.get("snr_range"),
-        "max_shift_px": config.get("max_shift"),
-        "ctf_fraction": config.get("ctf_fraction") if config.get("ctf") else 0.0,
-        "training_command": training_command,
-    }
-    (directory / CONTRACT_FILE).write_text(json.dumps(contract, indent=2))
-    return contract

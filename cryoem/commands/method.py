@@ -78,7 +78,17 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=20, help="epochs (default: 20)")
     parser.add_argument("--steps-per-epoch", type=int, default=100,
                         help="batches per epoch in rendered mode (default: 100)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="images per batch, and per replica with --strategy: each replica "
+                             "pairs its own batch, so a step takes batch × replicas images "
+                             "(default: 64)")
+    parser.add_argument("--strategy", choices=("none", "mirrored", "multiworker"), default="none",
+                        help="tf.distribute (TensorFlow backend): mirrored = the GPUs of this "
+                             "host; multiworker = several hosts, from TF_CONFIG (see "
+                             "cryoem.devices) (default: none, one device)")
+    parser.add_argument("--logical-cpus", type=int, default=None, metavar="N",
+                        help="with --strategy mirrored: split the CPU into N logical devices "
+                             "and mirror over them (tests and demonstrations, not faster)")
     parser.add_argument("--arch", choices=("paper", "light"), default="light",
                         help="network: the paper's 7 blocks or a light one for CPUs "
                              "(default: light)")
@@ -106,9 +116,13 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train the Siamese distance network on projections."""
-    from .. import datasets, siamese
+    from .. import datasets, devices, siamese
 
     siamese.configure_threads(args.threads)
+    strategy = devices.make_strategy(args.strategy, args.logical_cpus)  # before TF starts
+    if strategy is not None:
+        print(f"{devices.describe(strategy)}; each step takes {devices.replicas(strategy)} "
+              f"× {args.batch_size} images, pairs formed within each replica's {args.batch_size}")
     data = [datasets.load(path) for path in args.data]
     _check_labels(data, args)
     first = data[0].attrs
@@ -123,7 +137,7 @@ def run_train(args: argparse.Namespace) -> int:
         ctf=bool(first.get("ctf", False)), seed=args.seed,
     )
     start = time.perf_counter()
-    history = siamese.train(data, args.out, config, overwrite=args.overwrite)
+    history = siamese.train(data, args.out, config, overwrite=args.overwrite, strategy=strategy)
     best = min(history.get("val_loss", [float("nan")]))
     print(f"trained {args.arch} network for {len(history['loss'])} epochs in "
           f"{time.perf_counter() - start:.0f} s: best validation L_DE {best:.4f} rad²; "
