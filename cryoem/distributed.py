@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from ._progress import progress_bar
 
-__all__ = ["connect", "map_chunks", "reduce_chunks", "describe"]
+__all__ = ["connect", "map_chunks", "reduce_chunks", "share", "describe"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -142,6 +142,20 @@ def reduce_chunks(function: Callable[..., R], chunks: Sequence[T], *, client: An
     return total
 
 
+def share(client: Any, value: Any) -> Any:
+    """``value`` sent to every worker of ``client`` now, for tasks to come (a future to pass in
+    ``shared``: sent once rather than once per call)."""
+    # Unique keys (hash=False): a later call sharing an equal object must not lose it when
+    # an earlier one releases its copy.
+    return client.scatter(value, broadcast=True, hash=False)
+
+
+def _is_future(value: Any) -> bool:
+    from distributed import Future
+
+    return isinstance(value, Future)
+
+
 def _results(function: Callable[..., R], chunks: Sequence[T], client: Any,
              shared: dict[str, Any], desc: str, progress: bool) -> Iterator[tuple[int, R]]:
     """``(k, function(chunks[k], **shared))`` as they finish, with a progress bar."""
@@ -153,9 +167,7 @@ def _results(function: Callable[..., R], chunks: Sequence[T], client: Any,
     from dask.distributed import as_completed
     from distributed import KilledWorker
 
-    # Unique keys (hash=False): a later call sharing the same object must not lose it when
-    # this call releases its copy.
-    scattered = {key: client.scatter(value, broadcast=True, hash=False)
+    scattered = {key: value if _is_future(value) else share(client, value)
                  for key, value in shared.items()}
     pending = {future.key: future
                for future in client.map(function, chunks, pure=False, **scattered)}

@@ -351,6 +351,9 @@ def refine(
         start_map = volumes.lowpass(np.asarray(initial_map), pixel_size, initial_resolution)
         current_shifts = np.zeros((n, 2))  # searched afresh against the start map
     history: list[dict[str, float]] = []
+    # Images in memory go to the workers once for all iterations (a stack: its file name).
+    to_match = images if client is None or isinstance(images, stacks.ImageStack) \
+        else distributed.share(client, images)
     for iteration in progress_bar(range(iterations), total=iterations, enable=progress,
                                   desc="refining"):
         from_start = start_map is not None and iteration == 0
@@ -390,7 +393,7 @@ def refine(
                       for part in np.array_split(chosen, max(1, -(-len(chosen) // chunk)))]
             results = distributed.map_chunks(
                 _match_piece, pieces, client=client, desc=f"matching half {half + 1}",
-                shared={"images": images, "reference": maps[half], "settings": settings})
+                shared={"images": to_match, "reference": maps[half], "settings": settings})
             for (part, *_), result in zip(pieces, results):
                 new_q[part], new_shifts[part], scores[part], correlations[part] = result
         new_shifts = np.clip(new_shifts, -max_shift_total, max_shift_total)

@@ -72,14 +72,25 @@ def test_reconstruction_on_two_workers_equals_the_one_in_process(problem, cluste
     assert np.max(np.abs(there - here)) < 1e-5 * np.max(np.abs(here))
 
 
-def test_refinement_on_two_workers_equals_the_one_in_process(problem, cluster):
+@pytest.fixture(scope="module")
+def refined_here(problem):
+    """The in-process refinement the distributed ones must equal: its start, options, result."""
     images, q, shifts, ctf, path = problem
     start = rotations.multiply(rotations.axis_angle_to_quaternion(
         np.random.default_rng(0).standard_normal((240, 3)), 0.1), q)
     options = dict(ctf=ctf, pixel_size=2.0, iterations=2, global_iterations=1,
                    global_candidates=2000, chunk=40, seed=0)
-    here = refinement.refine(images, start, **options)
-    there = refinement.refine(stacks.ImageStack(path), start, client=cluster, **options)
+    return start, options, refinement.refine(images, start, **options)
+
+
+@pytest.mark.parametrize("source", ["stack", "array"])
+def test_refinement_on_two_workers_equals_the_one_in_process(problem, refined_here, cluster,
+                                                             source):
+    """From a file each worker reads its chunks; from memory the images are sent once."""
+    images, path = problem[0], problem[-1]
+    start, options, here = refined_here
+    given = stacks.ImageStack(path) if source == "stack" else images
+    there = refinement.refine(given, start, client=cluster, **options)
     assert np.max(rotations.geodesic_distance(here.quaternions, there.quaternions)) < 1e-4
     assert np.max(np.abs(here.shifts - there.shifts)) < 1e-4
     assert np.allclose(here.scores, there.scores, atol=1e-5)
