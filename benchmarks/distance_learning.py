@@ -15,7 +15,7 @@ seed, so they share orientations and splits; they are written under
    and ``train_on_batch``.  After ``--warmup-steps`` steps, ``--pair-steps``
    steps are timed; pairs/s and the ratio in-batch / per-pair are reported.
 2. **Training within a wall-clock budget** (runs ``clean-fixed``,
-   ``clean-rendered``, ``noisy-fixed``, ``noisy-rendered``).  ``siamese.train``
+   ``clean-rendered``, ``noisy-fixed``, ``noisy-rendered``).  ``training.train``
    with ``TrainingConfig(max_seconds=--budget-seconds)``, on the paper's fixed
    training images (``mode="fixed"``, the paper's protocol: labelled projections)
    or on images rendered on the fly from the dataset's true volume at the
@@ -187,7 +187,7 @@ def time_steps(step: Any, batches: list[Any], warmup: int) -> list[float]:
 def in_batch_batches(data: Dataset, args: argparse.Namespace,
                      rng: np.random.Generator) -> list[tuple[NDArray, NDArray]]:
     """``--pair-steps`` batches ``(images (B, L, L), targets (B, B))`` from the training split."""
-    from cryoem import rotations, siamese
+    from cryoem import rotations, training
 
     group = rotations.point_group(data.attrs.get("symmetry", "C1"))
     train = data.split["train"]
@@ -195,7 +195,7 @@ def in_batch_batches(data: Dataset, args: argparse.Namespace,
     for _ in range(args.pair_steps):
         chosen = np.sort(rng.choice(train, min(args.batch_size, len(train)), replace=False))
         batches.append((data.projections[chosen],
-                        siamese.target_matrix(data.orientations[chosen], group)))
+                        training.target_matrix(data.orientations[chosen], group)))
     return batches
 
 
@@ -249,9 +249,9 @@ def pair_throughput(data: Dataset, args: argparse.Namespace) -> dict[str, Any]:
 
 def training_config(args: argparse.Namespace, mode: str, snr: float) -> Any:
     """The ``TrainingConfig`` of one budgeted run."""
-    from cryoem import siamese
+    from cryoem import training
 
-    return siamese.TrainingConfig(
+    return training.TrainingConfig(
         arch=args.arch, width=args.width, feature_dim=args.feature_dim,
         input_size=args.input_size, mode=mode, epochs=MAX_EPOCHS,
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
@@ -291,7 +291,7 @@ def epoch_clock() -> Any:
 
 def train_run(name: str, data: Dataset, args: argparse.Namespace) -> dict[str, Any]:
     """One budgeted training run (``clean-fixed`` …), scored on the validation and test splits."""
-    from cryoem import distance, siamese
+    from cryoem import distance, training
 
     mode = name.split("-")[1]
     config = training_config(args, mode, float(data.attrs["snr"]))
@@ -299,7 +299,7 @@ def train_run(name: str, data: Dataset, args: argparse.Namespace) -> dict[str, A
     shutil.rmtree(out_dir, ignore_errors=True)  # a fresh run, never a resumed one
     clock = epoch_clock()
     start = time.perf_counter()
-    history = siamese.train([data], out_dir, config, verbose=args.verbose, callbacks=[clock])
+    history = training.train([data], out_dir, config, verbose=args.verbose, callbacks=[clock])
     seconds = time.perf_counter() - start
     val_loss = history.get("val_loss", [math.nan])
     best = int(np.nanargmin(val_loss)) if np.isfinite(val_loss).any() else None

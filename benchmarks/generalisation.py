@@ -3,7 +3,7 @@
 Two stages (``--stages``, default both):
 
 ``train``
-    One Siamese model (``cryoem.siamese.train``, rendered mode) on every
+    One Siamese model (``cryoem.training.train``, rendered mode) on every
     built-in protein except the held-out ones (``--held-out``, default 4ake,
     1hvr, 2zmm: an asymmetric default, a C2 dimer and a third one), with
     augmentation: white noise at an SNR log-uniform in ``--snr-range``
@@ -140,7 +140,7 @@ def training_proteins(args: argparse.Namespace) -> list[str]:
 
 def train_general(args: argparse.Namespace) -> dict[str, Any]:
     """Train the general model on the training proteins; returns its record."""
-    from cryoem import datasets, siamese, volumes
+    from cryoem import datasets, training, volumes
 
     proteins = training_proteins(args)
     data_dir = args.work_dir / f"volumes_L{args.size}"
@@ -156,15 +156,15 @@ def train_general(args: argparse.Namespace) -> dict[str, Any]:
     if not validation_path.exists():
         datasets.generate(volumes.resolve(proteins[0], args.size), 600, validation_path,
                           snr=0.25, max_shift=args.max_shift, seed=1)
-    config = siamese.TrainingConfig(
+    config = training.TrainingConfig(
         width=args.width, input_size=args.size // 2, epochs=args.general_epochs or 100_000,
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, patience=40,
         snr_range=tuple(args.snr_range), max_shift=args.max_shift, ctf=True,
         ctf_fraction=args.ctf_fraction, max_seconds=args.train_seconds, seed=0)
     out = args.work_dir / "general"
     start = time.perf_counter()
-    history = siamese.train(sets, out, config, validation=datasets.load(validation_path),
-                            verbose=2, overwrite=not (out / "backup").exists())
+    history = training.train(sets, out, config, validation=datasets.load(validation_path),
+                             verbose=2, overwrite=not (out / "backup").exists())
     seconds = time.perf_counter() - start
     record = finish_general(args)
     record.update(seconds=seconds, epochs=len(history.get("loss", [])))

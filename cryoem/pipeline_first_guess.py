@@ -24,7 +24,7 @@ def _train(run: Any) -> None:
     c = run.config
     if c.route != "distances" or c.estimator != "learned" or c.model is not None:
         return
-    from . import datasets, siamese
+    from . import datasets, training
 
     data = run.data()
     if c.training == "self":
@@ -34,23 +34,23 @@ def _train(run: Any) -> None:
         raise ValueError(f"training needs ground-truth labels, which {c.particles} does not have: "
                          "pass --model pretrained (or a trained model)")
     snr_range = None if not np.isfinite(c.snr) else (c.snr, c.snr)
-    config = siamese.TrainingConfig(
+    config = training.TrainingConfig(
         mode=c.training, input_size=c.input_size, epochs=c.epochs, max_seconds=c.train_seconds,
         snr_range=snr_range, max_shift=c.max_shift, patience=30, seed=c.seed,
         ctf=bool(data.attrs.get("ctf", False)))
     run.use_truth("train", TRAINING_TRUTH[c.training])
     run.metrics["training"] = c.training
-    siamese.train([data], run.path("model"), config, verbose=2 if run.progress else 0,
-                  overwrite=not (run.path("model") / "backup").exists())
+    training.train([data], run.path("model"), config, verbose=2 if run.progress else 0,
+                   overwrite=not (run.path("model") / "backup").exists())
 
 
 def _self_train(run: Any, data: Any) -> None:
     """Train on renderings of the pipeline's own ab initio map (no truth read)."""
-    from . import self_training, siamese
+    from . import self_training, training
 
     c = run.config
-    config = siamese.TrainingConfig(mode="rendered", input_size=c.input_size, epochs=c.epochs,
-                                    max_seconds=c.train_seconds, patience=30, seed=c.seed)
+    config = training.TrainingConfig(mode="rendered", input_size=c.input_size, epochs=c.epochs,
+                                     max_seconds=c.train_seconds, patience=30, seed=c.seed)
     indices = run.working_indices(data)
     run.metrics["training"] = "self"
     run.metrics["self_training"] = self_training.train_on_estimate(

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import ab_initio, datasets, siamese, volumes
+from . import ab_initio, datasets, training, volumes
 
 __all__ = ["estimate_snr", "train_on_estimate"]
 
@@ -50,14 +50,14 @@ def estimate_snr(images: ArrayLike, radius: float = 0.45) -> float:
 
 
 def train_on_estimate(data: datasets.Dataset, indices: np.ndarray, model_dir: str | os.PathLike,
-                      estimate_path: str | os.PathLike, config: siamese.TrainingConfig, *,
+                      estimate_path: str | os.PathLike, config: training.TrainingConfig, *,
                       n_render: int = 600, seed: int = 0,
                       progress: bool = False) -> dict[str, Any]:
     """Ab initio on the images ``indices``, then train a network on renderings of that map.
 
     Writes ``estimate_path`` (the renderings' dataset: the estimate as its
     volume, ``n_render`` labelled projections whose validation split guides
-    training) and the model in ``model_dir`` (:func:`cryoem.siamese.train`,
+    training) and the model in ``model_dir`` (:func:`cryoem.training.train`,
     rendered mode, at the measured SNR).  Returns what was measured: the SNR,
     the shift range, the ab initio's and the training's time.
     """
@@ -78,8 +78,8 @@ def train_on_estimate(data: datasets.Dataset, indices: np.ndarray, model_dir: st
     config.max_shift = max_shift
     config.ctf = ctf is not None
     began = time.perf_counter()
-    history = siamese.train([datasets.load(rendered)], model_dir, config,
-                            verbose=2 if progress else 0, overwrite=True)
+    history = training.train([datasets.load(rendered)], model_dir, config,
+                             verbose=2 if progress else 0, overwrite=True)
     return {"snr_estimate": snr, "max_shift_px": max_shift,
             "ab_initio_seconds": ab_initio_seconds,
             "training_seconds": time.perf_counter() - began,

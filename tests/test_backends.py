@@ -41,11 +41,11 @@ import json, os, sys
 
 import numpy as np
 
-from cryoem import rotations, siamese
+from cryoem import rotations, siamese, training
 import keras
 
 assert keras.backend.backend() == os.environ["KERAS_BACKEND"], keras.backend.backend()
-tensorflow_imported = "tensorflow" in sys.modules  # after importing cryoem.siamese
+tensorflow_imported = "tensorflow" in sys.modules  # after importing cryoem.siamese and .training
 siamese.configure_threads(1)
 keras.utils.set_random_seed(0)
 size, batch = 24, 8
@@ -55,8 +55,8 @@ model.compile(optimizer=keras.optimizers.Adam(1e-2))
 model.build((None, size, size))
 rng = np.random.default_rng(0)
 images = rng.standard_normal((batch, size, size)).astype(np.float32)
-targets = siamese.target_matrix(rotations.sample_uniform(batch, seed=0),
-                                rotations.point_group("C1"))
+targets = training.target_matrix(rotations.sample_uniform(batch, seed=0),
+                                 rotations.point_group("C1"))
 
 # The loss in NumPy: uniform bin weights over the pairs i < j (bins=16, cap=10).
 d = keras.ops.convert_to_numpy(model(images))
@@ -106,7 +106,7 @@ def test_one_training_step(backend, reference_features):
     assert 0 < result["loss"] < 10  # finite, and at most π² on average
     assert result["changed"] == result["weights"] > 0
     if backend != "tensorflow":
-        assert not result["tensorflow_imported"], "cryoem.siamese imported TensorFlow"
+        assert not result["tensorflow_imported"], "cryoem.siamese/training imported TensorFlow"
     np.testing.assert_allclose(result["pretrained"], reference_features, rtol=1e-4, atol=1e-4)
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-import cryoem.siamese  # noqa: F401 - a hard dependency of the scripts: a broken import fails
+import cryoem.siamese  # noqa: F401 - hard dependencies of the scripts: a broken import fails
+import cryoem.training  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"

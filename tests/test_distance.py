@@ -7,7 +7,7 @@ import pytest
 
 from cryoem import cli, datasets, distance, rotations, volumes
 
-from cryoem import siamese  # noqa: E402 - a hard dependency: a broken import must fail
+from cryoem import siamese, training  # noqa: E402 - hard dependencies: a broken import must fail
 
 keras = siamese.keras
 
@@ -144,7 +144,7 @@ def test_target_matrix_is_the_exact_distance():
     q = rotations.sample_uniform(12, seed=4)
     for symmetry in ("C1", "C3"):
         group = rotations.point_group(symmetry)
-        np.testing.assert_allclose(siamese.target_matrix(q, group),
+        np.testing.assert_allclose(training.target_matrix(q, group),
                                    scipy_symmetric_distances(q, group), atol=1e-5)
 
 
@@ -153,10 +153,10 @@ def test_rendered_batches_are_reproducible_with_near_pairs_and_fresh_noise(small
     common = dict(volumes=[volume], pixel_sizes=[small_dataset.pixel_size], symmetries=["C1"],
                   signal_variances=[small_dataset.attrs["signal_variance"]], batch_size=16,
                   steps=3, near_angle=0.3, seed=5)
-    noisy = siamese.RenderedBatches(snr_range=(0.5, 0.5), **common)
-    clean = siamese.RenderedBatches(snr_range=None, **common)
+    noisy = training.RenderedBatches(snr_range=(0.5, 0.5), **common)
+    clean = training.RenderedBatches(snr_range=None, **common)
     images, targets = noisy[1]
-    again, _ = siamese.RenderedBatches(snr_range=(0.5, 0.5), **common)[1]
+    again, _ = training.RenderedBatches(snr_range=(0.5, 0.5), **common)[1]
     np.testing.assert_array_equal(images, again)
     clean_images, clean_targets = clean[1]
     np.testing.assert_array_equal(targets, clean_targets)
@@ -183,9 +183,9 @@ def untrained_l_de(data, config, indices):
 def trained(small_dataset, tmp_path_factory):
     siamese.configure_threads(2)
     out = tmp_path_factory.mktemp("model")
-    config = siamese.TrainingConfig(arch="light", width=0.5, epochs=8, steps_per_epoch=25,
-                                    batch_size=48, patience=20, seed=1)
-    history = siamese.train([small_dataset], out, config, verbose=0)
+    config = training.TrainingConfig(arch="light", width=0.5, epochs=8, steps_per_epoch=25,
+                                     batch_size=48, patience=20, seed=1)
+    history = training.train([small_dataset], out, config, verbose=0)
     return out, config, history
 
 
@@ -210,7 +210,7 @@ def test_save_load_predict_is_identical(small_dataset, trained, tmp_path):
     second = distance.LearnedDistance(out).matrix(small_dataset, test)
     np.testing.assert_array_equal(first, second)
     model = distance.LearnedDistance(out)
-    copy = siamese.save_model(model.embedding, siamese.TrainingConfig(**{
+    copy = siamese.save_model(model.embedding, training.TrainingConfig(**{
         **config.__dict__, "image_size": small_dataset.size}), tmp_path / "copy")
     np.testing.assert_allclose(distance.LearnedDistance(copy).matrix(small_dataset, test), first,
                                atol=1e-6)
@@ -234,15 +234,15 @@ class _Interrupt(keras.callbacks.Callback):
 
 
 def test_interrupted_training_resumes_where_it_stopped(small_dataset, tmp_path):
-    config = siamese.TrainingConfig(width=0.25, epochs=4, steps_per_epoch=3, batch_size=16,
-                                    patience=10, feature_dim=8)
+    config = training.TrainingConfig(width=0.25, epochs=4, steps_per_epoch=3, batch_size=16,
+                                     patience=10, feature_dim=8)
     with pytest.raises(KeyboardInterrupt):
-        siamese.train([small_dataset], tmp_path, config, verbose=0, callbacks=[_Interrupt()])
+        training.train([small_dataset], tmp_path, config, verbose=0, callbacks=[_Interrupt()])
     assert (tmp_path / "backup").exists()
-    changed = siamese.TrainingConfig(**{**config.__dict__, "learning_rate": 0.5})
+    changed = training.TrainingConfig(**{**config.__dict__, "learning_rate": 0.5})
     with pytest.raises(ValueError, match="learning_rate"):
-        siamese.train([small_dataset], tmp_path, changed, verbose=0)
-    history = siamese.train([small_dataset], tmp_path, config, verbose=0)
+        training.train([small_dataset], tmp_path, changed, verbose=0)
+    history = training.train([small_dataset], tmp_path, config, verbose=0)
     assert len(history["loss"]) == 2  # epochs 3 and 4 only
     with open(tmp_path / "history.csv") as f:
         epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
@@ -253,12 +253,12 @@ def test_a_finished_model_is_not_replaced_silently(small_dataset, trained, tmp_p
     out, config, _ = trained
     before = (out / "model.keras").read_bytes()
     with pytest.raises(FileExistsError, match="already holds"):
-        siamese.train([small_dataset], out, config, verbose=0)
+        training.train([small_dataset], out, config, verbose=0)
     assert (out / "model.keras").read_bytes() == before
-    quick = siamese.TrainingConfig(width=0.25, epochs=1, steps_per_epoch=2, batch_size=16,
-                                   feature_dim=8)
-    siamese.train([small_dataset], tmp_path, quick, verbose=0)
-    siamese.train([small_dataset], tmp_path, quick, verbose=0, overwrite=True)
+    quick = training.TrainingConfig(width=0.25, epochs=1, steps_per_epoch=2, batch_size=16,
+                                    feature_dim=8)
+    training.train([small_dataset], tmp_path, quick, verbose=0)
+    training.train([small_dataset], tmp_path, quick, verbose=0, overwrite=True)
     with open(tmp_path / "history.csv") as f:
         assert len(list(csv.DictReader(f))) == 1  # the old run's history went with it
 

@@ -8,7 +8,7 @@ import pytest
 
 from cryoem import _models, datasets, distance, volumes
 
-from cryoem import siamese  # noqa: E402 - a hard dependency: a broken import must fail
+from cryoem import siamese, training  # noqa: E402 - hard dependencies: a broken import must fail
 
 
 @pytest.fixture(scope="module")
@@ -18,9 +18,9 @@ def tiny_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("general")
     sets = [datasets.load(datasets.generate(volumes.resolve(name, 32), 40, root / f"{name}.h5",
                                             seed=0)) for name in ("5pti", "1hvr")]
-    config = siamese.TrainingConfig(width=0.25, epochs=1, steps_per_epoch=2, batch_size=16,
-                                    ctf=True, ctf_fraction=0.5, snr_range=(0.5, 4.0))
-    siamese.train(sets, root / "model", config, verbose=0)
+    config = training.TrainingConfig(width=0.25, epochs=1, steps_per_epoch=2, batch_size=16,
+                                     ctf=True, ctf_fraction=0.5, snr_range=(0.5, 4.0))
+    training.train(sets, root / "model", config, verbose=0)
     contract = siamese.write_contract(root / "model", proteins=["5pti", "1hvr"], box_ratio=1.5,
                                       symmetries={"5pti": "C1", "1hvr": "C2"})
     return root / "model", contract
@@ -85,12 +85,12 @@ def test_ctf_fraction_gives_a_ctf_to_that_share_of_the_images(tmp_path):
     data = datasets.load(datasets.generate(volumes.resolve("phantom", 24), 8, tmp_path / "p.h5"))
     common = dict(volumes=[data.volume], pixel_sizes=[data.pixel_size], symmetries=["C1"],
                   signal_variances=[1.0], batch_size=40, steps=2, seed=3)
-    plain, targets = siamese.RenderedBatches(**common)[0]
-    none, _ = siamese.RenderedBatches(ctf=True, ctf_fraction=0.0, **common)[0]
-    half, half_targets = siamese.RenderedBatches(ctf=True, ctf_fraction=0.5, **common)[0]
+    plain, targets = training.RenderedBatches(**common)[0]
+    none, _ = training.RenderedBatches(ctf=True, ctf_fraction=0.0, **common)[0]
+    half, half_targets = training.RenderedBatches(ctf=True, ctf_fraction=0.5, **common)[0]
     np.testing.assert_array_equal(none, plain)
     np.testing.assert_array_equal(half_targets, targets)  # same orientations
     changed = ~np.all(np.isclose(half, plain, atol=1e-4), axis=(1, 2))
     assert 8 < changed.sum() < 32
     with pytest.raises(ValueError, match="ctf_fraction"):
-        siamese.RenderedBatches(ctf=True, ctf_fraction=1.5, **common)
+        training.RenderedBatches(ctf=True, ctf_fraction=1.5, **common)

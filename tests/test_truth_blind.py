@@ -141,12 +141,12 @@ def test_the_pipeline_from_particles_ignores_the_truth(copies, tmp_path, route):
 def test_self_training_ignores_the_truth(copies, tmp_path):
     """Self-training's map (ab initio), measured SNR and shift range are the same from both
     copies: it renders its training images from its own estimate, not from the true map."""
-    from cryoem import self_training, siamese
+    from cryoem import self_training, training
 
     measured = {}
     for data in copies:
         loaded = datasets.load(data)
-        config = siamese.TrainingConfig(epochs=1, steps_per_epoch=2, batch_size=16, width=0.25)
+        config = training.TrainingConfig(epochs=1, steps_per_epoch=2, batch_size=16, width=0.25)
         record = self_training.train_on_estimate(
             loaded, np.arange(len(loaded)), tmp_path / data.stem / "model",
             tmp_path / data.stem / "estimate.h5", config, n_render=60)

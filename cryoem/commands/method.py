@@ -116,7 +116,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train the Siamese distance network on projections."""
-    from .. import datasets, devices, siamese
+    from .. import datasets, devices, siamese, training
 
     siamese.configure_threads(args.threads)
     strategy = devices.make_strategy(args.strategy, args.logical_cpus)  # before TF starts
@@ -129,7 +129,7 @@ def run_train(args: argparse.Namespace) -> int:
     snr = first.get("snr", float("inf"))
     snr_range = tuple(args.snr_range) if args.snr_range else (
         None if not np.isfinite(snr) else (snr, snr))
-    config = siamese.TrainingConfig(
+    config = training.TrainingConfig(
         arch=args.arch, width=args.width, input_size=args.input_size, mode=args.mode,
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
         learning_rate=args.learning_rate, patience=args.patience, snr_range=snr_range,
@@ -137,7 +137,7 @@ def run_train(args: argparse.Namespace) -> int:
         ctf=bool(first.get("ctf", False)), seed=args.seed,
     )
     start = time.perf_counter()
-    history = siamese.train(data, args.out, config, overwrite=args.overwrite, strategy=strategy)
+    history = training.train(data, args.out, config, overwrite=args.overwrite, strategy=strategy)
     best = min(history.get("val_loss", [float("nan")]))
     print(f"trained {args.arch} network for {len(history['loss'])} epochs in "
           f"{time.perf_counter() - start:.0f} s: best validation L_DE {best:.4f} rad²; "
