@@ -439,18 +439,22 @@ def recover_sampled(
     landmarks: int = 1000,
     random_per_point: int = 20,
     neighbours: int = 10,
-    chunk: int = 20000,
+    chunk: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    pairs: tuple[ArrayLike, ArrayLike] | None = None,
     **descent: Any,
 ) -> RecoveryResult:
     """Recover ``n`` orientations in bounded memory from a function giving pair distances.
 
     1. Dense spectral recovery of ``landmarks`` random points.
     2. Every point placed from its distances to the landmarks
-       (:func:`extend_to_points`, ``chunk`` points at a time).
+       (:func:`extend_to_points`, ``chunk`` points at a time: by default as many as make
+       about two million distances to the landmarks).
     3. Gradient descent on random pairs plus nearest neighbours
-       (:func:`sample_pairs`, :func:`recover_pairs`; ``descent`` holds its options).
+       (:func:`sample_pairs`, :func:`recover_pairs`; ``descent`` holds its options),
+       or on the given ``pairs`` ``(rows, cols)`` instead (e.g. nearest neighbours
+       in embedding space: :mod:`cryoem.embedding_graph`).
 
     Memory: O(landmarks² + chunk·landmarks + n·(random_per_point + neighbours)).
     """
@@ -465,13 +469,16 @@ def recover_sampled(
     dense += dense.T
     anchor, residual = spectral_initialization(dense, seed=seed)
     q0 = np.empty((n, 4))
+    chunk = chunk or max(1, 2**21 // len(chosen))
     for begin in progress_bar(range(0, n, chunk), total=-(-n // chunk), enable=progress,
                               desc="placing"):
         block = np.arange(begin, min(begin + chunk, n))
         d = pair_distances(np.repeat(block, len(chosen)), np.tile(chosen, len(block)))
         q0[block] = extend_to_points(anchor, d.reshape(len(block), len(chosen)))
     q0[chosen] = anchor
-    pair_rows, pair_cols = sample_pairs(q0, random_per_point, neighbours, seed)
+    if pairs is None:
+        pairs = sample_pairs(q0, random_per_point, neighbours, seed)
+    pair_rows, pair_cols = (np.asarray(p, dtype=np.int64) for p in pairs)
     targets = pair_distances(pair_rows, pair_cols)
     result = recover_pairs(n, pair_rows, pair_cols, targets, init=q0, seed=seed,
                            progress=progress, **descent)
