@@ -140,3 +140,19 @@ def test_a_dead_worker_is_a_clear_error():
         with distributed.connect("local:1", verbose=False) as client:
             with pytest.raises(RuntimeError, match="a Dask worker died"):
                 distributed.map_chunks(_die, [1], client=client, desc="dying")
+
+
+def test_embeddings_on_two_workers_equal_the_ones_in_process(problem, cluster, tmp_path):
+    """`cryoem distances --neighbours` embeds chunks on the workers (each loads the model)."""
+    from cryoem import embedding_graph
+
+    images, path = problem[0], problem[-1]
+    here = embedding_graph.embed("pretrained", images, chunk=100)
+    out = tmp_path / "graph.h5"
+    assert cli.main(["distances", str(path), "--model", "pretrained", "--split", "all",
+                     "--neighbours", "5", "--out", str(out),
+                     "--dask-scheduler", cluster.scheduler.address]) == 0
+    there = embedding_graph.load_embeddings(out)
+    assert np.max(np.abs(there.features - here)) < 1e-5
+    rows, cols, _ = embedding_graph.neighbour_graph(here, 5)
+    assert np.array_equal(there.rows, rows) and np.array_equal(there.cols, cols)

@@ -190,6 +190,11 @@ def add_distances_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True, metavar="D.h5",
                         help="output HDF5 file with the distance matrix")
+    parser.add_argument("--neighbours", type=int, default=None, metavar="K",
+                        help="learned estimator, for large N: write the embeddings and each "
+                             "projection's K nearest neighbours instead of the N×N matrix "
+                             "(`cryoem recover` then runs in bounded memory)")
+    add_dask_arg(parser)
     add_reference_arg(parser)
 
 
@@ -197,12 +202,17 @@ def run_distances(args: argparse.Namespace) -> int:
     """Estimate the distance matrix between projections of a dataset."""
     from .. import datasets, distance, rotations
 
-    data = datasets.load(args.data)
+    if args.dask_scheduler is not None and args.neighbours is None:
+        raise ValueError("--dask-scheduler embeds the images on Dask workers with --neighbours; "
+                         "the dense N×N matrix (small N) is computed in-process")
+    data = datasets.load(args.data, images=args.neighbours is None)
     indices = np.arange(len(data)) if args.split == "all" else data.split[args.split]
     estimator = distance.make_estimator(args.estimator, model_dir=args.model, sigma2=args.sigma2,
                                         seed=args.seed)
     require_truth(estimator, data)
     estimator.fit(data)
+    if args.neighbours is not None:
+        return _write_embeddings(args, data, indices, estimator)
     start = time.perf_counter()
     matrix = estimator.matrix(data, indices)
     elapsed = time.perf_counter() - start
@@ -223,6 +233,38 @@ def run_distances(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_embeddings(args: argparse.Namespace, data: Dataset, indices: np.ndarray,
+                      estimator: Estimator) -> int:
+    """``cryoem distances --neighbours K``: embeddings and their k-NN graph, no N×N matrix;
+    the images read a chunk at a time (embedded on Dask workers with --dask-scheduler)."""
+    from .. import distance, distributed, embedding_graph, rotations
+
+    if not isinstance(estimator, distance.LearnedDistance):
+        raise ValueError(f"--neighbours needs an embedding, which the {args.estimator} "
+                         "estimator has not: drop --neighbours for its dense matrix")
+    start = time.perf_counter()
+    with distributed.connect(args.dask_scheduler) as client:
+        features = embedding_graph.embed(estimator.model_dir, lazy_images(data, indices),
+                                         client=client)
+    rows, cols, d = embedding_graph.neighbour_graph(features, args.neighbours)
+    elapsed = time.perf_counter() - start
+    reference = scoring_reference(data, indices, args)
+    score = None
+    if reference is not None:
+        q, group = reference.orientations, data.attrs.get("symmetry", "C1")
+        score = distance.l_de(d, rotations.symmetric_distance(q[rows], q[cols], group))
+    embedding_graph.save_embeddings(args.out, features, indices, rows, cols, d,
+                                    estimator=args.estimator, source=str(args.data),
+                                    neighbours=args.neighbours, l_de_neighbours=score)
+    line = (f"wrote {args.out}: {len(indices)} embeddings ({features.shape[1]} dimensions) and "
+            f"their {args.neighbours}-nearest-neighbour graph ({args.split} split) in "
+            f"{elapsed:.1f} s")
+    if reference is not None:
+        line += f"; L_DE of the neighbour pairs against {reference.label} {score:.4f} rad²"
+    print(line)
+    return 0
+
+
 # ----------------------------------------------------------------------------
 # cryoem recover
 # ----------------------------------------------------------------------------
@@ -232,7 +274,8 @@ def add_recover_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", type=Path, metavar="DATA.h5", help="dataset")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--distances", type=Path, metavar="D.h5",
-                        help="distance matrix from `cryoem distances`")
+                        help="distance matrix from `cryoem distances`, or its embeddings and "
+                             "neighbour graph (--neighbours): then recovered in bounded memory")
     source.add_argument("--estimator", choices=ESTIMATORS, help="estimate distances here")
     parser.add_argument("--model", type=Path, default=None, metavar="MODEL_DIR",
                         help="trained model, or `pretrained` (the general model shipped with "
@@ -246,6 +289,11 @@ def add_recover_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-distance", type=float, default=None,
                         help="down-weight pairs whose estimated distance exceeds this (rad)")
     parser.add_argument("--restarts", type=int, default=1)
+    parser.add_argument("--landmarks", type=int, default=1000,
+                        help="embeddings file: points recovered densely first (default: 1000)")
+    parser.add_argument("--random-per-point", type=int, default=20,
+                        help="embeddings file: random pairs per point besides the neighbours "
+                             "(default: 20)")
     parser.add_argument("--no-resolve-frame", action="store_true",
                         help="skip choosing, from the images' common lines, the frame that "
                              "distances cannot see (the output is then right only up to O(4))")
@@ -257,10 +305,14 @@ def add_recover_args(parser: argparse.ArgumentParser) -> None:
 
 def run_recover(args: argparse.Namespace) -> int:
     """Recover orientations from distances; score them when a ground truth exists."""
-    from .. import commonlines, datasets, distance, recovery
+    from .. import commonlines, datasets, distance, embedding_graph, recovery
 
     data = datasets.load(args.data)
-    if args.distances is not None:
+    sparse = args.distances is not None and embedding_graph.is_embeddings_file(args.distances)
+    if sparse:
+        embeddings = embedding_graph.load_embeddings(args.distances)
+        indices = embeddings.indices
+    elif args.distances is not None:
         matrix, indices, _ = distance.load_matrix(args.distances)
     else:
         indices = np.arange(len(data)) if args.split == "all" else data.split["test"]
@@ -269,10 +321,20 @@ def run_recover(args: argparse.Namespace) -> int:
         require_truth(estimator, data)
         matrix = estimator.fit(data).matrix(data, indices)
     symmetry = data.attrs.get("symmetry", "C1")
-    result = recovery.recover(matrix, init=args.init, steps=args.steps,
-                              learning_rate=args.learning_rate, max_distance=args.max_distance,
-                              restarts=args.restarts, symmetry=symmetry,
-                              seed=args.seed, progress=not args.quiet)
+    if sparse:
+        if args.init != "spectral" or args.restarts != 1:
+            raise ValueError("an embeddings file starts from its landmarks' spectral recovery: "
+                             "--init and --restarts apply to a distance matrix only")
+        result = embedding_graph.recover_from_embeddings(
+            embeddings.features, random_per_point=args.random_per_point,
+            landmarks=args.landmarks, seed=args.seed, graph=embeddings.graph, steps=args.steps,
+            learning_rate=args.learning_rate, max_distance=args.max_distance,
+            symmetry=symmetry, progress=not args.quiet)
+    else:
+        result = recovery.recover(matrix, init=args.init, steps=args.steps,
+                                  learning_rate=args.learning_rate,
+                                  max_distance=args.max_distance, restarts=args.restarts,
+                                  symmetry=symmetry, seed=args.seed, progress=not args.quiet)
     orientations, frame = result.quaternions, None
     if not args.no_resolve_frame:
         frame = commonlines.resolve_frame(data.projections[indices], result.quaternions,
