@@ -10,6 +10,9 @@ client's):
 
 * ``import``: the particles exported once as a RELION STAR + ``.mrcs`` (no angles), read
   back into a dataset by ``particles.import_relion`` (a chunk at a time).  In-process only.
+* ``embed``: the shipped general model's embeddings of every image (read a chunk at a
+  time; on the workers with a scheduler) and their exact 10-nearest-neighbour graph
+  (``embedding_graph``): what ``cryoem distances --neighbours 10`` does, no N × N matrix.
 * ``recover``: orientations from ``perturbed`` distances (true geodesic
   distances plus noise of variance σ² = 0.2 rad², **an oracle first guess**,
   so that the figures measure the machinery, not the network), by
@@ -48,12 +51,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import carry_over_rows
 from harness import Column, Harness, Scenario, add_options, measure, table
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "scale.json"
 PROTEIN = "4ake"
-STAGES = ("import", "recover", "reconstruct", "refine")
+STAGES = ("import", "embed", "recover", "reconstruct", "refine")
 GOAL_RSS_MB, GOAL_FLATNESS = 4096.0, 1.5
 
 
@@ -107,8 +111,8 @@ def run_stage(args: argparse.Namespace) -> dict[str, Any]:
     data = datasets.load(args.data, images=False)
     out = args.result.with_suffix(".npy")
     with distributed.connect(args.scheduler, verbose=False) as client:
-        stage = {"import": _import, "recover": _recover, "reconstruct": _reconstruct,
-                 "refine": _refine}[args.stage]
+        stage = {"import": _import, "embed": _embed, "recover": _recover,
+                 "reconstruct": _reconstruct, "refine": _refine}[args.stage]
         (output, timed_n), seconds, memory = measure(
             lambda: stage(data, client, args), trace=False)
         workers = {} if client is None else client.run(_peak_rss_mb)
@@ -142,6 +146,14 @@ def _import(data: Any, client: Any, args: argparse.Namespace) -> tuple[Any, int]
     out = args.data.with_name(f"{args.data.stem}-imported.h5")
     particles.import_relion(relion_set(args.data), out, overwrite=True)
     return datasets.read_images(out, slice(0, 4)), len(data)
+
+
+def _embed(data: Any, client: Any, args: argparse.Namespace) -> tuple[Any, int]:
+    from cryoem import embedding_graph, stacks
+
+    features = embedding_graph.embed("pretrained", stacks.ImageStack(data.path), client=client)
+    embedding_graph.neighbour_graph(features, 10)
+    return features, len(data)
 
 
 def _recover(data: Any, client: Any, args: argparse.Namespace) -> tuple[Any, int]:
@@ -195,7 +207,7 @@ def measure_stage(args: argparse.Namespace, path: Path, stage: str,
 def compare(here: dict[str, Any], there: dict[str, Any], stage: str) -> float:
     """Largest difference between the in-process and the distributed outputs."""
     a, b = np.load(here["output"]), np.load(there["output"])
-    if stage == "reconstruct":
+    if stage in ("reconstruct", "embed"):
         return float(np.max(np.abs(a - b)) / np.max(np.abs(a)))
     from cryoem import rotations
 
@@ -235,6 +247,13 @@ def flatness(rows: list[dict[str, Any]], size: int) -> dict[str, float]:
             groups.setdefault(f"{row['stage']} {row['scheduler']}", []).append(
                 row["seconds_per_particle"])
     return {key: max(v) / min(v) for key, v in groups.items() if len(v) > 1}
+
+
+def _order(row: dict[str, Any]) -> tuple:
+    """Rows by box size, N, stage (in pipeline order) and where they ran."""
+    stage = STAGES.index(row["stage"]) if row.get("stage") in STAGES else len(STAGES)
+    return (row.get("size", 0) != 64, row.get("size", 0), row.get("n", 0), stage,
+            row.get("scheduler") != "in-process", str(row.get("scheduler")))
 
 
 def growth(rows: list[dict[str, Any]], size: int) -> dict[str, float]:
@@ -295,7 +314,8 @@ def markdown(report: dict[str, Any]) -> list[str]:
              "agree and what a worker holds, not a speed-up. The cores were shared with other "
              "jobs: compare rows within the table, as ratios.", "",
              "| N | L | stage | where | seconds | ms/particle | timed on | peak RSS MB | "
-             "worker RSS MB | max Δ vs in-process |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "worker RSS MB | max Δ vs in-process | commit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append("| " + " | ".join([
             str(r["n"]), str(r["size"]), r["stage"], r["scheduler"],
@@ -303,7 +323,9 @@ def markdown(report: dict[str, Any]) -> list[str]:
             f"{1e3 * r['seconds_per_particle']:.2f}", str(r["timed_particles"]),
             f"{r['peak_rss_mb']:.0f}",
             "—" if r.get("worker_peak_rss_mb") is None else f"{r['worker_peak_rss_mb']:.0f}",
-            "—" if r.get("max_difference") is None else f"{r['max_difference']:.1e}"]) + " |")
+            "—" if r.get("max_difference") is None else f"{r['max_difference']:.1e}",
+            f"`{str(r.get('produced_at') or (r.get('code') or {}).get('git_commit'))[:7]}`"])
+            + " |")
     flat = summary.get("flatness") or {}
     lines += ["", "Time per particle at the largest N over that at the smallest (goal ≤ "
               f"{GOAL_FLATNESS}×; below 1 the fixed costs are being amortised): "
@@ -339,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                 "refine_sample": args.refine_sample, "sigma2": 0.2}
     with Harness("scale", args.out, config=vars(args), fresh=args.fresh,
                  reuse_stale=args.reuse_stale) as bench:
-        rows: list[dict[str, Any]] = []
+        previous, rows = bench.previous(), []
         for n, size in cases(args):
             print(f"N = {n}, L = {size} …", file=sys.stderr, flush=True)
             start = time.perf_counter()
@@ -349,12 +371,16 @@ def main(argv: list[str] | None = None) -> int:
             rows += bench.run_rows(Scenario(f"N={n} L={size}", key,
                                             lambda n=n, size=size: case_rows(args, n, size)))
             print(f"  {time.perf_counter() - start:.0f} s", file=sys.stderr)
-            ok = [r for r in rows if r.get("status") != "failed"]
+            # Rows of stages or cases this run did not redo stay, with the commit that made them.
+            kept = carry_over_rows(previous, rows, lambda r: (r.get("n"), r.get("size"),
+                                                              r.get("stage"), r.get("scheduler")))
+            ok = [r for r in rows + kept if r.get("status") != "failed"]
             summary = {"flatness": flatness(ok, args.size),
                        "max_peak_rss_mb": max((max(r["peak_rss_mb"],
                                                    r.get("worker_peak_rss_mb") or 0)
                                                for r in ok), default=math.nan)}
-            bench.write({"rows": rows, "summary": summary,  # after each case: kept if stopped
+            bench.write({"rows": sorted(rows + kept, key=_order), "summary": summary,
+                         # written after each case: kept if stopped
                          "goals": {"max_rss_mb": GOAL_RSS_MB, "flatness": GOAL_FLATNESS}})
     print(table(ok, COLUMNS))
     print("time per particle, largest over smallest across N:",

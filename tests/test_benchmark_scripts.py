@@ -278,13 +278,15 @@ def test_scale_quick(tmp_path):
     rows = report["rows"]
     assert {(r["n"], r["stage"], r["scheduler"]) for r in rows} == {
         (n, stage, where) for n in (200, 400)
-        for stage, where in [("import", "in-process"), ("recover", "in-process"),
+        for stage, where in [("import", "in-process"), ("embed", "in-process"),
+                             ("embed", "local:2"), ("recover", "in-process"),
                              ("reconstruct", "in-process"),
                              ("reconstruct", "local:2"), ("refine", "in-process"),
                              ("refine", "local:2")]}
     for row in rows:
         assert finite(row["seconds"], row["peak_rss_mb"])
         assert row["extrapolated"] == (row["stage"] == "refine" and row["n"] > 100)
+        assert row["code"]["git_commit"]  # every row names the commit that made it
         if row["scheduler"] == "local:2":
             assert row["max_difference"] < 1e-4 and row["worker_peak_rss_mb"] > 0
     assert "ms/particle" in printed
