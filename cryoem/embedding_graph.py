@@ -98,14 +98,17 @@ IntArray = NDArray[np.int64]
 EMBEDDINGS_FORMAT = "cryoem-embeddings-1"
 
 
-def embed(model_dir: str | os.PathLike, images: Any, *, chunk: int = 8192, client: Any = None,
-          progress: bool = False) -> NDArray[np.float32]:
+def embed(model_dir: str | os.PathLike, images: Any, *, chunk: int | None = None,
+          client: Any = None, progress: bool = False) -> NDArray[np.float32]:
     """Unit features ``(N, D)`` of ``images`` (an array or a :class:`cryoem.stacks.ImageStack`)
-    by the model in ``model_dir``, ``chunk`` images at a time: in-process, or as tasks on a
-    Dask ``client``'s workers, each of which loads the model once."""
+    by the model in ``model_dir``, ``chunk`` images at a time (default: 16 million pixels,
+    4,096 images of 64 px): in-process, or as tasks on a Dask ``client``'s workers, each of
+    which loads the model once."""
     from . import distributed, stacks
 
-    pieces = [piece for _, _, piece in stacks.chunks(stacks.as_images(images), chunk)]
+    images = stacks.as_images(images)
+    chunk = chunk or max(1, 2**24 // (images.shape[-1] ** 2))
+    pieces = [piece for _, _, piece in stacks.chunks(images, chunk)]
     parts = distributed.map_chunks(_embed_chunk, pieces, client=client, desc="embedding",
                                    shared={"model_dir": str(model_dir)}, progress=progress)
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
