@@ -392,3 +392,27 @@ def carry_over_rows(previous: dict[str, Any] | None, rows: list[dict[str, Any]],
         kept.append({**row, "produced_at": row_commit(row) or commit,
                      "carried_over": "not rerun by this run: kept from the previous report"})
     return kept
+
+
+# ----------------------------------------------------------------------------
+# Sweeps on Dask: one task per run
+# ----------------------------------------------------------------------------
+@contextlib.contextmanager
+def sweep_client(scheduler: str | None) -> Iterator[Any]:
+    """A Dask client for a benchmark sweep (``--dask-scheduler``), ``None``: in-process.
+
+    The tasks are the script's own functions: the workers need this folder's modules.  A
+    local cluster inherits it through ``PYTHONPATH`` (set before its workers start); an
+    existing scheduler's workers get the helper modules uploaded (``Client.upload_file``).
+    """
+    from cryoem import distributed
+
+    here = str(Path(__file__).resolve().parent)
+    if scheduler is not None and scheduler.startswith("local"):
+        paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        os.environ["PYTHONPATH"] = os.pathsep.join([here, *paths])
+    with distributed.connect(scheduler) as client:
+        if client is not None and not scheduler.startswith("local"):
+            for name in ("_common.py", "harness.py"):
+                client.upload_file(str(Path(here) / name))
+        yield client

@@ -18,7 +18,11 @@ orientations give.  The routes:
 Every route is then refined the same way (gold standard from a 30 Å start).  The run's
 ``truth_used`` must be empty.  Prints a table, writes JSON.
 
-    python benchmarks/particles.py [--volumes 4ake 1hvr 2zmm] [--snr inf 1 0.0625] [--n 1000]
+    python benchmarks/particles.py [--volumes 4ake 1hvr 2zmm] [--snr inf 1 0.0625] [--n 1000] \\
+        [--dask-scheduler local:N|ADDRESS]
+
+With ``--dask-scheduler`` each protein × SNR (its simulation and all its routes) is one
+task on a Dask cluster; the rows are those of the sequential run.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from _common import (carry_over_rows, machine_info, positive_snr, snr_label, snr_tag,  # noqa: E402
-                     write_report)
+                     sweep_client, write_report)
+from cryoem.distributed import map_chunks
 
 ROUTES = {"ab-initio": dict(route="ab-initio"),
           "pretrained": dict(route="distances", model="pretrained"),
@@ -95,6 +100,22 @@ def _score(out: Path, truth: Path, data: Any) -> dict[str, Any]:
             "fsc05_true_orientations_angstrom": true_fsc}
 
 
+def run_case(case: tuple[str, float], settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """One protein at one SNR: simulate once, then every route on the same particles."""
+    volume, snr = case
+    name = f"{volume}_{settings['size']}_{settings['n']}_snr{snr_tag(snr)}"
+    folder = settings["work_dir"] / name
+    truth = simulate(folder, volume, settings["size"], settings["n"], snr, settings["seed"])
+    rows = []
+    for route in settings["routes"]:
+        row = {"volume": volume, "snr": snr, "n": settings["n"],
+               **run_route(folder, truth, route, settings["size"], settings["seed"])}
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "timings_s"}, default=str),
+              flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run every protein × SNR × route, print the table, write the JSON."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -107,19 +128,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", type=Path, default=Path("data/benchmarks/particles"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/particles.json"))
+    p.add_argument("--dask-scheduler", default=None, metavar="ADDRESS|local[:N]",
+                   help="run each protein × SNR as a task on Dask (default: one after another)")
     args = p.parse_args(argv)
 
-    rows = []
-    for volume in args.volumes:
-        for snr in args.snr:
-            folder = args.work_dir / f"{volume}_{args.size}_{args.n}_snr{snr_tag(snr)}"
-            truth = simulate(folder, volume, args.size, args.n, snr, args.seed)
-            for route in args.routes:
-                row = {"volume": volume, "snr": snr, "n": args.n,
-                       **run_route(folder, truth, route, args.size, args.seed)}
-                rows.append(row)
-                print(json.dumps({k: v for k, v in row.items() if k != "timings_s"},
-                                 default=str), flush=True)
+    cases = [(volume, snr) for volume in args.volumes for snr in args.snr]
+    settings = {key: getattr(args, key) for key in ("routes", "n", "size", "seed", "work_dir")}
+    with sweep_client(args.dask_scheduler) as client:  # one task per protein and SNR
+        results = map_chunks(run_case, cases, client=client, shared={"settings": settings},
+                             desc="protein × SNR", progress=client is not None)
+    rows = [row for case_rows in results for row in case_rows]
     previous = json.loads(args.out.read_text()) if args.out.exists() else None
     rows += carry_over_rows(previous, rows, lambda r: (r["volume"], r["snr"], r["route"]))
     print(table(rows))

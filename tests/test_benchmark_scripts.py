@@ -47,6 +47,20 @@ def harness(monkeypatch):
     return module
 
 
+def test_a_sweep_runs_the_scripts_functions_on_dask_workers(monkeypatch):
+    """--dask-scheduler local:N in a sweep: the workers import the benchmarks' own modules."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))  # restored afterwards
+    import _common
+
+    from cryoem.distributed import map_chunks
+
+    values = [math.inf, 1.0, 0.0625]
+    with _common.sweep_client("local:1") as client:
+        there = map_chunks(_common.snr_tag, values, client=client)
+    assert there == [_common.snr_tag(v) for v in values]
+
+
 # ----------------------------------------------------------------------------
 # The harness, in process
 # ----------------------------------------------------------------------------
