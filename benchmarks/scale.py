@@ -350,7 +350,7 @@ def markdown(report: dict[str, Any]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.quick:
-        args.n, args.size, args.extra, args.refine_sample = [200, 400], 24, [], 100
+        args.n, args.size, args.extra, args.refine_sample = [200], 24, [], 100
         if args.out == DEFAULT_OUT:
             args.out = DEFAULT_OUT.with_name("scale_quick.json")
         args.work = args.out.with_name(f"{args.out.stem}-work")

@@ -147,7 +147,8 @@ def share(client: Any, value: Any) -> Any:
     ``shared``: sent once rather than once per call)."""
     # Unique keys (hash=False): a later call sharing an equal object must not lose it when
     # an earlier one releases its copy.
-    return client.scatter(value, broadcast=True, hash=False)
+    # In a list: scatter would take a dict's items (or a list's elements) as separate data.
+    return client.scatter([value], broadcast=True, hash=False)[0]
 
 
 def _is_future(value: Any) -> bool:

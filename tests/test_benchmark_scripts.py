@@ -229,14 +229,15 @@ def test_orientation_recovery_quick_parts(tmp_path):
     assert {s["part"] for s in report["skipped"]} == {"learned-clean", "learned-noisy"}
 
 
-@pytest.mark.slow  # about 3 min on two cores
+@pytest.mark.slow  # about 2 min on two cores
 def test_orientation_recovery_quick(tmp_path):
+    """The parts the test above leaves out (it runs exact-1650, learned and align-large)."""
     out = tmp_path / "or.json"
-    run_script("orientation_recovery.py", "--work-dir", str(tmp_path / "none"), "--out",
-               str(out), cwd=tmp_path)
+    run_script("orientation_recovery.py", "--parts", "exact-large", "perturbed-0.8", "frame",
+               "--work-dir", str(tmp_path / "none"), "--out", str(out), cwd=tmp_path)
     report = json.loads(out.read_text())
     parts = {row["part"] for row in report["rows"]}
-    assert parts == {"exact-1650", "exact-large", "perturbed-0.8", "frame", "align-large"}
+    assert parts == {"exact-large", "perturbed-0.8", "frame"}
     frames = [row for row in report["rows"] if row["part"] == "frame"]
     assert len(frames) == 2 and frames[0]["e_or"] < 0.05  # exact distances, noiseless images
     assert all(finite(row["seconds"]) for row in report["rows"])
@@ -283,7 +284,7 @@ def test_generalisation_quick(tmp_path):
             assert finite(row["metrics"]["e_or_rad"])
 
 
-@pytest.mark.slow  # about 80 s on two cores
+@pytest.mark.slow  # about 60 s on two cores
 def test_scale_quick(tmp_path):
     """Every stage in its own process, in-process and on a local Dask cluster of two workers."""
     out = tmp_path / "scale.json"
@@ -291,7 +292,7 @@ def test_scale_quick(tmp_path):
     report = json.loads(out.read_text())
     rows = report["rows"]
     assert {(r["n"], r["stage"], r["scheduler"]) for r in rows} == {
-        (n, stage, where) for n in (200, 400)
+        (n, stage, where) for n in (200,)
         for stage, where in [("import", "in-process"), ("embed", "in-process"),
                              ("embed", "local:2"), ("recover", "in-process"),
                              ("reconstruct", "in-process"),
@@ -299,7 +300,7 @@ def test_scale_quick(tmp_path):
                              ("refine", "local:2")]}
     for row in rows:
         assert finite(row["seconds"], row["peak_rss_mb"])
-        assert row["extrapolated"] == (row["stage"] == "refine" and row["n"] > 100)
+        assert row["extrapolated"] == (row["stage"] == "refine")  # 100 of 200 refined
         assert row["code"]["git_commit"]  # every row names the commit that made it
         if row["scheduler"] == "local:2":
             assert row["max_difference"] < 1e-4 and row["worker_peak_rss_mb"] > 0
