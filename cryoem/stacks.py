@@ -103,8 +103,11 @@ class ImageStack:
         if len(rows) == 0:
             return np.zeros((0, self.size, self.size), np.float32)
         unique, inverse = np.unique(rows, return_inverse=True)
-        contiguous = unique[-1] - unique[0] + 1 == len(unique)
-        selection = slice(int(unique[0]), int(unique[-1]) + 1) if contiguous else unique
+        span = int(unique[-1] - unique[0]) + 1
+        # A span at most 4× the rows asked for (e.g. one half's interleaved images) is read
+        # whole and picked in memory: one hyperslab instead of one per row.
+        dense = span <= 4 * len(unique)
+        selection = slice(int(unique[0]), int(unique[-1]) + 1) if dense else unique
         if self._mrc:
             import mrcfile
 
@@ -116,6 +119,8 @@ class ImageStack:
 
             with datasets._open(self.path) as f:
                 block = np.asarray(f["projections"][selection], dtype=np.float32)
+        if dense:
+            block = block[unique - unique[0]]
         return block[inverse]
 
 
