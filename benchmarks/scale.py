@@ -239,14 +239,20 @@ def case_rows(args: argparse.Namespace, n: int, size: int) -> list[dict[str, Any
     return rows
 
 
-def flatness(rows: list[dict[str, Any]], size: int) -> dict[str, float]:
-    """Largest over smallest time per particle across N, per stage and scheduler (box ``size``)."""
-    groups: dict[str, list[float]] = {}
+def _per_particle(rows: list[dict[str, Any]], size: int) -> dict[str, list[tuple[int, float]]]:
+    """``(N, seconds per particle)`` of each stage and scheduler at box ``size``."""
+    groups: dict[str, list[tuple[int, float]]] = {}
     for row in rows:
         if row.get("size") == size and "seconds_per_particle" in row:
             groups.setdefault(f"{row['stage']} {row['scheduler']}", []).append(
-                row["seconds_per_particle"])
-    return {key: max(v) / min(v) for key, v in groups.items() if len(v) > 1}
+                (row["n"], row["seconds_per_particle"]))
+    return {key: v for key, v in groups.items() if len(v) > 1}
+
+
+def flatness(rows: list[dict[str, Any]], size: int) -> dict[str, float]:
+    """Largest over smallest time per particle across N, per stage and scheduler (box ``size``)."""
+    return {key: max(t for _, t in v) / min(t for _, t in v)
+            for key, v in _per_particle(rows, size).items()}
 
 
 def _order(row: dict[str, Any]) -> tuple:
@@ -258,12 +264,7 @@ def _order(row: dict[str, Any]) -> tuple:
 
 def growth(rows: list[dict[str, Any]], size: int) -> dict[str, float]:
     """Time per particle at the largest N over that at the smallest, per stage and scheduler."""
-    groups: dict[str, list[tuple[int, float]]] = {}
-    for row in rows:
-        if row.get("size") == size and "seconds_per_particle" in row:
-            groups.setdefault(f"{row['stage']} {row['scheduler']}", []).append(
-                (row["n"], row["seconds_per_particle"]))
-    return {key: max(v)[1] / min(v)[1] for key, v in groups.items() if len(v) > 1}
+    return {key: max(v)[1] / min(v)[1] for key, v in _per_particle(rows, size).items()}
 
 
 COLUMNS = [Column("N", lambda r: r["n"], "d"), Column("L", lambda r: r["size"], "d"),

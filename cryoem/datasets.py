@@ -47,7 +47,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import __version__, projection, rotations
-from ._files import atomic_path
+from ._files import atomic_path, open_hdf5
 from ._progress import progress_bar
 from .volumes import Volume
 
@@ -401,19 +401,7 @@ def _attributes(volume: Volume, snr: float, noise_var: float, signal_variance: f
 
 
 def _open(path: str | os.PathLike) -> Any:
-    import h5py
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no dataset file at {path}")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as error:
-        raise ValueError(f"{path} is not a readable HDF5 dataset ({error})") from error
-    if f.attrs.get("format") != FORMAT:
-        f.close()
-        raise ValueError(f"{path} is not a cryoem dataset (format attribute missing or unknown)")
-    return f
+    return open_hdf5(path, FORMAT, "dataset")
 
 
 def load(path: str | os.PathLike, images: bool = True) -> Dataset:

@@ -41,6 +41,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import rotations
+from ._files import open_hdf5
 from .datasets import Dataset
 
 __all__ = [
@@ -419,12 +420,5 @@ def save_matrix(path: str | os.PathLike, matrix: ArrayLike, indices: ArrayLike,
 
 def load_matrix(path: str | os.PathLike) -> tuple[FloatArray, NDArray[np.int64], dict[str, Any]]:
     """Read ``(distances, indices, attributes)`` written by :func:`save_matrix`."""
-    import h5py
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no distance file at {path}")
-    with h5py.File(path, "r") as f:
-        if f.attrs.get("format") != "cryoem-distances-1":
-            raise ValueError(f"{path} is not a cryoem distance file")
+    with open_hdf5(path, "cryoem-distances-1", "distance") as f:
         return f["distances"][()].astype(np.float64), f["indices"][()], dict(f.attrs)

@@ -72,6 +72,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from ._files import open_hdf5
 from ._progress import progress_bar
 
 if TYPE_CHECKING:
@@ -453,13 +454,6 @@ def load_embeddings(path: str | os.PathLike) -> Embeddings:
     FileNotFoundError, ValueError
         No such file, or not an embeddings file.
     """
-    import h5py
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no embeddings file at {path}")
-    with h5py.File(path, "r") as h:
-        if h.attrs.get("format") != EMBEDDINGS_FORMAT:
-            raise ValueError(f"{path} is not a cryoem embeddings file")
+    with open_hdf5(path, EMBEDDINGS_FORMAT, "embeddings") as h:
         return Embeddings(h["features"][()], h["indices"][()], h["graph/rows"][()],
                           h["graph/cols"][()], h["graph/distances"][()], dict(h.attrs))

@@ -153,9 +153,9 @@ class _Run:
 
     def images(self, indices: np.ndarray) -> Any:
         """The dataset's images at ``indices``, read from ``data.h5`` a chunk at a time."""
-        from . import stacks
+        from .stacks import ImageStack
 
-        return stacks.take(stacks.ImageStack(self.path("data.h5")), indices)
+        return ImageStack(self.path("data.h5"), indices)
 
     def working_indices(self, data: Any) -> np.ndarray:
         """The particles the run estimates: all of the user's particles, or a simulation's test split."""

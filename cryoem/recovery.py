@@ -40,6 +40,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import rotations
+from ._files import open_hdf5
 from ._progress import progress_bar
 
 __all__ = [
@@ -528,14 +529,7 @@ def load_orientations(path: str | os.PathLike[str]) -> tuple[FloatArray, NDArray
     Estimated shifts and match scores, when the file has them, are in
     ``attributes["shifts"]`` and ``attributes["scores"]``.
     """
-    import h5py
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no orientation file at {path}")
-    with h5py.File(path, "r") as f:
-        if f.attrs.get("format") != ORIENTATIONS_FORMAT:
-            raise ValueError(f"{path} is not a cryoem orientation file")
+    with open_hdf5(path, ORIENTATIONS_FORMAT, "orientation") as f:
         attributes = dict(f.attrs)
         for name in ("shifts", "scores"):
             if name in f:

@@ -378,16 +378,15 @@ def refine(
             band = Band(size, min(band.radius, global_radius))
         new_q, new_shifts = q.copy(), current_shifts.copy()
         scores, correlations = np.empty(n), np.empty(n)
+        common = {"band": band, "pixel_size": pixel_size, "offsets": candidate_offsets(step),
+                  "max_shift": max_shift, "batch": batch}
         for half in (0, 1):
             chosen = np.flatnonzero(halves == half)
-            settings = {"band": band, "pixel_size": pixel_size,
-                        "offsets": candidate_offsets(step), "max_shift": max_shift,
-                        "batch": batch}
-            if searching_globally:
-                settings.update(grid=grid, reach=global_reach, keep_current=not from_start,
-                                grid_slices=GridSlices(maps[half], band, grid))
-            else:
-                settings.update(soft=iteration < soft_iterations)
+            settings = ({**common, "grid": grid, "reach": global_reach,
+                         "keep_current": not from_start,
+                         "grid_slices": GridSlices(maps[half], band, grid)}
+                        if searching_globally else
+                        {**common, "soft": iteration < soft_iterations})
             pieces = [(part, q[part], current_shifts[part],
                        None if ctf is None else ctf[part])
                       for part in np.array_split(chosen, max(1, -(-len(chosen) // chunk)))]

@@ -51,7 +51,7 @@ def _images(data: Dataset, index: np.ndarray) -> Any:
     """The projections to export: in memory if loaded, else read from the file lazily."""
     if data.projections is not None:
         return np.asarray(data.projections)[index]
-    return stacks.take(stacks.ImageStack(data.path), index)
+    return stacks.ImageStack(data.path, index)
 
 
 def export_relion(data: Dataset, out_dir: str | os.PathLike, *,

@@ -51,9 +51,9 @@ def add_dask_arg(parser: argparse.ArgumentParser) -> None:
 
 def lazy_images(data: Dataset, indices: np.ndarray) -> "ImageStack":
     """The dataset's images at ``indices``, read from its file a chunk at a time."""
-    from ..stacks import ImageStack, take
+    from ..stacks import ImageStack
 
-    return take(ImageStack(data.path), indices)
+    return ImageStack(data.path, indices)
 
 
 def require_truth(estimator: Estimator, data: Dataset) -> None:
