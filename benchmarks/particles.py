@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
                              desc="protein × SNR", progress=client is not None)
     rows = [row for case_rows in results for row in case_rows]
     previous = json.loads(args.out.read_text()) if args.out.exists() else None
-    rows += carry_over_rows(previous, rows, lambda r: (r["volume"], r["snr"], r["route"]))
+    rows += carry_over_rows(previous, rows,
+                            lambda r: (r["volume"], r["snr"], r.get("n"), r["route"]))
     print(table(rows))
     write_report({"benchmark": "particles", "settings": vars(args), "rows": rows,
                   "machine": machine_info(None)}, args.out)
@@ -147,12 +148,13 @@ def main(argv: list[str] | None = None) -> None:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: route × protein × SNR → first guess and final E_OR, FSCs, time."""
-    lines = ["| protein | SNR | route | first guess E_OR (rad) | final E_OR mean / median (rad) "
+    lines = ["| protein | SNR | N | route | first guess E_OR (rad) | final E_OR mean / median (rad) "
              "| FSC 0.5 vs truth (Å) | with true poses (Å) | half maps FSC 0.143 (Å) | pipeline time (s) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         origin = f" (from {row['produced_at'][:7]})" if row.get("carried_over") else ""
-        head = f"| {row['volume']} | {snr_label(float(row['snr']))} | {row['route']}{origin} "
+        head = (f"| {row['volume']} | {snr_label(float(row['snr']))} | {row.get('n', '—')} "
+                f"| {row['route']}{origin} ")
         if "failed" in row:
             reason = row["failed"].split(" (finished stages")[0]  # the stage and its error
             lines.append(head + f"| stopped: {reason} | | | | | {row['seconds']:.0f} |")

@@ -581,7 +581,7 @@ def particles_rows(data: dict[str, Any]) -> list[str]:
     rows = data.get("rows") or []
     settings = data.get("settings") or {}
     truth = sorted({json.dumps(row.get("truth_used")) for row in rows if "truth_used" in row})
-    return [f"{settings.get('n')} simulated particles of {settings.get('size')} px per set (CTF, "
+    return [f"N simulated particles of {settings.get('size')} px per set (CTF, "
             "shifts ≤ 2 px), given to `cryoem pipeline --particles` as a RELION STAR with no "
             "angle or origin columns; scored only after the run. Ground truth read by the runs: "
             f"{', '.join(truth) or '—'}. Half maps independent from a 30 Å start.", "",

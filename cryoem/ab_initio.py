@@ -74,10 +74,11 @@ def posterior_weights(best: FloatArray, energy: FloatArray, dof: float,
     return weights / weights.sum(axis=1, keepdims=True)
 
 
-def _crop(images: NDArray, size: int) -> NDArray:
-    if images.shape[-1] <= size:
-        return np.asarray(images, dtype=np.float64)
-    return volumes.fourier_resample(images, size, axes=(-2, -1)).astype(np.float64)
+def _crop(data: NDArray, size: int, axes: tuple[int, ...] = (-2, -1)) -> NDArray:
+    """Images (or a volume) Fourier-cropped to a ``size`` box along ``axes``."""
+    if data.shape[-1] <= size:
+        return np.asarray(data, dtype=np.float64)
+    return volumes.fourier_resample(data, size, axes=axes).astype(np.float64)
 
 
 def _radius(resolution: float, size: int, pixel_size: float) -> float:
@@ -110,6 +111,7 @@ def ab_initio(
     batch: int = 256,
     regularization: float = 1e-2,
     seed: int = 0,
+    initial_volume: ArrayLike | None = None,
     progress: bool = False,
     callback: Callable[[int, FloatArray, FloatArray], dict[str, float]] | None = None,
 ) -> AbInitioResult:
@@ -139,6 +141,9 @@ def ab_initio(
         iterations; the second half uses them all.
     max_shift
         Largest shift searched, pixels of the input (integer steps of the working box).
+    initial_volume
+        A map of the images' box and pixel size to start from (e.g. a first map low-passed
+        to ``start_resolution``) instead of the blob that random orientations give.
     callback
         Called after each iteration with ``(iteration, orientations, shifts)``;
         whatever numbers it returns go into that iteration's history entry.
@@ -158,9 +163,13 @@ def ab_initio(
     mask = volumes.spherical_mask(work_size)
     q = rotations.sample_uniform(n, seed=rng)
     shifts = np.zeros((n, 2))
-    volume = _constrain(reconstruction.reconstruct(
-        work, q, ctf=ctf, pixel_size=work_pixel, regularization=regularization,
-        iterations=10).data, mask)
+    if initial_volume is None:
+        volume = _constrain(reconstruction.reconstruct(
+            work, q, ctf=ctf, pixel_size=work_pixel, regularization=regularization,
+            iterations=10).data, mask)
+    else:
+        volume = _constrain(_crop(np.asarray(initial_volume), work_size, axes=(-3, -2, -1)),
+                            mask)
     moves = integer_moves(max_shift / scale)
     history: list[dict[str, float]] = []
     for iteration in progress_bar(range(iterations), total=iterations, enable=progress,

@@ -70,7 +70,7 @@ ROUTES = ("distances", "ab-initio")
 #: How independent the pipeline's half maps are (``metrics.json``'s ``halfmap_independence``).
 HALFMAP_INDEPENDENCE = {
     True: "independent: each half refined from its own images after a start low-passed to "
-          "{resolution:g} Å",
+          "{resolution:g} Å (the halves share only the rotation between their frames)",
     False: "not independent: not refined from a low-passed start (the halves share a first "
            "guess that all images shaped): the half-map FSC may be inflated",
 }

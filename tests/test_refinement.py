@@ -63,9 +63,10 @@ def test_the_global_pass_rescues_images_the_local_grid_cannot_reach():
 
 
 def test_the_halves_never_see_each_other(problem, monkeypatch):
-    """Apart from the half-map FSC (the shared low-pass), one half's images never reach the other.
+    """Apart from the half-map FSC (the shared low-pass) and the turn between the halves'
+    frames (which moves the second half only), one half's images never reach the other.
 
-    With the FSC held fixed, changing the images of one half leaves the other half's
+    With the FSC held fixed, changing the images of the second half leaves the first half's
     refinement exactly as it was.
     """
     images, _, _, start = problem
@@ -83,6 +84,25 @@ def test_the_halves_never_see_each_other(problem, monkeypatch):
     np.testing.assert_allclose(second.quaternions[keep], first.quaternions[keep], atol=1e-6)
     np.testing.assert_allclose(second.shifts[keep], first.shifts[keep], atol=1e-3)
     assert not np.allclose(second.quaternions[other], first.quaternions[other])
+
+
+def test_halves_refined_in_turned_frames_are_brought_into_one(problem):
+    """The second half starts in a frame turned by 0.08 rad as a whole (as independent halves
+    from a blurred start can settle): each half is right on its own, the two together are not,
+    until the second half is turned onto the first half's frame."""
+    images, q, shifts, _ = problem
+    halves = refinement.reconstruction.split_halves(len(q), 0)
+    turn = rotations.axis_angle_to_quaternion([1.0, 2.0, -0.5], 0.08)
+    start = q.copy()
+    start[halves == 1] = rotations.multiply(q[halves == 1], turn)
+    options = dict(shifts=shifts, iterations=1, global_iterations=0, seed=0)
+    errors = {aligned: alignment.align_physical(
+                  refinement.refine(images, start, align_halves=aligned, **options).quaternions,
+                  q).mean for aligned in (False, True)}
+    assert errors[False] > 0.03  # two frames 0.08 rad apart, aligned as one
+    assert errors[True] < 0.01, errors
+    turned = refinement.refine(images, start, **options).history[0]["halves_turn_rad"]
+    assert turned == pytest.approx(0.08, abs=0.01)
 
 
 def test_candidates_and_errors():
