@@ -22,7 +22,9 @@ Then each local iteration, for each of two fixed random halves of the images:
    (refined to a fraction of a pixel by a parabola through the peak);
 4. shrink the grid.
 
-The halves never see each other's images or maps (in the global passes too).
+The halves never see each other's images or maps (in the global passes too), except for
+the rotation that turns the second half's map onto the first's
+(:func:`cryoem.gold_standard.frame_between`).
 It stops when the orientations stop moving or after ``iterations`` local
 iterations.  Shifts are estimated here:
 the true ones are never read.
@@ -36,12 +38,14 @@ from typing import Any, Callable
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import (alignment, distributed, projection, reconstruction, resolution, rotations, scoring,
-               stacks, volumes)
+from . import (distributed, gold_standard, projection, reconstruction, resolution, rotations,
+               scoring, stacks, volumes)
 from .matching import Band, GridSlices, grid_scores, integer_moves
 from ._progress import progress_bar
 
 __all__ = ["RefinementResult", "refine", "candidate_offsets", "start_resolution"]
+
+start_resolution = gold_standard.start_resolution  # where the pipeline has always found it
 
 FloatArray = NDArray[np.float64]
 
@@ -69,7 +73,6 @@ def candidate_offsets(step: float, n_axes: int = 20, n_radii: int = 3) -> FloatA
     turns = [rotations.axis_angle_to_quaternion(axes, step * (r + 1) / n_radii)
              for r in range(n_radii)]
     return np.concatenate([[[1.0, 0.0, 0.0, 0.0]], *turns])
-
 
 
 _OVERSAMPLING = 2  # correlation sampled every half pixel
@@ -212,25 +215,6 @@ def _shift_search(centred: NDArray, slices: NDArray, norms: FloatArray,
     return which, offset, flat[images, index] * fine * fine  # undo irfft2's 1/fine²
 
 
-def start_resolution(resolution: float, size: int, pixel_size: float) -> float:
-    """The low-pass of the gold-standard start, Å: ``resolution``, or finer when that
-    would leave fewer than three Fourier shells of the box (a small box)."""
-    return float(min(resolution, size * pixel_size / 3))
-
-
-def _filter_by_fsc(volume: NDArray, values: FloatArray) -> NDArray:
-    """Weight each Fourier shell of a half map by ``√(2·FSC/(1 + FSC))`` (its reliability)."""
-    size = volume.shape[0]
-    fsc_full = np.clip(2 * values / (1 + values), 0.0, 1.0)
-    gains = np.concatenate([[1.0], np.sqrt(fsc_full), [0.0]])  # shell 0 … L/2, beyond
-    k = np.fft.fftfreq(size) * size
-    kr = np.fft.rfftfreq(size) * size
-    shells = np.rint(np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2
-                             + kr[None, None, :] ** 2)).astype(np.int64)
-    gain = gains[np.minimum(shells, len(gains) - 1)]
-    return np.fft.irfftn(np.fft.rfftn(volume) * gain, s=volume.shape, axes=(0, 1, 2))
-
-
 def _parabola(left: FloatArray, centre: FloatArray, right: FloatArray) -> FloatArray:
     """Offset of the vertex of the parabola through three equally spaced samples."""
     curvature = left - 2 * centre + right
@@ -311,7 +295,7 @@ def refine(
         Gold standard from the start: the first iteration starts both halves from
         ``initial_map`` (the first guess's map, of the images' box and
         pixel size) low-passed to ``initial_resolution`` Å (finer in a small box: see
-        :func:`start_resolution`), searching all orientations (see
+        :func:`cryoem.gold_standard.start_resolution`), searching all orientations (see
         ``start_iterations``; the first guess's orientations and shifts are not used), so that
         from then on each half's orientations and map depend only on its own
         images and on detail coarser than ``initial_resolution`` (and on the
@@ -321,12 +305,12 @@ def refine(
     start_iterations, start_final_resolution
         With ``initial_map``: that first iteration is, for each half on its own,
         ``start_iterations`` iterations of expectation–maximisation from the low-passed
-        start (:func:`cryoem.ab_initio.ab_initio`: each image enters the half's map at
+        start (:func:`cryoem.gold_standard.start_half`: each image enters the half's map at
         several orientations drawn from its posterior, the band marching from
         ``initial_resolution`` to ``start_final_resolution`` Å), rather than one hard
         match against the start map: at SNR 1/16 a hard match on a 30 Å band assigns many
         images at random and refinement never recovers them (4AKE, 1,000 images: 0.41 rad
-        after refinement against 0.16 with this start).  ``0``: the hard match on the
+        after refinement against 0.15 with this start).  ``0``: the hard match on the
         global grid alone.
     align_halves
         Turn the second half (its map and orientations) onto the first half's frame each
@@ -382,7 +366,7 @@ def refine(
     if start_map is not None and start_iterations > 0:
         started = np.empty_like(q)
         results = distributed.map_chunks(
-            _start_half, [(half, np.flatnonzero(halves == half)) for half in (0, 1)],
+            gold_standard.start_half, [(half, np.flatnonzero(halves == half)) for half in (0, 1)],
             client=client,
             desc="expectation-maximisation from the start",
             shared={"images": to_match, "start_map": start_map,
@@ -417,12 +401,13 @@ def refine(
                 iterations=15, regularization=regularization, client=client)[:2]]
             curve = resolution.fsc(maps[0], maps[1], pixel_size, mask=True)
             if align_halves:  # on the maps weighted by their FSC: what the halves agree on
-                turn = _frame_between(*(_filter_by_fsc(m, curve.values) for m in maps))
+                turn = gold_standard.frame_between(*(gold_standard.filter_by_fsc(m, curve.values)
+                                                     for m in maps))
                 maps[1] = scoring.rotate_map(maps[1], turn)
                 q[halves == 1] = rotations.canonical(turn.to_truth_frame(q[halves == 1]))
                 turned = float(rotations.geodesic_distance(turn.transform, [1.0, 0, 0, 0]))
                 curve = resolution.fsc(maps[0], maps[1], pixel_size, mask=True)
-            maps = [_filter_by_fsc(m, curve.values) for m in maps]
+            maps = [gold_standard.filter_by_fsc(m, curve.values) for m in maps]
             below = np.flatnonzero(curve.values < resolution.THRESHOLD_HALF_MAPS)
             shell = curve.shells[below[0]] if len(below) else curve.shells[-1]
             radius = min(size / 2 - 1, max(6.0, 1.2 * shell + 2))
@@ -470,65 +455,6 @@ def refine(
         if moved < tolerance and iteration >= soft_iterations:
             break
     return RefinementResult(q, current_shifts, halves, history, correlations)
-
-
-def _frame_between(fixed: NDArray, moving: NDArray) -> "alignment.Alignment":
-    """The global rotation that turns ``moving`` onto ``fixed`` best, as an alignment
-    (``moving`` in the role of the estimate, :func:`cryoem.scoring.rotate_map`): the
-    correlation inside the sphere, maximised by Nelder–Mead from the identity on the maps
-    Fourier-cropped to at most 48 voxels, turned by cubic splines (trilinear ones are biased:
-    0.007 rad on a known 0.08 rad turn, against 0.0008)."""
-    from scipy import optimize
-
-    small = min(fixed.shape[0], 48)
-    mask = volumes.spherical_mask(small)
-    target = (volumes.fourier_resample(fixed, small) * mask).ravel()
-    target = (target - target.mean()) / (np.linalg.norm(target - target.mean()) or 1.0)
-    source = volumes.fourier_resample(moving, small)
-
-    def fit(vector: FloatArray) -> alignment.Alignment:
-        angle = float(np.linalg.norm(vector))
-        axis = vector / angle if angle > 0 else np.array([0.0, 0.0, 1.0])
-        return alignment.Alignment(np.zeros(0), "physical",
-                                   rotations.axis_angle_to_quaternion(axis, angle))
-
-    def loss(vector: FloatArray) -> float:
-        turned = (scoring.rotate_map(source, fit(vector), order=3) * mask).ravel()
-        turned = turned - turned.mean()
-        return -float(target @ turned) / (np.linalg.norm(turned) or 1.0)
-
-    best = optimize.minimize(loss, np.zeros(3), method="Nelder-Mead",
-                             options={"initial_simplex": 0.05 * np.vstack([np.zeros(3),
-                                                                           np.eye(3)]),
-                                      "xatol": 1e-4, "fatol": 1e-9})
-    return fit(best.x)
-
-
-def _start_half(piece: tuple[int, NDArray[np.int64]], images: "NDArray | stacks.ImageStack",
-                start_map: NDArray, settings: dict) -> tuple[FloatArray, FloatArray]:
-    """Refinement's gold-standard start for one half: expectation–maximisation from the
-    low-passed start map on that half's images alone, in a box Fourier-cropped (a chunk at
-    a time) to what ``final_resolution`` needs.  Returns their orientations and shifts."""
-    from . import ab_initio
-
-    half, chosen = piece
-    options = dict(settings)
-    ctf, pixel_size = options.pop("ctf"), options.pop("pixel_size")
-    size = images.shape[-1]
-    work = int(min(size, max(32, 2 * np.ceil(1.25 * size * pixel_size
-                                              / options["final_resolution"]))))
-    cropped = np.concatenate([
-        volumes.fourier_resample(np.asarray(images[part], dtype=np.float32), work, axes=(-2, -1))
-        for part in np.array_split(chosen, max(1, -(-len(chosen) // 2048)))])
-    scale = size / work
-    result = ab_initio.ab_initio(
-        cropped, ctf=None if ctf is None else ctf[chosen], pixel_size=pixel_size * scale,
-        work_size=work, iterations=options["iterations"],
-        start_resolution=options["start_resolution"],
-        final_resolution=options["final_resolution"], subset=len(chosen),
-        max_shift=options["max_shift"] / scale, initial_volume=start_map,
-        seed=2 * options["seed"] + half)
-    return result.quaternions, result.shifts * scale
 
 
 def _match_piece(piece: tuple, images: "NDArray | stacks.ImageStack", reference: NDArray,
