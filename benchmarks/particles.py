@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = [row for case_rows in results for row in case_rows]
     previous = json.loads(args.out.read_text()) if args.out.exists() else None
     rows += carry_over_rows(previous, rows,
-                            lambda r: (r["volume"], r["snr"], r.get("n"), r["route"]))
+                            lambda r: (r["volume"], float(r["snr"]), r.get("n"), r["route"]))
     print(table(rows))
     write_report({"benchmark": "particles", "settings": vars(args), "rows": rows,
                   "machine": machine_info(None)}, args.out)

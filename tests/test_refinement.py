@@ -101,7 +101,8 @@ def test_halves_refined_in_turned_frames_are_brought_into_one(problem):
                   q).mean for aligned in (False, True)}
     assert errors[False] > 0.03  # two frames 0.08 rad apart, aligned as one
     assert errors[True] < 0.01, errors
-    turned = refinement.refine(images, start, **options).history[0]["halves_turn_rad"]
+    turned = refinement.refine(images, start, align_halves=True,
+                               **options).history[0]["halves_turn_rad"]
     assert turned == pytest.approx(0.08, abs=0.01)
 
 
