@@ -286,7 +286,7 @@ def _final(run: _Run) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
 
 
 def _reconstruct(run: _Run) -> None:
-    from . import plots, reconstruction, refinement, resolution, volumes
+    from . import gold_standard, plots, reconstruction, resolution, volumes
 
     data = run.data(images=False)
     q, indices, shifts = _final(run)
@@ -305,8 +305,8 @@ def _reconstruct(run: _Run) -> None:
     halves = resolution.fsc(first.data, second.data, data.pixel_size, mask=True)
     independent = (run.config.refine and run.config.initial_resolution is not None
                    and run.path("orientations_refined.h5").exists())
-    start = refinement.start_resolution(run.config.initial_resolution or 30.0, data.size,
-                                        data.pixel_size)
+    start = gold_standard.start_resolution(run.config.initial_resolution or 30.0, data.size,
+                                           data.pixel_size)
     run.metrics.update(resolution_halfmap_fsc0143_angstrom=halves.resolution(0.143),
                        halfmap_independence=HALFMAP_INDEPENDENCE[independent].format(
                            resolution=round(start, 1)))

@@ -43,9 +43,7 @@ from . import (distributed, gold_standard, projection, reconstruction, resolutio
 from .matching import Band, GridSlices, grid_scores, integer_moves
 from ._progress import progress_bar
 
-__all__ = ["RefinementResult", "refine", "candidate_offsets", "start_resolution"]
-
-start_resolution = gold_standard.start_resolution  # where the pipeline has always found it
+__all__ = ["RefinementResult", "refine", "candidate_offsets"]
 
 FloatArray = NDArray[np.float64]
 
@@ -357,7 +355,7 @@ def refine(
     if initial_map is not None:
         if global_iterations < 1:
             raise ValueError("a start from initial_map needs global_iterations >= 1")
-        initial_resolution = start_resolution(initial_resolution, size, pixel_size)
+        initial_resolution = gold_standard.start_resolution(initial_resolution, size, pixel_size)
         start_map = volumes.lowpass(np.asarray(initial_map), pixel_size, initial_resolution)
         current_shifts = np.zeros((n, 2))  # searched afresh against the start map
     history: list[dict[str, float]] = []
