@@ -22,6 +22,8 @@ with ``oracle_shifts=True`` and labels the result.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +38,8 @@ __all__ = ["Reconstruction", "reconstruct", "reconstruct_dataset", "half_maps", 
 
 BACKENDS = ("finufft", "astra")
 _POINTS_PER_CALL = 2**22
+#: The fewest points worth a thread of their own in :func:`_adjoint`.
+_POINTS_PER_CHUNK = 2**18
 
 
 @dataclass
@@ -201,13 +205,32 @@ def _check_weights(weights: ArrayLike | None, n: int) -> NDArray[np.float64]:
 
 
 def _adjoint(points: NDArray, values: NDArray, shape: tuple[int, int, int]) -> NDArray:
-    """``Re Σ_j v_j e^{+i ω_j · n}`` on a grid of ``shape`` (type-1 NUFFT), axes [z, y, x]."""
+    """``Re Σ_j v_j e^{+i ω_j · n}`` on a grid of ``shape`` (type-1 NUFFT), axes [z, y, x].
+
+    finufft's own threads add into the grid in a varying order (reruns differ
+    by ~1e-8, which iterative searches amplify), so the points go in one chunk
+    per core (at least ``_POINTS_PER_CHUNK`` each), one thread per chunk,
+    summed in chunk order: reruns on one machine are bit-identical.
+    """
     import finufft
 
-    out = finufft.nufft3d1(np.ascontiguousarray(points[:, 2]), np.ascontiguousarray(points[:, 1]),
-                           np.ascontiguousarray(points[:, 0]), values.astype(np.complex128),
-                           shape, eps=1e-9, isign=1)
-    return np.real(out)
+    values = values.astype(np.complex128)
+    count = max(1, min(os.cpu_count() or 1, len(points) // _POINTS_PER_CHUNK))
+    edges = np.linspace(0, len(points), count + 1).astype(int)
+
+    def chunk(k: int) -> NDArray:
+        part = points[edges[k]:edges[k + 1]]
+        return finufft.nufft3d1(np.ascontiguousarray(part[:, 2]),
+                                np.ascontiguousarray(part[:, 1]),
+                                np.ascontiguousarray(part[:, 0]),
+                                values[edges[k]:edges[k + 1]], shape, eps=1e-9, isign=1,
+                                nthreads=1)
+
+    out = np.zeros(shape)
+    with ThreadPoolExecutor(count) as pool:
+        for part in pool.map(chunk, range(count)):  # summed in chunk order
+            out += np.real(part)
+    return out
 
 
 def _conjugate_gradients(operator: _Normal, rhs: NDArray, iterations: int, tolerance: float,
