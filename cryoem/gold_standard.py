@@ -48,7 +48,9 @@ def frame_between(fixed: NDArray, moving: NDArray) -> "alignment.Alignment":
     (``moving`` in the role of the estimate, :func:`cryoem.scoring.rotate_map`): the
     correlation inside the sphere, maximised by Nelder–Mead from the identity on the maps
     Fourier-cropped to at most 48 voxels, turned by cubic splines (trilinear ones are biased:
-    0.007 rad on a known 0.08 rad turn, against 0.0008)."""
+    0.007 rad on a known 0.08 rad turn, against 0.0008).  It stops at 0.5 mrad: between
+    half maps of 500 images at SNR 1 the turn found is 1.6 mrad off however tightly it
+    converges (75 evaluations instead of 130 at 1e-4)."""
     from scipy import optimize
 
     small = min(fixed.shape[0], 48)
@@ -71,7 +73,7 @@ def frame_between(fixed: NDArray, moving: NDArray) -> "alignment.Alignment":
     best = optimize.minimize(loss, np.zeros(3), method="Nelder-Mead",
                              options={"initial_simplex": 0.05 * np.vstack([np.zeros(3),
                                                                            np.eye(3)]),
-                                      "xatol": 1e-4, "fatol": 1e-9})
+                                      "xatol": 5e-4, "fatol": 1e-7})
     return fit(best.x)
 
 
