@@ -4,12 +4,14 @@ Refinement (:func:`cryoem.refinement.refine`) keeps two random halves of the ima
 that the FSC between their maps is evidence of resolution rather than of shared noise.  This
 module holds what makes that work:
 
-- :func:`start_resolution`: how far the shared start map is low-passed (30 Å by default);
+- :func:`start_map`: the shared start, a map from all images at the first guess;
+- :func:`start_resolution`: how far the start map is low-passed (30 Å by default);
 - :func:`start_half`: each half's own start from that map, by expectation–maximisation
   (:func:`cryoem.ab_initio.ab_initio` on the half's images alone);
 - :func:`frame_between`: the rotation that turns one half's map onto the other's, the one
   thing (three numbers) the halves share besides their FSC curve;
-- :func:`filter_by_fsc`: each half map weighted, shell by shell, by the halves' agreement.
+- :func:`filter_by_fsc`: each half map weighted, shell by shell, by the halves' agreement;
+- :func:`independence`: what a user is told about the half maps.
 """
 
 from __future__ import annotations
@@ -19,9 +21,32 @@ from numpy.typing import NDArray
 
 from . import alignment, rotations, scoring, stacks, volumes
 
-__all__ = ["start_resolution", "start_half", "frame_between", "filter_by_fsc"]
+__all__ = ["start_map", "start_resolution", "start_half", "frame_between", "filter_by_fsc",
+           "independence"]
 
 FloatArray = NDArray[np.float64]
+
+
+def start_map(images: "NDArray | stacks.ImageStack", orientations: FloatArray,
+              shifts: FloatArray | None = None, ctf: "object | None" = None,
+              pixel_size: float = 1.0, client: object = None) -> NDArray:
+    """The shared start of a gold-standard refinement: the map from all images at their
+    first-guess orientations and shifts (15 conjugate-gradient iterations), to be passed
+    as ``initial_map`` to :func:`cryoem.refinement.refine`, which low-passes it."""
+    from . import reconstruction
+
+    return reconstruction.reconstruct(images, orientations, shifts=shifts, ctf=ctf,
+                                      pixel_size=pixel_size, iterations=15, client=client).data
+
+
+def independence(independent: bool, resolution: float) -> str:
+    """What the half maps' FSC is evidence of: halves refined apart from a start low-passed
+    to ``resolution`` Å, or halves that share a first guess all images shaped."""
+    if independent:
+        return (f"independent: each half refined from its own images after a start low-passed "
+                f"to {resolution:g} Å (the halves share only the rotation between their frames)")
+    return ("not independent: not refined from a low-passed start (the halves share a first "
+            "guess that all images shaped): the half-map FSC may be inflated")
 
 
 def start_resolution(resolution: float, size: int, pixel_size: float) -> float:

@@ -67,14 +67,6 @@ __all__ = ["PipelineConfig", "run", "STAGES", "ROUTES", "METRIC_KEYS"]
 #: First-guess routes: learned (or other) distances, or ab initio from the images alone.
 ROUTES = ("distances", "ab-initio")
 
-#: How independent the pipeline's half maps are (``metrics.json``'s ``halfmap_independence``).
-HALFMAP_INDEPENDENCE = {
-    True: "independent: each half refined from its own images after a start low-passed to "
-          "{resolution:g} Å (the halves share only the rotation between their frames)",
-    False: "not independent: not refined from a low-passed start (the halves share a first "
-           "guess that all images shaped): the half-map FSC may be inflated",
-}
-
 
 @dataclass
 class PipelineConfig:
@@ -235,25 +227,16 @@ def _import_particles(run: _Run) -> None:
                        pixel_size_angstrom=data.pixel_size, snr=data.attrs.get("snr"))
 
 
-def _initial_map(run: _Run, data: Any, indices: np.ndarray, q: np.ndarray,
-                 shifts: np.ndarray | None) -> np.ndarray:
-    """The first guess's map from all working images (low-passed by the refinement)."""
-    from . import reconstruction
-
-    return reconstruction.reconstruct(
-        run.images(indices), q, shifts=shifts, ctf=run.ctf(data, indices, "refine"),
-        pixel_size=data.pixel_size, iterations=15, client=run.client).data
-
-
 def _refine(run: _Run) -> None:
-    from . import plots, recovery, refinement
+    from . import gold_standard, plots, recovery, refinement
 
     if not run.config.refine:
         return
     data = run.data(images=False)
     q, indices, attrs = recovery.load_orientations(run.path("orientations.h5"))
-    start = (None if run.config.initial_resolution is None
-             else _initial_map(run, data, indices, q, attrs.get("shifts")))
+    start = (None if run.config.initial_resolution is None else gold_standard.start_map(
+        run.images(indices), q, attrs.get("shifts"), run.ctf(data, indices, "refine"),
+        data.pixel_size, run.client))
     result = refinement.refine(
         run.images(indices), q, ctf=run.ctf(data, indices, "refine"),
         pixel_size=data.pixel_size, iterations=run.config.refine_iterations,
@@ -308,8 +291,8 @@ def _reconstruct(run: _Run) -> None:
     start = gold_standard.start_resolution(run.config.initial_resolution or 30.0, data.size,
                                            data.pixel_size)
     run.metrics.update(resolution_halfmap_fsc0143_angstrom=halves.resolution(0.143),
-                       halfmap_independence=HALFMAP_INDEPENDENCE[independent].format(
-                           resolution=round(start, 1)))
+                       halfmap_independence=gold_standard.independence(independent,
+                                                                       round(start, 1)))
     curves = {}
     if "map_aligned_to_truth.mrc" in maps and data.volume is not None:
         names = {"final orientations": ("map_aligned_to_truth.mrc", "resolution_fsc05_angstrom"),

@@ -64,7 +64,7 @@ def test_imported_angles_are_a_reference_scored_only_when_asked(exported, tmp_pa
     assert "not scored" in text and "--reference-poses" in text and "FSC" not in text
     assert cli.main(["refine", str(path), "--orientations", str(orientations), "--out",
                      str(tmp_path / "r.h5"), "--iterations", "1", "--global-iterations", "0",
-                     "--reference-poses", "--quiet"]) == 0
+                     "--initial-resolution", "0", "--reference-poses", "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "against the reference poses" in text and "not a ground truth" in text
 

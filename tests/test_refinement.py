@@ -139,13 +139,30 @@ def test_refine_command(tmp_path, capsys):
     start = rotations.multiply(rotations.axis_angle_to_quaternion(axes, 0.2), data.orientations)
     first = tmp_path / "o.h5"
     recovery.save_orientations(first, start, np.arange(300))
+    # From the given orientations (this blob phantom has little to match at its 10.7 Å start):
+    # the halves share that first guess, and the command says so.
     out = tmp_path / "r.h5"
     assert cli.main(["refine", str(data_path), "--orientations", str(first), "--out", str(out),
-                     "--iterations", "4", "--quiet"]) == 0
-    assert "E_OR" in capsys.readouterr().out
+                     "--iterations", "4", "--initial-resolution", "0", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "E_OR" in text and "(not independent" in text
     q, indices, attrs = recovery.load_orientations(out)
     assert attrs["e_or_rad"] < attrs["e_or_unrefined_rad"]
     assert attrs["shifts"].shape == (300, 2)
+    assert attrs["halfmap_independence"].startswith("not independent")
+    # The default: each half apart from the first guess's map low-passed (here to 32/3 Å).
+    assert cli.main(["refine", str(data_path), "--orientations", str(first), "--out",
+                     str(tmp_path / "apart.h5"), "--iterations", "1", "--start-iterations", "2",
+                     "--quiet"]) == 0
+    assert "(independent: each half refined" in capsys.readouterr().out
+    _, _, apart = recovery.load_orientations(tmp_path / "apart.h5")
+    assert "start low-passed to 10.7 Å" in apart["halfmap_independence"]
+    # A low-passed start needs a global search: the error says how to do without, and nothing
+    # is written.
+    assert cli.main(["refine", str(data_path), "--orientations", str(first), "--out",
+                     str(tmp_path / "bad.h5"), "--global-iterations", "0", "--quiet"]) != 0
+    assert "--initial-resolution 0" in capsys.readouterr().err
+    assert not (tmp_path / "bad.h5").exists()
     assert cli.main(["reconstruct", str(data_path), "--orientations", str(out), "--out",
                      str(tmp_path / "m.mrc"), "--quiet"]) == 0
     assert "estimated shifts" in capsys.readouterr().out
