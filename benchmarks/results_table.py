@@ -208,13 +208,22 @@ def pipeline_rows(data: dict[str, Any]) -> list[str]:
         f"{m.get('n_projections')} ({m.get('test_size')}) |",
         f"| image size, pixel | {m.get('size')} px, "
         f"{_number(m.get('pixel_size_angstrom'), 3, ' Å')} |",
-        f"| SNR, estimator, training | {_snr(m.get('snr'))}, {m.get('estimator')}, "
-        f"{m.get('training') or 'not recorded'} |",
-        f"| L_DE (test split; “(val)”: validation) | {_l_de(m)} rad² |",
-        f"| E_OR, paper's O(4) metric | {_number(m.get('e_or_o4_rad'), 3, ' rad')} |",
-        f"| E_OR physical: from distances → frame resolved → refined | "
-        f"{_number(m.get('e_or_before_frame_rad'))} → "
-        f"{_number(m.get('e_or_unrefined_rad'))} → {_number(m.get('e_or_rad'))} rad |",
+    ]
+    if m.get("route") == "ab-initio":
+        lines += [f"| SNR, first guess | {_snr(m.get('snr'))}, ab initio from the images alone "
+                  "(no distances, no training) |",
+                  f"| E_OR physical: ab initio → refined | "
+                  f"{_number(m.get('e_or_unrefined_rad'))} → {_number(m.get('e_or_rad'))} rad |"]
+    else:
+        lines += [
+            f"| SNR, estimator, training | {_snr(m.get('snr'))}, {m.get('estimator')}, "
+            f"{m.get('training') or 'not recorded'} |",
+            f"| L_DE (test split; “(val)”: validation) | {_l_de(m)} rad² |",
+            f"| E_OR, paper's O(4) metric | {_number(m.get('e_or_o4_rad'), 3, ' rad')} |",
+            f"| E_OR physical: from distances → frame resolved → refined | "
+            f"{_number(m.get('e_or_before_frame_rad'))} → "
+            f"{_number(m.get('e_or_unrefined_rad'))} → {_number(m.get('e_or_rad'))} rad |"]
+    lines += [
         f"| FSC 0.5 vs truth: final / true orientations | "
         f"{_number(m.get('resolution_fsc05_angstrom'), 2)} / "
         f"{_number(m.get('resolution_fsc05_true_orientations_angstrom'), 2)} Å |",
@@ -607,6 +616,8 @@ class Section(NamedTuple):
 
 SECTIONS: list[Section] = [
     Section("Default pipeline (`cryoem pipeline`)", "pipeline.py", "pipeline.json", pipeline_rows),
+    Section("The same particles, ab-initio route (`cryoem pipeline --route ab-initio`)",
+            "pipeline.py --route ab-initio", "pipeline_ab_initio.json", pipeline_rows),
     Section("From particles alone: a STAR without angles", "particles.py", "particles.json",
             particles_rows),
     Section("The paper's table, regenerated", "paper_table.py", "paper_table.json", paper_rows),

@@ -183,8 +183,9 @@ def test_absent_json_says_not_measured_with_the_command(results_table, tmp_path)
 
 def test_new_sections_come_first_after_the_pipeline(results_table):
     scripts = [entry.script for entry in results_table.SECTIONS]
-    assert scripts[:6] == ["pipeline.py", "particles.py", "paper_table.py", "common_lines.py",
-                           "generalisation.py", "preferred_views.py"]
+    assert scripts[:7] == ["pipeline.py", "pipeline.py --route ab-initio", "particles.py",
+                           "paper_table.py", "common_lines.py", "generalisation.py",
+                           "preferred_views.py"]
     assert {"projection.py", "distance_learning.py", "orientation_recovery.py",
             "reconstruction.py", "refinement.py"} <= set(scripts)
 
@@ -316,6 +317,23 @@ def test_pipeline_section_truth_and_own_commit(results_table, tmp_path):
     assert "| SNR, estimator, training | ∞, learned, rendered |" in text
     assert "| 0.050 rad² |" in text and "| total time | 309 s (train 300 s, refine 9 s) |" in text
     assert "| produced at | stale: produced at bbbbbbb |" in text
+
+
+def test_pipeline_section_of_the_ab_initio_route(results_table, tmp_path):
+    """The same particles from the images alone: no distances, no L_DE, no truth."""
+    metrics = {"volume": "4ake", "snr": "inf", "route": "ab-initio", "estimator": "learned",
+               "e_or_unrefined_rad": 0.2, "e_or_rad": 0.004, "truth_used": {},
+               "timings_s": {"ab_initio": 60.0, "refine": 300.0}, "provenance": PROVENANCE}
+    empty = _section(results_table.render(_root(tmp_path / "empty", {})), "The same particles")
+    assert "Not measured yet: `python benchmarks/pipeline.py --route ab-initio` writes " \
+           "`benchmarks/results/pipeline_ab_initio.json`." in empty
+    text = _section(results_table.render(_root(tmp_path, {"pipeline_ab_initio": {
+        "provenance": PROVENANCE, "metrics": metrics}})), "The same particles")
+    assert "No stage read the truth other than for scoring (`truth_used` is empty)." in text
+    assert "| SNR, first guess | ∞, ab initio from the images alone (no distances, no " \
+           "training) |" in text
+    assert "| E_OR physical: ab initio → refined | 0.200 → 0.004 rad |" in text
+    assert "L_DE" not in text and "O(4)" not in text
 
 
 def test_component_tables_format_what_the_scripts_write(results_table, tmp_path):
