@@ -128,9 +128,9 @@ def _budget(args: argparse.Namespace) -> str:
 
 def training_proteins(args: argparse.Namespace) -> list[str]:
     """Every built-in protein that is not held out (or the ones asked for)."""
-    from cryoem import volumes
+    from cryoem import proteins
 
-    chosen = args.train_proteins or [name for name in volumes.builtin_names()
+    chosen = args.train_proteins or [name for name in proteins.builtin_names()
                                      if name not in args.held_out]
     overlap = sorted(set(chosen) & set(args.held_out))
     if overlap:
@@ -173,14 +173,14 @@ def train_general(args: argparse.Namespace) -> dict[str, Any]:
 
 def finish_general(args: argparse.Namespace) -> dict[str, Any]:
     """Write the general model's contract and, with ``--ship``, copy it into the package."""
-    from cryoem import siamese, volumes
+    from cryoem import proteins, siamese, volumes
 
-    proteins = training_proteins(args)
+    names = training_proteins(args)
     out = args.work_dir / "general"
     contract = siamese.write_contract(
-        out, proteins=proteins, box_ratio=volumes.DEFAULT_BOX_RATIO,
-        symmetries={e["name"]: e.get("symmetry", "C1") for e in volumes.builtin_manifest()
-                    if e["name"] in proteins},
+        out, proteins=names, box_ratio=volumes.DEFAULT_BOX_RATIO,
+        symmetries={e["name"]: e.get("symmetry", "C1") for e in proteins.builtin_manifest()
+                    if e["name"] in names},
         training_command=(f"python benchmarks/generalisation.py --stages train --ship "
                           f"{_budget(args)} --width {args.width:g} "
                           f"--snr-range {args.snr_range[0]:g} {args.snr_range[1]:g} "
@@ -192,7 +192,7 @@ def finish_general(args: argparse.Namespace) -> dict[str, Any]:
                      "history.csv", "best.json"):
             shutil.copy2(out / name, shipped / name)
     best = json.loads((out / "best.json").read_text())
-    return {"proteins": proteins, "best_val_loss": best["val_loss"], "best_epoch": best["epoch"],
+    return {"proteins": names, "best_val_loss": best["val_loss"], "best_epoch": best["epoch"],
             "epochs_run": sum(1 for _ in open(out / "history.csv")) - 1,
             "contract": contract, "model": str(out), "shipped": args.ship}
 

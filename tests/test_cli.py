@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from cryoem import cli, datasets, volumes
+from cryoem import cli, datasets, proteins, volumes
 
 
 def test_volumes_lists_one_name_per_line(capsys):
     assert cli.main(["volumes"]) == 0
     lines = capsys.readouterr().out.split()
-    assert lines == volumes.builtin_names() and len(lines) >= 20
+    assert lines == proteins.builtin_names() and len(lines) >= 20
     assert cli.main(["volumes", "--long"]) == 0
     assert "(default)" in capsys.readouterr().out
 

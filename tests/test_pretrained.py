@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from cryoem import _models, datasets, distance, volumes
+from cryoem import _models, datasets, distance, proteins, volumes
 
 from cryoem import siamese, training  # noqa: E402 - hard dependencies: a broken import must fail
 
@@ -72,7 +72,7 @@ def test_the_shipped_model_meets_its_contract():
     size = sum(p.stat().st_size for p in _models.PRETRAINED_DIR.iterdir())
     assert size <= 20e6
     contract = _models.read_contract("pretrained")
-    builtin = set(volumes.builtin_names())
+    builtin = set(proteins.builtin_names())
     assert len(contract["proteins"]) >= 15 and set(contract["proteins"]) <= builtin
     assert volumes.DEFAULT_PROTEIN not in contract["proteins"]  # the default stays unseen
     estimator = distance.make_estimator("learned", model_dir="pretrained")

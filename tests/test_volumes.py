@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cryoem import projection, rotations, volumes
+from cryoem import projection, proteins, rotations, volumes
 
 # ---------------------------------------------------------------- MRC files
 
@@ -97,7 +97,7 @@ def test_atomic_model_places_atoms_in_zyx_order(tmp_path):
     """Three carbons at known places: the density peaks land on the predicted voxels."""
     offsets = np.array([[0.0, 0.0, 0.0], [12.0, 0.0, 0.0], [0.0, 0.0, -12.0]])
     path = write_pdb(tmp_path / "three.pdb", [("C", *(o + 50)) for o in offsets])
-    vol = volumes.from_atomic_model(path, 48, voxel_size=1.0, resolution=3.0)
+    vol = proteins.from_atomic_model(path, 48, voxel_size=1.0, resolution=3.0)
     centroid = offsets.mean(axis=0)
     for x, y, z in offsets - centroid:  # expected voxel, [z, y, x] from the box origin
         index = (round(z) + 24, round(y) + 24, round(x) + 24)
@@ -111,7 +111,7 @@ def test_atomic_model_places_atoms_in_zyx_order(tmp_path):
 
 
 def test_atomic_model_default_box_fits_the_particle():
-    vol = volumes.load_builtin("4ake", 32)
+    vol = proteins.load_builtin("4ake", 32)
     com = ndimage.center_of_mass(np.clip(vol.data, 0, None))
     np.testing.assert_allclose(com, [16, 16, 16], atol=1.0)
     assert vol.box_ratio == pytest.approx(volumes.DEFAULT_BOX_RATIO)
@@ -124,29 +124,29 @@ def test_unreadable_model_raises(tmp_path):
     bad = tmp_path / "bad.pdb"
     bad.write_text("HEADER nothing here\nEND\n")
     with pytest.raises(ValueError):
-        volumes.from_atomic_model(bad, 16)
+        proteins.from_atomic_model(bad, 16)
     with pytest.raises(FileNotFoundError):
-        volumes.from_atomic_model(tmp_path / "missing.pdb", 16)
+        proteins.from_atomic_model(tmp_path / "missing.pdb", 16)
 
 
 # ---------------------------------------------------------------- built-in proteins
 def test_manifest_lists_at_least_20_verified_proteins():
-    manifest = volumes.builtin_manifest()
-    names = volumes.builtin_names()
+    manifest = proteins.builtin_manifest()
+    names = proteins.builtin_names()
     assert len(names) >= 20 and len(set(names)) == len(names)
     assert len({entry["pdb_id"] for entry in manifest}) == len(manifest)
     defaults = [entry for entry in manifest if entry.get("default")]
     assert [entry["name"] for entry in defaults] == [volumes.DEFAULT_PROTEIN]
     assert defaults[0]["symmetry"] == "C1"
     for entry in manifest:
-        path = volumes.builtin_path(entry["name"])  # checks the sha256
+        path = proteins.builtin_path(entry["name"])  # checks the sha256
         assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
         rotations.point_group(entry["symmetry"])
-    total = sum(volumes.builtin_path(name).stat().st_size for name in names)
+    total = sum(proteins.builtin_path(name).stat().st_size for name in names)
     assert total < 5e6
 
 
-@pytest.mark.parametrize("name", volumes.builtin_names())
+@pytest.mark.parametrize("name", proteins.builtin_names())
 def test_every_builtin_protein_loads(name):
     vol = volumes.resolve(name, 24)
     assert vol.data.shape == (24, 24, 24)
@@ -156,7 +156,7 @@ def test_every_builtin_protein_loads(name):
 
 def test_symmetric_builtin_has_its_axis_along_z():
     """HIV-1 protease (C2): turning the map by 180° about z leaves it nearly unchanged."""
-    vol = volumes.load_builtin("1hvr", 40)
+    vol = proteins.load_builtin("1hvr", 40)
     assert vol.symmetry == "C2"
     turned = np.roll(vol.data[:, ::-1, ::-1], (1, 1), axis=(1, 2))  # (x, y) -> (-x, -y)
     assert np.corrcoef(turned.ravel(), vol.data.ravel())[0, 1] > 0.95
@@ -166,13 +166,13 @@ def test_symmetric_builtin_has_its_axis_along_z():
 
 
 def test_corrupt_builtin_is_detected(monkeypatch, tmp_path):
-    entry = dict(volumes.builtin_manifest()[0])
+    entry = dict(proteins.builtin_manifest()[0])
     entry["sha256"] = "0" * 64
-    monkeypatch.setattr(volumes, "builtin_manifest", lambda: (entry,))
+    monkeypatch.setattr(proteins, "builtin_manifest", lambda: (entry,))
     with pytest.raises(ValueError, match="corrupt"):
-        volumes.builtin_path(entry["name"])
+        proteins.builtin_path(entry["name"])
     with pytest.raises(KeyError):
-        volumes.builtin_path("no-such-protein")
+        proteins.builtin_path("no-such-protein")
 
 
 # ---------------------------------------------------------------- downloads
@@ -196,14 +196,14 @@ def local_server(tmp_path):
 
 def test_fetch_downloads_once_then_uses_the_cache(local_server, tmp_path, monkeypatch):
     root, url = local_server
-    model = volumes.builtin_path("1ubq").read_bytes()
+    model = proteins.builtin_path("1ubq").read_bytes()
     (root / "1UBQ.cif.gz").write_bytes(model)
     monkeypatch.setenv("CRYOEM_PDB_URL", url + "/{id}.cif.gz")
     cache = tmp_path / "cache"
-    path = volumes.fetch("pdb:1ubq", cache=cache)
+    path = proteins.fetch("pdb:1ubq", cache=cache)
     assert path.read_bytes() == model
     (root / "1UBQ.cif.gz").unlink()  # offline from now on: the cache answers
-    assert volumes.fetch("pdb:1UBQ", cache=cache) == path
+    assert proteins.fetch("pdb:1UBQ", cache=cache) == path
 
 
 def test_fetch_errors(local_server, tmp_path, monkeypatch):
@@ -212,15 +212,15 @@ def test_fetch_errors(local_server, tmp_path, monkeypatch):
     monkeypatch.setenv("CRYOEM_PDB_URL", url + "/{id}.cif.gz")
     cache = tmp_path / "cache"
     with pytest.raises(ConnectionError, match="gzip"):
-        volumes.fetch("pdb:2abc", cache=cache)
+        proteins.fetch("pdb:2abc", cache=cache)
     with pytest.raises(ConnectionError, match="could not download"):
-        volumes.fetch("pdb:9xyz", cache=cache)  # 404
+        proteins.fetch("pdb:9xyz", cache=cache)  # 404
     assert list(cache.iterdir()) == []  # nothing half-written left behind
     with pytest.raises(ValueError):
-        volumes.fetch("pdb:toolong", cache=cache)
+        proteins.fetch("pdb:toolong", cache=cache)
     monkeypatch.setenv("CRYOEM_EMDB_URL", "http://127.0.0.1:9/emd_{id}.map.gz")
     with pytest.raises(ConnectionError):
-        volumes.fetch("emd:1234", cache=cache, timeout=2)
+        proteins.fetch("emd:1234", cache=cache, timeout=2)
 
 
 # ---------------------------------------------------------------- phantoms and box operations

@@ -19,9 +19,9 @@ def add_volumes_args(parser: argparse.ArgumentParser) -> None:
 
 def run_volumes(args: argparse.Namespace) -> int:
     """List the built-in proteins, one per line."""
-    from .. import volumes
+    from .. import proteins, volumes
 
-    for entry in sorted(volumes.builtin_manifest(), key=lambda e: e["name"]):
+    for entry in sorted(proteins.builtin_manifest(), key=lambda e: e["name"]):
         if args.long:
             default = " (default)" if entry["name"] == volumes.DEFAULT_PROTEIN else ""
             print(f"{entry['name']}\t{entry['pdb_id']}\t{entry['symmetry']}\t"
@@ -75,7 +75,7 @@ def add_generate_args(parser: argparse.ArgumentParser) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     """Simulate projections of a volume into an HDF5 dataset."""
-    from .. import datasets, plots, rotations, volumes
+    from .. import datasets, plots, proteins, rotations, volumes
 
     if args.n_projections < 1 or args.size < 8:
         raise ValueError("--n-projections must be ≥ 1 and --size ≥ 8")
@@ -86,7 +86,7 @@ def run_generate(args: argparse.Namespace) -> int:
         rotations.point_group(args.symmetry)  # validates the symbol
         requested = args.symmetry.upper()
         known = volume.symmetry.upper()
-        has_manifest = volume.name in volumes.builtin_names() or volume.name.startswith("phantom")
+        has_manifest = volume.name in proteins.builtin_names() or volume.name.startswith("phantom")
         if has_manifest and requested != known:
             raise ValueError(f"--symmetry {requested} contradicts {volume.name}'s symmetry {known}")
         volume.symmetry = requested
