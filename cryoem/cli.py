@@ -16,9 +16,9 @@ from . import __version__
 from .commands.data import (add_export_relion_args, add_generate_args, add_import_relion_args,
                             add_score_args, add_volumes_args, run_export_relion, run_generate,
                             run_import_relion, run_score, run_volumes)
-from .commands.method import (add_dask_arg, add_distances_args, add_reconstruct_args, add_recover_args,
-                              add_refine_args, add_train_args, run_distances, run_reconstruct,
-                              run_recover, run_refine, run_train)
+from .commands.maps import add_reconstruct_args, add_refine_args, run_reconstruct, run_refine
+from .commands.method import (add_dask_arg, add_distances_args, add_recover_args, add_train_args,
+                              run_distances, run_recover, run_train)
 
 __all__ = ["main", "build_parser"]
 
