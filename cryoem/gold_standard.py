@@ -41,10 +41,11 @@ def start_map(images: "NDArray | stacks.ImageStack", orientations: FloatArray,
 
 def independence(independent: bool, resolution: float) -> str:
     """What the half maps' FSC is evidence of: halves refined apart from a start low-passed
-    to ``resolution`` Å, or halves that share a first guess all images shaped."""
+    to ``resolution`` Å (said to 0.1 Å), or halves that share a first guess all images
+    shaped."""
     if independent:
         return (f"independent: each half refined from its own images after a start low-passed "
-                f"to {resolution:g} Å (the halves share only the rotation between their frames)")
+                f"to {round(resolution, 1):g} Å (the halves share only the rotation between their frames)")
     return ("not independent: not refined from a low-passed start (the halves share a first "
             "guess that all images shaped): the half-map FSC may be inflated")
 

@@ -234,11 +234,11 @@ def _refine(run: _Run) -> None:
         return
     data = run.data(images=False)
     q, indices, attrs = recovery.load_orientations(run.path("orientations.h5"))
+    images, ctf = run.images(indices), run.ctf(data, indices, "refine")
     start = (None if run.config.initial_resolution is None else gold_standard.start_map(
-        run.images(indices), q, attrs.get("shifts"), run.ctf(data, indices, "refine"),
-        data.pixel_size, run.client))
+        images, q, attrs.get("shifts"), ctf, data.pixel_size, run.client))
     result = refinement.refine(
-        run.images(indices), q, ctf=run.ctf(data, indices, "refine"),
+        images, q, ctf=ctf,
         pixel_size=data.pixel_size, iterations=run.config.refine_iterations,
         initial_map=start, initial_resolution=run.config.initial_resolution or 30.0,
         seed=run.config.seed, client=run.client, progress=run.progress)
@@ -291,8 +291,7 @@ def _reconstruct(run: _Run) -> None:
     start = gold_standard.start_resolution(run.config.initial_resolution or 30.0, data.size,
                                            data.pixel_size)
     run.metrics.update(resolution_halfmap_fsc0143_angstrom=halves.resolution(0.143),
-                       halfmap_independence=gold_standard.independence(independent,
-                                                                       round(start, 1)))
+                       halfmap_independence=gold_standard.independence(independent, start))
     curves = {}
     if "map_aligned_to_truth.mrc" in maps and data.volume is not None:
         names = {"final orientations": ("map_aligned_to_truth.mrc", "resolution_fsc05_angstrom"),

@@ -318,8 +318,10 @@ def refine(
         from the ``start_iterations`` start: each half 0.005 rad from the truth, both
         together 0.021).  The halves share these three numbers (the rotation) and nothing
         else; the history records the turn (``halves_turn_rad``).  Default: with
-        ``initial_map`` (halves from a shared first guess start in one frame; the turn,
-        found by a Nelder–Mead search, makes reruns differ by up to ~1e-4 rad, not 1e-8).
+        ``initial_map`` (halves from a shared first guess start in one frame).  The turn is
+        found by a Nelder–Mead search, which amplifies rounding: reruns on one machine are
+        bit-identical, but reconstructions summed in another order (another machine or
+        thread count) can end up to ~1e-4 rad apart, not 1e-8.
     angular_band
         The local iterations match on frequencies below ``angular_band / step``
         pixels at most (and below the FSC's band): beyond it, a slice turned by

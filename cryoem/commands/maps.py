@@ -198,9 +198,8 @@ def run_refine(args: argparse.Namespace) -> int:
             initial_resolution=args.initial_resolution or 30.0,
             start_iterations=args.start_iterations, seed=args.seed, client=client,
             progress=not args.quiet)
-    independence = gold_standard.independence(
-        start is not None, round(gold_standard.start_resolution(
-            args.initial_resolution or 30.0, data.size, data.pixel_size), 1))
+    independence = gold_standard.independence(start is not None, gold_standard.start_resolution(
+        args.initial_resolution or 30.0, data.size, data.pixel_size))
     last = result.history[-1]
     reference = scoring_reference(data, indices, args)
     scores: dict[str, object] = {}
