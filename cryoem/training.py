@@ -127,7 +127,9 @@ class RenderedBatches(keras.utils.PyDataset):
     ``±max_shift`` px (triangular), a CTF when ``ctf`` (on a random ``ctf_fraction``
     share of the images), and white noise at an
     SNR drawn log-uniformly in ``snr_range`` (relative to the clean images'
-    signal variance, as in the datasets).  Everything derives from ``seed``
+    signal variance, as in the datasets).  With ``snr_start`` (a curriculum),
+    the SNR starts there and falls geometrically over ``curriculum_epochs``
+    epochs to ``snr_range`` (:meth:`snr_bounds`).  Everything derives from ``seed``
     and the batch number: the same run draws the same data.  With
     ``replicas``, a batch is ``replicas`` such batches of ``batch_size`` one
     after the other (each replica's slice, with its own near partners) and
@@ -139,8 +141,12 @@ class RenderedBatches(keras.utils.PyDataset):
                  batch_size: int = 64, steps: int = 100,
                  snr_range: tuple[float, float] | None = None, max_shift: float = 0.0,
                  ctf: bool = False, near_angle: float = 0.5, seed: int = 0,
-                 ctf_fraction: float = 1.0, replicas: int = 1) -> None:
+                 ctf_fraction: float = 1.0, replicas: int = 1,
+                 snr_start: float | None = None, curriculum_epochs: int = 0) -> None:
         super().__init__()
+        if snr_start is not None and (snr_range is None or not snr_start > 0):
+            raise ValueError(f"a curriculum (snr_start {snr_start}) needs snr_start > 0 and "
+                             "an snr_range to end at")
         if not 0 <= ctf_fraction <= 1:
             raise ValueError(f"ctf_fraction must be in [0, 1], got {ctf_fraction}")
         if snr_range is not None and not (0 < snr_range[0] <= snr_range[1]):
@@ -158,10 +164,26 @@ class RenderedBatches(keras.utils.PyDataset):
         self.ctf_fraction = ctf_fraction
         self.near_angle = near_angle
         self.seed = seed
+        self.snr_start = snr_start
+        self.curriculum_epochs = curriculum_epochs
         self.epoch = 0
 
     def __len__(self) -> int:
         return self.steps
+
+    def snr_bounds(self) -> tuple[float, float] | None:
+        """This epoch's SNR range: ``snr_range``, or above it while the curriculum lasts.
+
+        During the first ``curriculum_epochs`` epochs both bounds are at least
+        ``snr_start^(1−t) · low^t`` with ``t = epoch / curriculum_epochs``.
+        """
+        if self.snr_range is None or self.snr_start is None \
+                or self.epoch >= self.curriculum_epochs:
+            return self.snr_range
+        t = self.epoch / self.curriculum_epochs
+        low, high = self.snr_range
+        floor = float(np.exp((1 - t) * np.log(self.snr_start) + t * np.log(low)))
+        return max(low, floor), max(high, floor)
 
     def on_epoch_end(self) -> None:
         self.epoch += 1
@@ -191,8 +213,9 @@ class RenderedBatches(keras.utils.PyDataset):
                     shifts=shifts[with_ctf] if self.max_shift > 0 else None,
                     ctf=projection.sample_ctf(int(with_ctf.sum()), seed=rng),
                     pixel_size=self.pixel_sizes[which])
-        if self.snr_range is not None:
-            log_snr = rng.uniform(*np.log(self.snr_range), len(q))
+        bounds = self.snr_bounds()
+        if bounds is not None:
+            log_snr = rng.uniform(*np.log(bounds), len(q))
             sigma = np.sqrt(self.signal_variances[which] / np.exp(log_snr)).astype(np.float32)
             images += sigma[:, None, None] * rng.standard_normal(images.shape, dtype=np.float32)
         return images, target_matrix(q, self.groups[which], self.replicas)
@@ -217,6 +240,8 @@ class TrainingConfig:
     learning_rate: float = 1e-3
     patience: int = 6
     snr_range: tuple[float, float] | None = None
+    snr_start: float | None = None  # a curriculum: the SNR falls from here to snr_range …
+    curriculum_epochs: int = 0  # … over these epochs (RenderedBatches.snr_bounds)
     max_shift: float = 0.0
     ctf: bool = False
     ctf_fraction: float = 1.0  # with ``ctf``: the share of training images given a CTF
@@ -341,6 +366,7 @@ def _training_batches(datasets: Sequence[Dataset], config: TrainingConfig) -> ke
         batch_size=config.batch_size, steps=config.steps_per_epoch, snr_range=config.snr_range,
         max_shift=config.max_shift, ctf=config.ctf, near_angle=config.near_angle,
         seed=config.seed, ctf_fraction=config.ctf_fraction, replicas=config.replicas,
+        snr_start=config.snr_start, curriculum_epochs=config.curriculum_epochs,
     )
 
 

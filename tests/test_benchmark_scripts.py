@@ -284,6 +284,25 @@ def test_generalisation_quick(tmp_path):
             assert finite(row["metrics"]["e_or_rad"])
 
 
+def test_distance_ablation_quick(tmp_path):
+    """Each lever trains, recovers and resolves the frame; the baseline goes the same way."""
+    out = tmp_path / "ablation.json"
+    text = run_script("distance_ablation.py", "--out", str(out), "--work-dir",
+                      str(tmp_path / "work"), cwd=tmp_path)
+    report = json.loads(out.read_text())
+    rows = {row["lever"]: row for row in report["rows"]}
+    assert set(rows) == {"in16", "curriculum", "euclidean"}
+    for row in rows.values():
+        assert finite(row["l_de"], row["e_or_o4"], row["e_or_frame"], row["frame_confidence"])
+        assert 0 <= row["e_or_o4"] <= math.pi and 0 <= row["e_or_frame"] <= math.pi
+    assert rows["curriculum"]["training"].startswith("rendered: images of the TRUE map")
+    assert "curriculum" in text
+    # a rerun at the same commit reuses every scenario (nothing trains again)
+    again = run_script("distance_ablation.py", "--out", str(out), "--work-dir",
+                       str(tmp_path / "work"), cwd=tmp_path)
+    assert again.count("reusing the result") == 3
+
+
 @pytest.mark.slow  # about 60 s on two cores
 def test_scale_quick(tmp_path):
     """Every stage in its own process, in-process and on a local Dask cluster of two workers."""

@@ -168,6 +168,23 @@ def test_rendered_batches_are_reproducible_with_near_pairs_and_fresh_noise(small
     assert not np.allclose(other, images)
 
 
+def test_a_curriculum_lowers_the_noise_geometrically_to_the_data_snr(small_dataset):
+    """Noise variance measured on the batches: SNR 16 at epoch 0, 1 half-way, 1/16 after."""
+    common = dict(volumes=[small_dataset.volume], pixel_sizes=[small_dataset.pixel_size],
+                  symmetries=["C1"], signal_variances=[small_dataset.attrs["signal_variance"]],
+                  batch_size=32, steps=2, seed=1)
+    batches = training.RenderedBatches(snr_range=(1 / 16, 1 / 16), snr_start=16.0,
+                                       curriculum_epochs=4, **common)
+    clean = training.RenderedBatches(snr_range=None, **common)
+    signal = small_dataset.attrs["signal_variance"]
+    for epoch, snr in ((0, 16.0), (2, 1.0), (4, 1 / 16), (9, 1 / 16)):
+        batches.epoch = clean.epoch = epoch
+        noise = batches[0][0] - clean[0][0]
+        assert np.var(noise) == pytest.approx(signal / snr, rel=0.1), epoch
+    with pytest.raises(ValueError, match="snr_start"):
+        training.RenderedBatches(snr_range=None, snr_start=16.0, curriculum_epochs=4, **common)
+
+
 # ---------------------------------------------------------------- training, saving, loading
 def untrained_l_de(data, config, indices):
     keras.utils.set_random_seed(config.seed)

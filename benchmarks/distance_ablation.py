@@ -1,0 +1,247 @@
+"""Which lever makes the learned distance work where it is hard: an ablation at low SNR.
+
+One protein (``--protein``, default 4ake), one dataset (``--n-projections``
+uniform orientations at ``--snr``, default 1/16, shifts up to ``--max-shift``
+px, split like the paper), and for each lever (``--levers``) one model trained
+for ``--budget-seconds`` (default 300 s, the pipeline's budget) in the rendered
+mode: images drawn from the TRUE map at the data's SNR, labelled with their
+true orientations (supervised on the true map, the paper's setting: an upper
+bound).  Each model is then scored on the test split as the pipeline's first
+guess uses it:
+
+* ``l_de`` (rad², test pairs ``i < j``);
+* ``e_or_o4`` (the paper's O(4)-aligned E_OR after ``recovery.recover``) and
+  ``e_or_frame`` (physical E_OR after ``commonlines.resolve_frame``), with the
+  frame's confidence;
+* the training's epochs and seconds, and the scoring's seconds.
+
+The Euclidean baseline (``euclidean``: pixel distances, isotonic fit on the
+training split's true orientations) goes through the same recovery and frame
+step.  A lever is a set of ``TrainingConfig`` settings (``LEVERS``); each is a
+cached scenario of ``harness.py`` (same settings and commit: reused).  Training
+runs for a wall-clock budget, so keep the machine otherwise idle.
+
+    .venv/bin/python benchmarks/distance_ablation.py                  # every lever, ~40 min
+    .venv/bin/python benchmarks/distance_ablation.py --levers in32 curriculum --budget-seconds 900
+    .venv/bin/python benchmarks/distance_ablation.py --quick          # tiny check
+"""
+
+# ruff: noqa: E402 - the thread count is pinned before NumPy loads (BLAS reads it once)
+from __future__ import annotations
+
+import harness
+
+if __name__ == "__main__":
+    harness.pin_threads()
+
+import argparse
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import positive_snr, snr_label
+from harness import Column, Harness, Scenario
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = HERE / "results" / "distance_ablation.json"
+DEFAULT_WORK_DIR = Path("data/benchmarks/distance_ablation")
+MAX_EPOCHS = 100_000  # the budget (or early stopping) ends training
+
+#: Lever → (what it changes, the TrainingConfig settings).  ``snr_high``: the training
+#: SNR is drawn log-uniformly in [SNR, snr_high] instead of at the data's SNR alone.
+LEVERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "in64": ("no downsampling (64 px in)", {"input_size": None}),
+    "in32": ("downsampled to 32 px (the pipeline's default)", {"input_size": 32}),
+    "in16": ("downsampled to 16 px", {"input_size": 16}),
+    "mixture": ("32 px; training SNR log-uniform from the data's up to 16",
+                {"input_size": 32, "snr_high": 16.0}),
+    "curriculum": ("32 px; training SNR falls from 16 to the data's over 8 epochs",
+                   {"input_size": 32, "snr_start": 16.0, "curriculum_epochs": 8}),
+    "wide": ("32 px, twice the filters", {"input_size": 32, "width": 2.0}),
+}
+BASELINES = ("euclidean",)
+SUPERVISION = ("rendered: images of the TRUE map at the data's SNR, with their true "
+               "orientations (supervised on the true map, the paper's setting: an upper bound)")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--levers", nargs="+", choices=(*LEVERS, *BASELINES),
+                   default=[*LEVERS, *BASELINES])
+    p.add_argument("--protein", default="4ake")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--n-projections", type=int, default=5000)
+    p.add_argument("--test-size", type=int, default=1650)
+    p.add_argument("--snr", type=positive_snr, default=1 / 16)
+    p.add_argument("--max-shift", type=float, default=0.0)
+    p.add_argument("--budget-seconds", type=float, default=300.0)
+    p.add_argument("--steps-per-epoch", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--recovery-steps", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
+    harness.add_options(p, DEFAULT_OUT)
+    args = p.parse_args(argv)
+    harness.quick_defaults(args, p, {
+        "size": 32, "n_projections": 240, "test_size": 80, "budget_seconds": 4.0,
+        "steps_per_epoch": 3, "batch_size": 16, "recovery_steps": 50,
+        "levers": ["in16", "curriculum", "euclidean"],
+        "out": DEFAULT_OUT.with_name("distance_ablation_quick.json"),
+        "work_dir": DEFAULT_WORK_DIR.with_name("distance_ablation_quick")})
+    return args
+
+
+def training_config(args: argparse.Namespace, lever: str) -> Any:
+    """The lever's ``TrainingConfig``: the data's SNR and shifts, the lever's settings."""
+    from cryoem import training
+
+    settings = dict(LEVERS[lever][1])
+    high = settings.pop("snr_high", args.snr)
+    snr_range = None if math.isinf(args.snr) else (args.snr, max(high, args.snr))
+    return training.TrainingConfig(
+        mode="rendered", epochs=MAX_EPOCHS, max_seconds=args.budget_seconds,
+        steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, patience=30,
+        snr_range=snr_range, max_shift=args.max_shift, seed=args.seed, **settings)
+
+
+def first_guess(args: argparse.Namespace, data: Any, estimator: Any) -> dict[str, Any]:
+    """Distances on the test split → recovery → frame; scored against the truth."""
+    from cryoem import alignment, commonlines, distance, recovery, rotations
+
+    test = data.split["test"]
+    symmetry = data.attrs.get("symmetry", "C1")
+    truth = data.orientations[test]
+    start = time.perf_counter()
+    matrix = estimator.matrix(data, test)
+    l_de = distance.l_de(matrix, rotations.symmetric_distance_matrix(
+        truth, rotations.point_group(symmetry)))
+    recovered = recovery.recover(matrix, steps=args.recovery_steps, symmetry=symmetry,
+                                 seed=args.seed)
+    recovery_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    frame = commonlines.resolve_frame(data.projections[test], recovered.quaternions,
+                                      seed=args.seed)
+    resolved = recovery.to_asymmetric_unit(frame.quaternions, symmetry)
+    physical = alignment.align_physical(resolved, truth, symmetry)
+    return {"l_de": l_de,
+            "e_or_o4": alignment.align_o4(recovered.quaternions, truth, symmetry).mean,
+            "e_or_frame": physical.mean, "e_or_frame_median": physical.median,
+            "frame_confidence": frame.confidence,
+            "recovery_seconds": recovery_seconds,
+            "frame_seconds": time.perf_counter() - start}
+
+
+def run_lever(args: argparse.Namespace, data_path: Path, lever: str, model_dir: Path
+              ) -> dict[str, Any]:
+    """Train the lever's model (fresh), then score its first guess."""
+    from cryoem import datasets, distance, training
+
+    data = datasets.load(data_path)
+    shutil.rmtree(model_dir, ignore_errors=True)
+    config = training_config(args, lever)
+    start = time.perf_counter()
+    history = training.train([data], model_dir, config, verbose=0)
+    seconds = time.perf_counter() - start
+    estimator = distance.LearnedDistance(model_dir).fit(data)
+    return {"lever": lever, "what": LEVERS[lever][0], "training": SUPERVISION,
+            "budget_seconds": args.budget_seconds,
+            "epochs": len(history.get("loss", [])), "train_seconds": seconds,
+            "best_val_loss": float(np.nanmin(history.get("val_loss", [math.nan]))),
+            **first_guess(args, data, estimator)}
+
+
+def run_baseline(args: argparse.Namespace, data_path: Path) -> dict[str, Any]:
+    """The Euclidean baseline through the same first guess."""
+    from cryoem import datasets, distance
+
+    data = datasets.load(data_path)
+    start = time.perf_counter()
+    estimator = distance.EuclideanDistance(seed=args.seed).fit(data)
+    return {"lever": "euclidean", "what": "pixel distance, isotonic fit (no network)",
+            "training": "fitted on the training split's true orientations",
+            "epochs": None, "budget_seconds": None, "train_seconds": time.perf_counter() - start,
+            **first_guess(args, data, estimator)}
+
+
+COLUMNS = [
+    Column("lever", lambda r: r["lever"], ""),
+    Column("epochs", lambda r: r.get("epochs"), ""),
+    Column("train s", lambda r: r.get("train_seconds"), ".0f"),
+    Column("L_DE", lambda r: r.get("l_de"), ".3f"),
+    Column("E_OR O(4)", lambda r: r.get("e_or_o4"), ".3f"),
+    Column("E_OR frame", lambda r: r.get("e_or_frame"), ".3f"),
+    Column("confidence", lambda r: r.get("frame_confidence"), ".1f"),
+]
+
+
+def markdown(data: dict[str, Any]) -> list[str]:
+    """The README's table of this JSON."""
+    config = data.get("config") or {}
+    rows = data.get("rows") or []
+    shift = config.get("max_shift", 0)
+    lines = [f"{config.get('protein', '?')}, L = {config.get('size')} px, SNR "
+             f"{snr_label(config.get('snr', math.inf))}, shifts ≤ {shift:g} px, "
+             f"{config.get('test_size')} test images; every model trained for its budget "
+             f"(wall clock, this machine), {SUPERVISION}. E_OR in rad: "
+             "O(4) after recovery (the paper's metric), physical after the frame step.", "",
+             "| lever | what | budget s | epochs | train s | L_DE (rad²) | E_OR O(4) | E_OR after frame "
+             "(median) | frame confidence | stale |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("status") == "failed":
+            lines.append(f"| {r.get('lever')} | failed: {r.get('reason')} ||||||||")
+            continue
+        lines.append(
+            f"| {r['lever']} | {r['what']} | {harness.cell(r.get('budget_seconds'), '.0f')} | "
+            f"{r.get('epochs') or '—'} | "
+            f"{harness.cell(r.get('train_seconds'), '.0f')} | {harness.cell(r['l_de'], '.3f')} | "
+            f"{harness.cell(r['e_or_o4'], '.3f')} | {harness.cell(r['e_or_frame'], '.3f')} "
+            f"({harness.cell(r['e_or_frame_median'], '.3f')}) | "
+            f"{harness.cell(r['frame_confidence'], '.1f')} | "
+            f"{'stale' if r.get('stale') else ''} |")
+    return lines
+
+
+def same_data(row: dict[str, Any], common: dict[str, Any]) -> bool:
+    """Whether a previous row measured the same data and scoring (any lever, any budget)."""
+    settings = (row.get("scenario") or {}).get("settings") or {}
+    ignored = ("lever", "budget_seconds")
+    return ({k: v for k, v in settings.items() if k not in ignored}
+            == {k: v for k, v in common.items() if k not in ignored})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    threads = harness.apply_threads(args.threads)
+    data_path, _ = harness.dataset(
+        args.work_dir / "data", volume=args.protein, size=args.size,
+        n_projections=args.n_projections, test_size=args.test_size, snr=args.snr,
+        max_shift=args.max_shift, seed=args.seed)
+    common = {k: getattr(args, k) for k in (
+        "protein", "size", "n_projections", "test_size", "snr", "max_shift", "budget_seconds",
+        "steps_per_epoch", "batch_size", "recovery_steps", "seed")}
+    rows: list[dict[str, Any]] = []
+    config = {**common, "levers": args.levers}
+    with Harness("distance_ablation", args.out, config=config, threads=threads,
+                 fresh=args.fresh, reuse_stale=args.reuse_stale) as bench:
+        previous = {(r["lever"], r.get("budget_seconds")): r
+                    for r in bench.previous().get("rows", []) if same_data(r, common)}
+        for lever in args.levers:
+            settings = {**common, "lever": LEVERS.get(lever, (None, {}))[1]}
+            model_dir = args.work_dir / "models" / harness.settings_key(lever, settings)
+            run = ((lambda: run_baseline(args, data_path)) if lever in BASELINES else
+                   (lambda lv=lever, m=model_dir: run_lever(args, data_path, lv, m)))
+            rows.append(bench.run(Scenario(lever, settings, run)))
+            previous.pop((lever, args.budget_seconds), None)
+            bench.write({"rows": rows + list(previous.values())})
+        print(harness.table(rows, COLUMNS))
+        print(f"wrote {args.out}")
+        return 1 if bench.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
