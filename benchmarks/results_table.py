@@ -597,6 +597,13 @@ def particles_rows(data: dict[str, Any]) -> list[str]:
             table(rows)]
 
 
+def ablation_rows(data: dict[str, Any]) -> list[str]:
+    """The learned distance at low SNR: what each lever gave (``benchmarks/distance_ablation.py``)."""
+    from distance_ablation import markdown
+
+    return markdown(data)
+
+
 def scale_rows(data: dict[str, Any]) -> list[str]:
     """Beyond one machine: the table and projection ``benchmarks/scale.py`` writes."""
     from scale import markdown
@@ -627,6 +634,8 @@ SECTIONS: list[Section] = [
             "generalisation.json", generalisation_rows),
     Section("Preferred views", "preferred_views.py", "preferred_views.json",
             preferred_views_rows, "preferred-views-coverage.png"),
+    Section("The learned distance at low SNR: levers", "distance_ablation.py",
+            "distance_ablation.json", ablation_rows),
     Section("Projection", "projection.py", "projection.json", projection_rows),
     Section("Distance learning", "distance_learning.py", "distance_learning.json", distance_rows),
     Section("Orientation recovery", "orientation_recovery.py", "orientation_recovery.json",

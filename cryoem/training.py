@@ -339,6 +339,8 @@ def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
                                                          profile_batch=0))
     if config.max_seconds is not None:
         all_callbacks.append(_TimeBudget(config.max_seconds))
+    if isinstance(train_data, RenderedBatches):
+        all_callbacks.append(_SyncEpoch(train_data))
     history = model.fit(train_data, validation_data=val_data, epochs=config.epochs,
                         callbacks=[*all_callbacks, *callbacks], verbose=verbose)
     return {key: [float(v) for v in values] for key, values in history.history.items()}
@@ -399,6 +401,18 @@ def _clear_run(out: Path) -> None:
     for name in (MODEL_FILE, "best.json", "history.csv", CONFIG_FILE):
         (out / name).unlink(missing_ok=True)
     shutil.rmtree(out / "logs", ignore_errors=True)
+
+
+class _SyncEpoch(keras.callbacks.Callback):
+    """Give the rendered batches Keras's epoch number: a resumed run then draws its data, and
+    follows its curriculum, from the epoch where it stopped instead of from epoch 0."""
+
+    def __init__(self, batches: RenderedBatches) -> None:
+        super().__init__()
+        self.batches = batches
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        self.batches.epoch = epoch
 
 
 class _TimeBudget(keras.callbacks.Callback):

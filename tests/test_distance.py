@@ -1,6 +1,7 @@
 """Phase 1: the distance estimators against each other and the Siamese network's training."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -295,6 +296,40 @@ def test_fixed_mode_and_cli(small_dataset, tmp_path, capsys):
     assert cli.main(["distances", str(small_dataset.path), "--estimator", "learned",
                      "--out", str(tmp_path / "x.h5")]) == 2
     assert "needs a trained model" in capsys.readouterr().err
+
+
+def test_a_resumed_training_draws_from_the_epoch_where_it_stopped(small_dataset, tmp_path,
+                                                                   monkeypatch):
+    """Interrupted after epoch 1, the rerun renders epoch 2's data (and curriculum), not epoch 0's."""
+    drawn = []
+    bounds = training.RenderedBatches.snr_bounds
+    monkeypatch.setattr(training.RenderedBatches, "snr_bounds",
+                        lambda self: drawn.append(self.epoch) or bounds(self))
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("interrupted")
+
+    config = training.TrainingConfig(width=0.25, epochs=3, steps_per_epoch=2, batch_size=16,
+                                     feature_dim=8, snr_range=(0.5, 0.5), snr_start=8.0,
+                                     curriculum_epochs=2)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        training.train([small_dataset], tmp_path, config, verbose=0, callbacks=[Interrupt()])
+    assert drawn.count(1) == 2  # epoch 1's two steps (Keras also peeks at a batch first)
+    drawn.clear()
+    training.train([small_dataset], tmp_path, config, verbose=0)
+    assert drawn.count(2) == 2 and 1 not in drawn, drawn  # epoch 2's steps, nothing else trained
+
+
+def test_train_command_records_its_curriculum(small_dataset, tmp_path):
+    model = tmp_path / "model"
+    assert cli.main(["train", str(small_dataset.path), "--out", str(model), "--epochs", "1",
+                     "--steps-per-epoch", "2", "--batch-size", "16", "--width", "0.25",
+                     "--snr-range", "0.0625", "0.0625", "--curriculum", "16", "4"]) == 0
+    config = json.loads((model / "config.json").read_text())
+    assert (config["snr_start"], config["curriculum_epochs"]) == (16.0, 4)
+    assert config["snr_range"] == [0.0625, 0.0625]
 
 
 def test_scores():

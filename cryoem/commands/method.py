@@ -102,6 +102,10 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--snr-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                         help="rendered mode: SNR drawn log-uniformly in [LO, HI] per image "
                              "(default: the dataset's SNR, noiseless if it has none)")
+    parser.add_argument("--curriculum", type=float, nargs=2, default=None,
+                        metavar=("SNR_START", "EPOCHS"),
+                        help="rendered mode: the SNR starts at SNR_START and falls geometrically "
+                             "to --snr-range over EPOCHS epochs (e.g. 16 8 for noisy data)")
     parser.add_argument("--max-shift", type=float, default=None, metavar="PX",
                         help="rendered mode: shifts within ±PX (default: the dataset's)")
     parser.add_argument("--allow-reference-labels", action="store_true",
@@ -136,6 +140,8 @@ def run_train(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate, patience=args.patience, snr_range=snr_range,
         max_shift=args.max_shift if args.max_shift is not None else first.get("max_shift", 0.0),
         ctf=bool(first.get("ctf", False)), seed=args.seed,
+        snr_start=args.curriculum[0] if args.curriculum else None,
+        curriculum_epochs=int(args.curriculum[1]) if args.curriculum else 0,
     )
     start = time.perf_counter()
     history = training.train(data, args.out, config, overwrite=args.overwrite, strategy=strategy)
