@@ -21,7 +21,7 @@ step.  A lever is a set of ``TrainingConfig`` settings (``LEVERS``); each is a
 cached scenario of ``harness.py`` (same settings and commit: reused).  Training
 runs for a wall-clock budget, so keep the machine otherwise idle.
 
-    .venv/bin/python benchmarks/distance_ablation.py                  # every lever, ~40 min
+    .venv/bin/python benchmarks/distance_ablation.py                  # every lever, ~50 min
     .venv/bin/python benchmarks/distance_ablation.py --levers in32 curriculum --budget-seconds 900
     .venv/bin/python benchmarks/distance_ablation.py --quick          # tiny check
 """
@@ -147,7 +147,8 @@ def first_guess(args: argparse.Namespace, data: Any, estimator: Any) -> dict[str
 
 def run_lever(args: argparse.Namespace, data_path: Path, lever: str, model_dir: Path
               ) -> dict[str, Any]:
-    """Train the lever's model (fresh), then score its first guess."""
+    """Train the lever's model (fresh, or reuse a finished one: ``TRAINING_RECORD``), then
+    score its first guess."""
     from cryoem import datasets, distance, training
 
     data = datasets.load(data_path)
