@@ -3,7 +3,7 @@
 Particles that stick to the grid crowd their viewing directions around a few
 directions.  For each strength (``--fractions`` at ``--concentration`` κ, or
 ``--strengths FRACTION:KAPPA ...``), a dataset whose orientations follow
-``rotations.sample_preferred_view`` (a share ``fraction`` around ``--direction``,
+``sampling.sample_preferred_view`` (a share ``fraction`` around ``--direction``,
 von Mises–Fisher κ; the rest uniform; fraction 0 is the paper's uniform case) is
 generated once, then the pipeline's first guess runs on its test split: distances
 (``--estimator``; ``learned`` with ``--model``, default the shipped ``pretrained``

@@ -2,7 +2,8 @@
 
 One module per concern:
 
-* :mod:`cryoem.rotations` — quaternions, RELION Euler angles, distances, sampling, point groups
+* :mod:`cryoem.rotations` — quaternions, RELION Euler angles, distances, uniform sampling, point groups
+* :mod:`cryoem.sampling` — non-uniform distributions of orientations (Euler ranges, preferred views)
 * :mod:`cryoem.volumes` — density maps from MRC files, atomic models, built-in proteins, phantoms
 * :mod:`cryoem.projection` — the Fourier-slice projector, shifts, CTF and noise
 * :mod:`cryoem.datasets` — HDF5 datasets of projections with their ground truth

@@ -49,6 +49,7 @@ from numpy.typing import NDArray
 from . import __version__, projection, rotations
 from ._files import atomic_path, open_hdf5
 from ._progress import progress_bar
+from .sampling import sample as sample_orientations
 from .volumes import Volume
 
 __all__ = ["Dataset", "ImageChunks", "generate", "save", "load", "read_images", "split_indices", "FORMAT",
@@ -204,7 +205,7 @@ def generate(
 ) -> Path:
     """Simulate a dataset of projections of ``volume`` and write it to ``out``.
 
-    Orientations are drawn with :func:`cryoem.rotations.sample` (``sampling``
+    Orientations are drawn with :func:`cryoem.sampling.sample` (``sampling``
     mode), shifts from a triangular distribution within ``±max_shift`` pixels,
     CTF parameters from :func:`cryoem.projection.sample_ctf` when ``ctf``;
     then white noise at ``snr`` (variance of all clean pixels over noise
@@ -228,8 +229,8 @@ def generate(
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     streams = np.random.SeedSequence(seed).spawn(5)
     rng_orient, rng_shift, rng_ctf, rng_noise, rng_split = map(np.random.default_rng, streams)
-    orientations = rotations.sample(n_projections, sampling, seed=rng_orient,
-                                    **(sampling_options or {}))
+    orientations = sample_orientations(n_projections, sampling, seed=rng_orient,
+                                       **(sampling_options or {}))
     shifts = projection.sample_shifts(n_projections, max_shift, seed=rng_shift)
     ctf_params = projection.sample_ctf(n_projections, seed=rng_ctf) if ctf else None
     splits = split_indices(n_projections, split, seed=rng_split, test_size=test_size)

@@ -298,6 +298,8 @@ def run_all(out: str | os.PathLike, params: str | os.PathLike = "full",
 # ----------------------------------------------------------------------------
 
 
-# The site builder, re-exported (it lives in cryoem.publish).
-from .publish import (METHOD_HTML, PLOTLY_MIME, RESULTS_MD, build_site, convert_plotly_outputs, default_results,  # noqa: E402
-                   external_resources, plotly_html, plotly_js_path, results_page)
+# The site builder, re-exported (it lives in cryoem.publish and cryoem.site_pages).
+from .publish import (PLOTLY_MIME, build_site, convert_plotly_outputs, plotly_html,  # noqa: E402
+                      plotly_js_path)
+from .site_pages import (METHOD_HTML, RESULTS_MD, default_results, external_resources,  # noqa: E402
+                         results_page)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cryoem import alignment, commonlines, projection, recovery, rotations, volumes
+from cryoem import alignment, commonlines, projection, recovery, rotations, spectral, volumes
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_exact_orientations_up_to_o4_are_resolved(views, seed, transposed):
 def test_low_snr_still_picks_the_right_frame(views):
     images, q = views
     noisy, _ = projection.add_noise(images, 1 / 16, seed=2)
-    estimate = recovery.spectral_initialization(rotations.geodesic_distance_matrix(q))[0]
+    estimate = spectral.spectral_initialization(rotations.geodesic_distance_matrix(q))[0]
     clean = commonlines.resolve_frame(images, estimate)
     result = commonlines.resolve_frame(noisy, estimate)
     # The right (C, branch): same branch, C within the noise of the clean choice or its twin

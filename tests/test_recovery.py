@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cryoem import alignment, recovery, rotations
+from cryoem import alignment, recovery, rotations, spectral
 
 seeds = st.integers(0, 2**31 - 1)
 
@@ -89,7 +89,7 @@ def test_alignment_input_errors():
 @pytest.mark.parametrize("seed", [1, 2, 5, 7, 8])  # seeds where a naive decoder failed
 def test_spectral_initialisation_is_exact_on_exact_distances(seed):
     q = rotations.sample_uniform(200, seed=seed)
-    estimate, residual = recovery.spectral_initialization(rotations.geodesic_distance_matrix(q))
+    estimate, residual = spectral.spectral_initialization(rotations.geodesic_distance_matrix(q))
     assert residual < 1e-8
     assert alignment.align_o4(estimate, q).mean < 1e-5
 
@@ -98,8 +98,8 @@ def test_spectral_residual_flags_inconsistent_distances():
     q = rotations.sample_uniform(200, seed=8)
     rng = np.random.default_rng(0)
     noise = rng.uniform(0, np.pi, (200, 200))
-    _, residual = recovery.spectral_initialization((noise + noise.T) / 2)
-    _, clean = recovery.spectral_initialization(rotations.geodesic_distance_matrix(q))
+    _, residual = spectral.spectral_initialization((noise + noise.T) / 2)
+    _, clean = spectral.spectral_initialization(rotations.geodesic_distance_matrix(q))
     assert residual > 1e3 * max(clean, 1e-12) and residual > 0.01
 
 
@@ -145,8 +145,8 @@ def test_sampled_pairs_recover_exact_distances():
     targets = rotations.geodesic_distance(q[rows], q[cols])
     landmarks = np.arange(50)
     dense = rotations.geodesic_distance_matrix(q[landmarks])
-    start = recovery.spectral_initialization(dense)[0]
-    others = recovery.extend_to_points(start, rotations.geodesic_distance_matrix(q, q[landmarks]))
+    start = spectral.spectral_initialization(dense)[0]
+    others = spectral.extend_to_points(start, rotations.geodesic_distance_matrix(q, q[landmarks]))
     result = recovery.recover_pairs(400, rows, cols, targets, init=others, steps=200)
     assert alignment.align_o4(result.quaternions, q).mean < 1e-3
 
@@ -154,10 +154,10 @@ def test_sampled_pairs_recover_exact_distances():
 def test_extension_places_points_from_landmarks():
     q = rotations.sample_uniform(500, seed=14)
     landmarks = q[:30]
-    placed = recovery.extend_to_points(landmarks, rotations.geodesic_distance_matrix(q, landmarks))
+    placed = spectral.extend_to_points(landmarks, rotations.geodesic_distance_matrix(q, landmarks))
     np.testing.assert_allclose(rotations.geodesic_distance(placed, q), 0, atol=1e-5)
     with pytest.raises(ValueError):
-        recovery.extend_to_points(landmarks, np.zeros((5, 29)))
+        spectral.extend_to_points(landmarks, np.zeros((5, 29)))
 
 
 def test_recovery_input_errors():
