@@ -6,9 +6,12 @@ machine and the provenance (commit, command) that produced them.  The run
 folder is emptied first: nothing is reused.  ``--route ab-initio`` runs the same
 configuration (the same simulated particles, the same test split) with the first
 guess from the images alone instead of distances learned on the true map: the
-like-for-like comparison of the two routes.
+like-for-like comparison of the two routes.  ``--snr`` runs the same defaults on noisy
+particles (``pipeline_snr1_16.json`` for 1/16), with the training budget the pipeline picks for
+that SNR.
 
-    python benchmarks/pipeline.py [--route distances|ab-initio] [--out-dir DIR] [--json FILE]
+    python benchmarks/pipeline.py [--route distances|ab-initio] [--snr 1/16] [--out-dir DIR]
+                                  [--json FILE]
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import shutil
 import time
 from pathlib import Path
 
-from _common import machine_info, write_report  # noqa: E402
+from _common import machine_info, positive_snr, snr_tag, write_report  # noqa: E402
 
 GOAL_SECONDS = 15 * 60
 
@@ -30,22 +33,27 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--route", choices=pipeline.ROUTES, default=pipeline.PipelineConfig().route,
                         help="first-guess route (default: the pipeline's)")
+    parser.add_argument("--snr", type=positive_snr, default=float("inf"),
+                        help="the simulated particles' SNR (default: inf, the quick start's)")
     parser.add_argument("--out-dir", type=Path, default=None,
                         help="run folder, emptied first (default: data/benchmarks/pipeline, "
                              "or pipeline-ab-initio)")
     parser.add_argument("--json", type=Path, default=None,
-                        help="default: benchmarks/results/pipeline.json (the default route) or "
-                             "pipeline_ab_initio.json")
+                        help="default: benchmarks/results/pipeline.json (the default route), "
+                             "pipeline_ab_initio.json, pipeline_snr1_16.json, …")
     parser.add_argument("--images", type=Path, default=Path("images"),
                         help="where the README's two figures of the default run are copied")
     args = parser.parse_args(argv)
-    default = args.route == pipeline.PipelineConfig().route
-    suffix = "" if default else "-" + args.route
-    args.out_dir = args.out_dir or Path(f"data/benchmarks/pipeline{suffix}")
-    args.json = args.json or Path(f"benchmarks/results/pipeline{suffix.replace('-', '_')}.json")
+    noiseless = args.snr == float("inf")
+    default = args.route == pipeline.PipelineConfig().route and noiseless
+    parts = ([] if args.route == pipeline.PipelineConfig().route else [args.route]) + (
+        [] if noiseless else [f"snr{snr_tag(args.snr)}"])
+    args.out_dir = args.out_dir or Path("data/benchmarks/" + "-".join(["pipeline", *parts]))
+    args.json = args.json or Path("benchmarks/results/"
+                                  + "_".join(["pipeline", *parts]).replace("-", "_") + ".json")
     shutil.rmtree(args.out_dir, ignore_errors=True)
     start = time.perf_counter()
-    metrics = pipeline.run(pipeline.PipelineConfig(route=args.route), args.out_dir,
+    metrics = pipeline.run(pipeline.PipelineConfig(route=args.route, snr=args.snr), args.out_dir,
                            progress=False)
     wall = time.perf_counter() - start
     rows = [{"stage": stage, "seconds": seconds} for stage, seconds in metrics["timings_s"].items()]

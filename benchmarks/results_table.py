@@ -20,7 +20,8 @@ map say so, with what ``truth_used`` recorded.  A missing file is reported as
 not measured; figures the benchmarks draw into ``images/`` are referenced
 when they exist.  Nothing here reads the git checkout: the output depends on
 the JSON alone, so a test can check that the committed README block is
-reproduced.
+reproduced.  The cells and provenance lines are in ``table_cells.py``, the
+tables that compare with the paper and the peers in ``peer_tables.py``.
 
     python benchmarks/results_table.py [--root REPO] [--readme README.md]
 """
@@ -28,8 +29,6 @@ reproduced.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import re
 import sys
@@ -40,161 +39,16 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from _common import row_commit, stale_label  # noqa: E402
+from _common import row_commit  # noqa: E402
+from peer_tables import (common_lines_rows, generalisation_rows, paper_rows,  # noqa: E402
+                         particles_rows, preferred_views_rows)
+from table_cells import (SUPERVISED, _l_de, _load, _number, _snr, _stale_cells,  # noqa: E402
+                         _text, machine_line, provenance_lines, supervision_line)
 
 ROOT = HERE.parent
 RESULTS = Path("benchmarks") / "results"
 IMAGES = Path("images")
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-SUPERVISED = "supervised on the true map (the paper's setting, an upper bound)"
-
-
-def _load(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _number(value: Any, digits: int = 3, unit: str = "") -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "—"
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return f"{value:.{digits}f}{unit}"
-    return str(value)
-
-
-def _snr(value: Any) -> str:
-    """``∞``, ``1/16`` or ``2`` for an SNR stored as a number or the string ``"inf"``."""
-    try:
-        snr = float(value)
-    except (TypeError, ValueError):
-        return _number(value)
-    if math.isinf(snr):
-        return "∞"
-    return f"1/{1 / snr:g}" if 0 < snr < 1 else f"{snr:g}"
-
-
-def _percent(value: Any) -> str:
-    return _number(None if value is None else 100 * value, 0, " %")
-
-
-def _text(value: Any) -> str:
-    """Free text (a failure message) fit for one table cell."""
-    return "—" if not value else " ".join(str(value).split()).replace("|", "\\|")
-
-
-def _short(commit: str | None) -> str:
-    return f"`{commit[:7]}`" if commit else "not recorded"
-
-
-def _l_de(metrics: dict[str, Any]) -> str:
-    """L_DE on the test split, else the validation split's, labelled."""
-    if metrics.get("l_de_test") is not None:
-        return _number(metrics["l_de_test"])
-    value = metrics.get("l_de_val")
-    return "—" if value is None else f"{_number(value)} (val)"
-
-
-# ----------------------------------------------------------------------------
-# Provenance, machine and the use of the truth
-# ----------------------------------------------------------------------------
-def provenance_lines(data: dict[str, Any], script: str, relative: str) -> list[str]:
-    """Which commit and command produced a section's JSON, or that it is transcribed."""
-    rerun = f"`python benchmarks/{script}`"
-    transcribed = data.get("transcribed")
-    if transcribed:
-        first = transcribed.get("first_published")
-        return [f"**Stale**: transcribed from {transcribed.get('from')} at commit "
-                f"{_short(transcribed.get('commit'))}"
-                + (f" (first published at {_short(first)})"
-                   if first and first != transcribed.get("commit") else "")
-                + f"; {transcribed.get('note')}. Rerun: {rerun} → `{relative}`."]
-    provenance = data.get("provenance") or {}
-    commit = provenance.get("git_commit")
-    dirty = " (dirty: uncommitted code)" if provenance.get("git_dirty") else ""
-    command = _rerunnable(provenance.get("command"), script)
-    line = (f"Produced at commit {_short(commit)}{dirty} by `{command}` → `{relative}`.")
-    if not provenance:
-        line += " Its JSON predates provenance records: stale, commit unknown."
-    return [line]
-
-
-def _rerunnable(command: str | None, script: str) -> str:
-    """The recorded command as one reruns it from the repository's root.
-
-    Provenance records the script by name (``paper_table.py --snrs inf``); the table
-    prints ``python benchmarks/paper_table.py --snrs inf``.
-    """
-    if not command:
-        return f"python benchmarks/{script}"
-    first, _, rest = command.partition(" ")
-    if first.endswith(".py") and "/" not in first:
-        first = f"python benchmarks/{first}"
-    elif first.endswith(".py"):
-        first = f"python {first}"
-    return f"{first} {rest}".strip()
-
-
-def machine_line(data: dict[str, Any]) -> str:
-    """The machine the JSON recorded (processor, cores, memory, threads), or that it did not."""
-    machine = {**(data.get("machine") or {}),
-               **((data.get("provenance") or {}).get("machine") or {})}
-    if not machine:
-        return "Machine: not recorded."
-    parts = [str(machine.get("cpu_model") or machine.get("processor") or "CPU not recorded")]
-    if machine.get("available_cores") is not None:
-        parts.append(f"{machine['available_cores']} of {machine.get('cpu_count')} cores "
-                     "available")
-    if machine.get("memory_gb") is not None:
-        parts.append(f"{machine['memory_gb']:g} GB memory")
-    if machine.get("threads") is not None:
-        parts.append(f"{machine['threads']} threads")
-    return f"Machine: {', '.join(parts)}."
-
-
-def truth_text(truth_used: Any) -> str:
-    """``train read volume, orientations; …`` from a ``truth_used`` map."""
-    return "; ".join(f"{stage} read {', '.join(map(str, fields))}"
-                     for stage, fields in truth_used.items())
-
-
-def model_origin(model: Any, estimator: str | None = "learned") -> tuple[str, bool]:
-    """Where a distance model came from, and whether it was trained on this protein's map."""
-    if estimator not in (None, "learned"):
-        return f"{estimator} distances", False
-    if model in (None, "auto"):
-        return ("learned distances, the model the default pipeline trains on each SNR's "
-                "dataset", True)
-    if model == "pretrained":
-        return ("learned distances, the shipped general model (`pretrained`), trained on "
-                "other proteins", False)
-    run = re.search(r"runs/([^/]+)/model/?$", str(model))
-    per_protein = bool(run and "_learned" in run.group(1) and "_general" not in run.group(1))
-    return f"learned distances, the model `{model}`", per_protein
-
-
-def supervision_line(truth_used: Any, per_protein: bool) -> str | None:
-    """The label of a table whose distance model saw the truth (``truth_used`` when recorded)."""
-    if truth_used:
-        train = truth_used.get("train") or []
-        label = ("Distances " + SUPERVISED if "volume" in train else
-                 "Distances supervised on labelled training projections" if train else
-                 "Reads the truth other than for scoring")
-        return f"{label}: {truth_text(truth_used)} (`truth_used`)."
-    if truth_used == {}:
-        return "No stage read the truth other than for scoring (`truth_used` is empty)."
-    if per_protein:
-        return (f"Distances {SUPERVISED}: the model was trained on this protein's dataset "
-                "(`truth_used` not recorded).")
-    return None
-
-
-def _stale_cells(rows: list[dict[str, Any]], data: dict[str, Any]) -> list[str | None]:
-    commit = (data.get("provenance") or {}).get("git_commit")
-    return [stale_label(row, commit, bool(data.get("transcribed"))) for row in rows]
-
-
-# ----------------------------------------------------------------------------
-# Sections
-# ----------------------------------------------------------------------------
 def pipeline_rows(data: dict[str, Any]) -> list[str]:
     """The default ``cryoem pipeline`` run."""
     m = data["metrics"]
@@ -365,238 +219,6 @@ def refinement_rows(data: dict[str, Any]) -> list[str]:
     return lines
 
 
-def paper_rows(data: dict[str, Any]) -> list[str]:
-    """The paper's table regenerated, beside its own figures (``paper_table.markdown``)."""
-    import paper_table
-
-    return paper_table.markdown(data).rstrip("\n").splitlines()
-
-
-def _part(row: dict[str, Any], part: str, key: str, digits: int = 3, sub: str | None = None
-          ) -> str:
-    """A number of a common-lines row's part (``ours``, ``aspire``, ``oracle``), or its status."""
-    info = row.get(part) or {}
-    if info.get("status") != "ok":
-        return info.get("status") or "—"
-    value = info.get(key)
-    return _number(value.get(sub) if isinstance(value, dict) else value, digits)
-
-
-def _full_split_notes(row: dict[str, Any], snr: str, config: dict[str, Any]) -> list[str]:
-    """Notes below the common-lines table: failed parts, the pipeline on the whole test split."""
-    notes = [f"SNR {snr}, {part}: {info['status']} ({_text(info.get('reason'))})"
-             for part in ("ours", "aspire", "oracle")
-             if (info := row.get(part) or {}).get("status") not in (None, "ok")]
-    if pipeline := row.get("ours_pipeline_full_test_split"):
-        notes.append(
-            f"SNR {snr}, the default pipeline on its whole test split "
-            f"({config.get('test_size')} images): E_OR {_number(pipeline.get('e_or_rad'))} "
-            f"rad refined ({_number(pipeline.get('e_or_unrefined_rad'))} before), FSC 0.5 "
-            f"{_number(pipeline.get('resolution_fsc05_angstrom'), 1)} Å"
-            + (f", failed: {_text(pipeline['failed'])}" if pipeline.get("failed") else ""))
-    return notes
-
-
-def _like_for_like(rows: list[dict[str, Any]]) -> bool:
-    """Whether the rows carry both first guesses (``harness.py``'s common_lines.py)."""
-    return any("e_or_unrefined" in (row.get("aspire") or {}) for row in rows)
-
-
-def describe_model(model: dict[str, Any]) -> tuple[str, bool]:
-    """A model (``harness.model_info``): folder, mode, epochs and supervision; and whether it
-    was supervised on the test protein's true map."""
-    supervision = model.get("supervision") or "supervision not recorded"
-    return (f"`{model.get('dir')}` ({model.get('mode') or 'mode not recorded'} mode, "
-            f"{model.get('epochs_run') or 'unrecorded'} epochs: {supervision})",
-            supervision.startswith("supervised on the true map"))
-
-
-def _our_models(rows: list[dict[str, Any]]) -> tuple[list[str], bool]:
-    """Each model our rows used, with how its training used the truth (``model_info``)."""
-    models, supervised = {}, False
-    for row in rows:
-        model = (row.get("ours") or {}).get("model")
-        if isinstance(model, dict) and model.get("dir"):
-            models[model["dir"]], seen_truth = describe_model(model)
-            supervised |= seen_truth
-    return list(models.values()), supervised
-
-
-def common_lines_rows(data: dict[str, Any]) -> list[str]:
-    """Ours against ASPIRE's CLSyncVoting, by SNR: first guesses, then both refined alike."""
-    rows = data.get("rows") or []
-    if not _like_for_like(rows):
-        return _common_lines_legacy(data)
-    config, notes = data.get("config") or {}, data.get("notes") or {}
-    models, supervised = _our_models(rows)
-    lines = [f"The same {config.get('n_subset')} test images of {config.get('volume')} "
-             f"(L = {config.get('size')} px, shifts ≤ {_number(config.get('max_shift'), 0)} px) "
-             f"for both: {notes.get('like_for_like', 'like for like')}. Our distances: "
-             f"{config.get('estimator')}" + (f", {'; '.join(models)}" if models else "")
-             + f". E_OR: physical, mean (rad); FSC 0.5 against the ground truth (Å); seconds "
-             f"{notes.get('seconds', '')}; goal: {notes.get('goal', '—')}.", ""]
-    if supervised:
-        lines += [f"Our rows are {SUPERVISED}.", ""]
-    stale = _stale_cells(rows, data)
-    lines += ["| SNR | N | first guess: ours / ASPIRE | refined: ours / ASPIRE | ratio: first / "
-              "refined | ours s (with training) | ASPIRE s | FSC: ours / ASPIRE / true "
-              "orientations | goal |" + (" stale |" if any(stale) else ""),
-              "|---|---|---|---|---|---|---|---|---|" + ("---|" if any(stale) else "")]
-    notes_below = []
-    for row, label in zip(rows, stale):
-        comparison, snr = row.get("comparison") or {}, _snr(row.get("snr_label") or row.get("snr"))
-        met = comparison.get("goal_met")
-        with_training = _part(row, "ours", "seconds", 0, "total_with_training")
-        lines.append(
-            f"| {snr} | {row.get('n')} | {_part(row, 'ours', 'e_or_unrefined')} / "
-            f"{_part(row, 'aspire', 'e_or_unrefined')} | {_part(row, 'ours', 'e_or')} / "
-            f"{_part(row, 'aspire', 'e_or')} | "
-            f"{_number(comparison.get('ratio_e_or_first_guess'), 2, '×')} / "
-            f"{_number(comparison.get('ratio_e_or'), 2, '×')} | "
-            f"{_part(row, 'ours', 'seconds', 1, 'total')} ({with_training}) | "
-            f"{_part(row, 'aspire', 'seconds', 1, 'total')} | "
-            f"{_part(row, 'ours', 'resolution_fsc05_angstrom', 1)} / "
-            f"{_part(row, 'aspire', 'resolution_fsc05_angstrom', 1)} / "
-            f"{_part(row, 'oracle', 'resolution_fsc05_angstrom', 1)} | "
-            f"{'—' if met is None else ('met' if met else 'missed')} |"
-            + (f" {label or '—'} |" if any(stale) else ""))
-        notes_below += _full_split_notes(row, snr, config)
-    return lines + ([""] + [f"- {note}" for note in notes_below] if notes_below else [])
-
-
-def _common_lines_legacy(data: dict[str, Any]) -> list[str]:
-    """The published comparison before issue 13: ours refined against CLSyncVoting alone."""
-    config, notes = data.get("config") or {}, data.get("notes") or {}
-    origin, per_protein = model_origin(config.get("model"), config.get("estimator") or "learned")
-    lines = [f"The same {config.get('n_subset')} test images of {config.get('volume')} "
-             f"(L = {config.get('size')} px, shifts ≤ {_number(config.get('max_shift'), 0)} px) "
-             f"for both; ours: {origin}. Not like for like: ASPIRE's CLSyncVoting alone "
-             "(unrefined, zero shifts) against ours refined; ours s excludes training. E_OR: "
-             "physical, mean (rad); FSC 0.5 against the ground truth (Å); ratio = ours refined / "
-             f"ASPIRE unrefined; goal: {notes.get('goal', '—')}.", ""]
-    supervised = supervision_line(data.get("truth_used"), per_protein)
-    lines += [supervised, ""] if supervised else []
-    lines += ["| SNR | N | ours E_OR: frame → refined | ours s | ASPIRE E_OR (unrefined) | "
-              "ASPIRE s | ratio | FSC ours | FSC ASPIRE | FSC true orientations | goal |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    notes_below = []
-    for row in data.get("rows") or []:
-        comparison, snr = row.get("comparison") or {}, _snr(row.get("snr"))
-        met = comparison.get("goal_met")
-        lines.append(
-            f"| {snr} | {row.get('n')} | {_part(row, 'ours', 'e_or_unrefined')} → "
-            f"{_part(row, 'ours', 'e_or')} | {_part(row, 'ours', 'seconds', 1, 'total')} | "
-            f"{_part(row, 'aspire', 'e_or')} | {_part(row, 'aspire', 'seconds', 1, 'total')} | "
-            f"{_number(comparison.get('ratio_e_or'), 2, '×')} | "
-            f"{_part(row, 'ours', 'resolution_fsc05_angstrom', 1)} | "
-            f"{_part(row, 'aspire', 'resolution_fsc05_angstrom', 1)} | "
-            f"{_part(row, 'oracle', 'resolution_fsc05_angstrom', 1)} | "
-            f"{'—' if met is None else ('met' if met else 'missed')} |")
-        notes_below += _full_split_notes(row, snr, config)
-    return lines + ([""] + [f"- {note}" for note in notes_below] if notes_below else [])
-
-
-def _pipeline_seconds(row: dict[str, Any]) -> Any:
-    """A pipeline run's own stage time (not this call's), or the recorded total."""
-    timings = (row.get("metrics") or {}).get("timings_s")
-    return sum(timings.values()) if timings else row.get("pipeline_seconds")
-
-
-def _generalisation_truth(rows: list[dict[str, Any]]) -> str:
-    recorded = sorted({f"{row.get('model')}: {truth_text(truth)}" for row in rows
-                       if (truth := (row.get("metrics") or {}).get("truth_used"))})
-    if recorded:
-        return " Truth read other than for scoring (`truth_used`): " + "; ".join(recorded) + "."
-    return " The runs did not record which truth they read (`truth_used`)."
-
-
-def generalisation_rows(data: dict[str, Any]) -> list[str]:
-    """One general model, tested on proteins it never saw, against per-protein models."""
-    general, settings = data.get("general") or {}, data.get("settings") or {}
-    lines = []
-    if general:
-        proteins = general.get("proteins") or []
-        shipped = "shipped (`--model pretrained`)" if general.get("shipped") else "not shipped"
-        lines += [f"General model: trained on renders of {len(proteins)} built-in proteins "
-                  f"({', '.join(proteins)}); best validation loss "
-                  f"{_number(general.get('best_val_loss'))} at epoch {general.get('best_epoch')} "
-                  f"of {general.get('epochs_run')}; {shipped}.", ""]
-    rows = data.get("rows") or []
-    if not rows:
-        return lines + ["(no evaluation rows recorded yet)"]
-    stale = _stale_cells(rows, data)
-    lines += [f"Held-out proteins, whole pipeline with refinement; per-protein: a model trained on "
-              f"that protein for {settings.get('protein_epochs') or 'an unrecorded number of'} "
-              f"epochs, {SUPERVISED}.{_generalisation_truth(rows)} E_OR in rad, L_DE in rad² "
-              "(test split; “(val)”: only the validation split's was recorded), FSC 0.5 against "
-              "the ground truth in Å.", "",
-              "| protein | SNR | model | L_DE | E_OR O(4) | E_OR physical (frame) | E_OR refined | "
-              "FSC 0.5 | pipeline s | failed |" + (" stale |" if any(stale) else ""),
-              "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if any(stale) else "")]
-    for row, label in zip(rows, stale):
-        m = row.get("metrics") or {}
-        lines.append(
-            f"| {row.get('volume')} | {_snr(row.get('snr'))} | {row.get('model')} | "
-            f"{_l_de(m)} | {_number(m.get('e_or_o4_rad'))} | "
-            f"{_number(row.get('e_or_frame_rad'))} | {_number(row.get('e_or_refined_rad'))} | "
-            f"{_number(m.get('resolution_fsc05_angstrom'), 1)} | "
-            f"{_number(_pipeline_seconds(row), 0)} | "
-            f"{_text((row.get('failed') or '').split(' (')[0])} |"
-            + (f" {label or '—'} |" if any(stale) else ""))
-    return lines
-
-
-def preferred_views_rows(data: dict[str, Any]) -> list[str]:
-    """E_OR against the strength of a preferred view, with the sphere's coverage."""
-    s, info = data.get("settings") or {}, data.get("model")
-    model = f" (`{s.get('model')}`)" if s.get("estimator") == "learned" else ""
-    _, per_protein = model_origin(s.get("model"), s.get("estimator"))
-    if isinstance(info, dict) and info.get("dir"):
-        text, per_protein = describe_model(info)
-        model = f", {text}"
-    lines = [f"{s.get('volume')}, L = {s.get('size')} px, {s.get('n_projections')} projections "
-             f"({s.get('test_size')} recovered), SNR {_snr(s.get('snr'))}, shifts ≤ "
-             f"{_number(s.get('max_shift'), 0)} px; distances: {s.get('estimator')}{model}. "
-             "Strength: share of images around one direction at von Mises–Fisher κ; near: "
-             "share within the cluster radius; covered: share of the sphere seen (d or −d). "
-             "E_OR in rad.", ""]
-    supervised = supervision_line(data.get("truth_used"), per_protein)
-    lines += [supervised, ""] if supervised else []
-    rows = data.get("rows") or []
-    stale = _stale_cells(rows, data) if any(map(row_commit, rows)) else [None] * len(rows)
-    lines += ["| strength | near | covered | L_DE | E_OR O(4) | E_OR before frame | "
-              "E_OR after frame | in / outside cluster | frame confidence |"
-              + (" stale |" if any(stale) else ""),
-              "|---|---|---|---|---|---|---|---|---|" + ("---|" if any(stale) else "")]
-    for row, label in zip(rows, stale):
-        coverage = row.get("coverage") or {}
-        lines.append(
-            f"| {(row.get('strength') or {}).get('label')} | "
-            f"{_percent(coverage.get('share_near_direction'))} | "
-            f"{_percent(coverage.get('covered_fraction_antipodal'))} | "
-            f"{_number(row.get('l_de'))} | "
-            f"{_number(row.get('e_or_o4_rad'))} | {_number(row.get('e_or_before_frame_rad'))} | "
-            f"{_number(row.get('e_or_rad'))} | {_number(row.get('e_or_in_cluster_rad'))} / "
-            f"{_number(row.get('e_or_outside_cluster_rad'))} | "
-            f"{_number((row.get('frame') or {}).get('confidence'), 1)} |"
-            + (f" {label or '—'} |" if any(stale) else ""))
-    return lines
-
-
-def particles_rows(data: dict[str, Any]) -> list[str]:
-    """From particles alone: the table ``benchmarks/particles.py`` prints, with its setting."""
-    from particles import table
-
-    rows = data.get("rows") or []
-    settings = data.get("settings") or {}
-    truth = sorted({json.dumps(row.get("truth_used")) for row in rows if "truth_used" in row})
-    return [f"N simulated particles of {settings.get('size')} px per set (CTF, "
-            "shifts ≤ 2 px), given to `cryoem pipeline --particles` as a RELION STAR with no "
-            "angle or origin columns; scored only after the run. Ground truth read by the runs: "
-            f"{', '.join(truth) or '—'}. Half maps independent from a 30 Å start.", "",
-            table(rows)]
-
-
 def ablation_rows(data: dict[str, Any]) -> list[str]:
     """The learned distance at low SNR: what each lever gave (``benchmarks/distance_ablation.py``)."""
     from distance_ablation import markdown
@@ -625,6 +247,8 @@ SECTIONS: list[Section] = [
     Section("Default pipeline (`cryoem pipeline`)", "pipeline.py", "pipeline.json", pipeline_rows),
     Section("The same particles, ab-initio route (`cryoem pipeline --route ab-initio`)",
             "pipeline.py --route ab-initio", "pipeline_ab_initio.json", pipeline_rows),
+    Section("The default pipeline at SNR 1/16 (`cryoem pipeline --snr 0.0625`)",
+            "pipeline.py --snr 1/16", "pipeline_snr1_16.json", pipeline_rows),
     Section("From particles alone: a STAR without angles", "particles.py", "particles.json",
             particles_rows),
     Section("The paper's table, regenerated", "paper_table.py", "paper_table.json", paper_rows),
@@ -636,6 +260,10 @@ SECTIONS: list[Section] = [
             preferred_views_rows, "preferred-views-coverage.png"),
     Section("The learned distance at low SNR: levers", "distance_ablation.py",
             "distance_ablation.json", ablation_rows),
+    Section("The learned distance at low SNR, with shifts ≤ 2 px",
+            "distance_ablation.py --max-shift 2 --levers curriculum euclidean --budget-seconds "
+            "1800 --out benchmarks/results/distance_ablation_shifts.json",
+            "distance_ablation_shifts.json", ablation_rows),
     Section("Projection", "projection.py", "projection.json", projection_rows),
     Section("Distance learning", "distance_learning.py", "distance_learning.json", distance_rows),
     Section("Orientation recovery", "orientation_recovery.py", "orientation_recovery.json",

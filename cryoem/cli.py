@@ -29,6 +29,7 @@ __all__ = ["main", "build_parser"]
 def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     from .distance import ESTIMATORS
     from .pipeline import ROUTES, PipelineConfig
+    from .pipeline_first_guess import CURRICULUM_BELOW, TRAIN_SECONDS
 
     d = PipelineConfig()
     parser.add_argument("--volume", default=d.volume,
@@ -69,8 +70,11 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
                         help="with --particles: score against their reference poses (e.g. a "
                              "RELION refinement's angles); they are never used to estimate")
     parser.add_argument("--epochs", type=int, default=d.epochs, help="training epochs at most")
-    parser.add_argument("--train-seconds", type=float, default=d.train_seconds,
-                        help=f"training time budget (default: {d.train_seconds:.0f} s)")
+    parser.add_argument("--train-seconds", type=_seconds_or_auto, default=d.train_seconds,
+                        metavar="SECONDS|auto|none",
+                        help="training time budget; auto (default): {:.0f} s, {:.0f} s below SNR "
+                             "{:g}; none: the epochs alone".format(*TRAIN_SECONDS,
+                                                                   CURRICULUM_BELOW))
     parser.add_argument("--sigma2", type=float, default=d.sigma2, help="perturbed estimator's σ²")
     parser.add_argument("--steps", type=int, default=d.steps, help="recovery steps at most")
     parser.add_argument("--no-refine", action="store_true",
@@ -87,6 +91,15 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
                         help="output folder (default: data/pipeline); rerun to resume")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_dask_arg(parser)
+
+
+def _seconds_or_auto(text: str) -> float | str | None:
+    if text.lower() in ("auto", "none"):
+        return None if text.lower() == "none" else "auto"
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected seconds, `auto` or `none`, got {text}")
+    return value
 
 
 def _angstrom_or_none(text: str) -> float | None:

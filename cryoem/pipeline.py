@@ -89,7 +89,8 @@ class PipelineConfig:
     reference_poses: bool = False  # score against the particles' reference poses
     symmetry: str | None = None  # the particles' point group, as the user knows it (C1)
     epochs: int = 200
-    train_seconds: float | None = 300.0  # None: the epochs alone bound training
+    # s; "auto": longer below SNR 1 (pipeline_first_guess.training_budget); None: epochs alone
+    train_seconds: float | str | None = "auto"
     input_size: int | None = 32
     sigma2: float = 0.2
     steps: int = 2000

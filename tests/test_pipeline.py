@@ -113,6 +113,24 @@ def test_pipeline_command_prints_a_summary(tmp_path, capsys):
     assert "other parameters" in capsys.readouterr().err
 
 
+def test_the_training_budget_grows_as_the_snr_falls():
+    """`auto` trains longer below SNR 1; seconds and `none` (no budget) pass through the CLI."""
+    from cryoem.pipeline_first_guess import training_budget
+
+    noiseless, snr_1, snr_16 = (training_budget("auto", snr) for snr in (np.inf, 1.0, 1 / 16))
+    assert noiseless == snr_1 and snr_16 > snr_1 > 0
+    assert training_budget(600, 1 / 16) == 600 and training_budget(None, 1 / 16) is None
+    with pytest.raises(ValueError, match="train_seconds"):
+        training_budget(-5, 1.0)
+    parser = cli.build_parser()
+    for text, expected in (("auto", "auto"), ("none", None), ("600", 600.0)):
+        args = parser.parse_args(["pipeline", "--train-seconds", text])
+        assert args.train_seconds == expected
+    assert parser.parse_args(["pipeline"]).train_seconds == "auto"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["pipeline", "--train-seconds", "0"])
+
+
 @pytest.mark.parametrize("training", ["fixed", pytest.param("rendered", marks=pytest.mark.slow)])
 def test_the_learned_pipeline_end_to_end(training, tmp_path):
     """Train a tiny network, recover, refine, reconstruct: every key, and the truth it read."""
@@ -125,7 +143,7 @@ def test_the_learned_pipeline_end_to_end(training, tmp_path):
         metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(pipeline.METRIC_KEYS) <= set(metrics)
     assert (tmp_path / "model" / "model.keras").exists()
-    assert metrics["training"] == training
+    assert metrics["training"] == training and metrics["train_budget_s"] is None
     assert metrics["truth_used"] == {"train": pipeline.TRAINING_TRUTH[training]}
     assert "volume" in metrics["truth_used"]["train"] or training == "fixed"
     assert 0 <= metrics["l_de_test"] < 10 and metrics["e_or_o4_rad"] >= 0
