@@ -67,6 +67,9 @@ LEVERS: dict[str, tuple[str, dict[str, Any]]] = {
     "curriculum": ("32 px; training SNR falls from 16 to the data's over 8 epochs",
                    {"input_size": 32, "snr_start": 16.0, "curriculum_epochs": 8}),
     "wide": ("32 px, twice the filters", {"input_size": 32, "width": 2.0}),
+    "turns": ("the curriculum; each render also served turned by 90°, 180°, 270° (exact "
+              "labels, a quarter of the renders)",
+              {"input_size": 32, "snr_start": 16.0, "curriculum_epochs": 8, "turns": 4}),
 }
 BASELINES = ("euclidean",)
 SUPERVISION = ("rendered: images of the TRUE map at the data's SNR, with their true "

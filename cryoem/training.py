@@ -129,8 +129,12 @@ class RenderedBatches(keras.utils.PyDataset):
     SNR drawn log-uniformly in ``snr_range`` (relative to the clean images'
     signal variance, as in the datasets).  With ``snr_start`` (a curriculum),
     the SNR starts there and falls geometrically over ``curriculum_epochs``
-    epochs to ``snr_range`` (:meth:`snr_bounds`).  Everything derives from ``seed``
-    and the batch number: the same run draws the same data.  With
+    epochs to ``snr_range`` (:meth:`snr_bounds`).  With ``turns`` (2 or 4), each
+    rendered image also serves turned in-plane by the multiples of ``360°/turns``
+    (:func:`quarter_turn`, exact labels ``R_z(α)·R``), so a batch renders ``turns``
+    times fewer orientations; the noise is drawn per image, after the turn.
+    Everything derives from ``seed`` and the batch number: the same run draws
+    the same data.  With
     ``replicas``, a batch is ``replicas`` such batches of ``batch_size`` one
     after the other (each replica's slice, with its own near partners) and
     their targets (:func:`target_matrix`); ``batch_size`` attribute: the global batch.
@@ -142,8 +146,12 @@ class RenderedBatches(keras.utils.PyDataset):
                  snr_range: tuple[float, float] | None = None, max_shift: float = 0.0,
                  ctf: bool = False, near_angle: float = 0.5, seed: int = 0,
                  ctf_fraction: float = 1.0, replicas: int = 1,
-                 snr_start: float | None = None, curriculum_epochs: int = 0) -> None:
+                 snr_start: float | None = None, curriculum_epochs: int = 0,
+                 turns: int = 1) -> None:
         super().__init__()
+        if turns not in (1, 2, 4) or batch_size % turns:
+            raise ValueError(f"turns must be 1, 2 or 4 and divide the batch size {batch_size}, "
+                             f"got {turns}")
         if snr_start is not None and (snr_range is None or not snr_start > 0):
             raise ValueError(f"a curriculum (snr_start {snr_start}) needs snr_start > 0 and "
                              "an snr_range to end at")
@@ -166,6 +174,7 @@ class RenderedBatches(keras.utils.PyDataset):
         self.seed = seed
         self.snr_start = snr_start
         self.curriculum_epochs = curriculum_epochs
+        self.turns = turns
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -191,7 +200,7 @@ class RenderedBatches(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> tuple[NDArray, NDArray]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
         which = (self.epoch * self.steps + index) % len(self.volumes)
-        size = self.batch_size // self.replicas
+        size = self.batch_size // self.replicas // self.turns  # orientations rendered per replica
         n_far = size - size // 2
         slices = []
         for _ in range(self.replicas):
@@ -202,23 +211,55 @@ class RenderedBatches(keras.utils.PyDataset):
                                                rotations.axis_angle_to_quaternion(axes, angles))]
         q = rotations.canonical(np.concatenate(slices))
         shifts = projection.sample_shifts(len(q), self.max_shift, seed=rng)
-        images = projection.project(self.volumes[which], q,
-                                    shifts=shifts if self.max_shift > 0 else None,
-                                    pixel_size=self.pixel_sizes[which])
-        if self.ctf:
-            with_ctf = rng.random(len(q)) < self.ctf_fraction
-            if with_ctf.any():
-                images[with_ctf] = projection.project(
-                    self.volumes[which], q[with_ctf],
-                    shifts=shifts[with_ctf] if self.max_shift > 0 else None,
-                    ctf=projection.sample_ctf(int(with_ctf.sum()), seed=rng),
+        with_ctf = (rng.random(len(q)) < self.ctf_fraction if self.ctf
+                    else np.zeros(len(q), dtype=bool))
+        ctf = projection.sample_ctf(int(with_ctf.sum()), seed=rng) if with_ctf.any() else None
+        images = np.empty((len(q), *self.volumes[which].shape[1:]), dtype=np.float32)
+        for chosen, params in ((~with_ctf, None), (with_ctf, ctf)):  # one render per image
+            if chosen.any():
+                images[chosen] = projection.project(
+                    self.volumes[which], q[chosen],
+                    shifts=shifts[chosen] if self.max_shift > 0 else None, ctf=params,
                     pixel_size=self.pixel_sizes[which])
+        if self.turns > 1:
+            images, q = self._turned(images, q, size)
         bounds = self.snr_bounds()
         if bounds is not None:
             log_snr = rng.uniform(*np.log(bounds), len(q))
             sigma = np.sqrt(self.signal_variances[which] / np.exp(log_snr)).astype(np.float32)
             images += sigma[:, None, None] * rng.standard_normal(images.shape, dtype=np.float32)
         return images, target_matrix(q, self.groups[which], self.replicas)
+
+    def _turned(self, images: NDArray, q: NDArray, size: int) -> tuple[NDArray, NDArray]:
+        """Each replica's ``size`` images and their turned copies, kept within its slice."""
+        quarters = [k * 4 // self.turns for k in range(self.turns)]
+        parts = [(quarter_turn(images[r:r + size], k), quarter_turn_orientations(q[r:r + size], k))
+                 for r in range(0, len(q), size) for k in quarters]
+        return (np.concatenate([p[0] for p in parts]),
+                rotations.canonical(np.concatenate([p[1] for p in parts])))
+
+
+def quarter_turn(images: NDArray, quarters: int) -> NDArray:
+    """Images turned in-plane by ``quarters × 90°`` about their origin (pixel ``L // 2``).
+
+    The image of orientation ``R`` turned is, pixel for pixel, the image of
+    :func:`quarter_turn_orientations` ``(R, quarters)``; the row and column
+    that the turn brings across the box's edge are taken from the opposite edge
+    (background, for a particle inside its box).  By index, not interpolation:
+    exact.
+    """
+    size = images.shape[-1]
+    centre = size // 2
+    y, x = np.indices((size, size)) - centre
+    for _ in range(quarters % 4):
+        y, x = -x, y
+    return images[..., (centre + y) % size, (centre + x) % size]
+
+
+def quarter_turn_orientations(quaternions: NDArray, quarters: int) -> NDArray:
+    """``R_z(quarters × 90°) · R``: the orientations of the images :func:`quarter_turn` makes."""
+    turn = rotations.axis_angle_to_quaternion([0.0, 0.0, 1.0], quarters * np.pi / 2)
+    return rotations.multiply(turn, quaternions)
 
 
 # ----------------------------------------------------------------------------
@@ -242,6 +283,7 @@ class TrainingConfig:
     snr_range: tuple[float, float] | None = None
     snr_start: float | None = None  # a curriculum: the SNR falls from here to snr_range …
     curriculum_epochs: int = 0  # … over these epochs (RenderedBatches.snr_bounds)
+    turns: int = 1  # 2 or 4: each render also serves turned in-plane (RenderedBatches)
     max_shift: float = 0.0
     ctf: bool = False
     ctf_fraction: float = 1.0  # with ``ctf``: the share of training images given a CTF
@@ -348,6 +390,8 @@ def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
 
 def _training_batches(datasets: Sequence[Dataset], config: TrainingConfig) -> keras.utils.PyDataset:
     if config.mode == "fixed":
+        if config.turns != 1:
+            raise ValueError("turned copies (turns) are rendered: use the rendered mode")
         if config.symmetry == "mixed":
             raise ValueError("fixed mode pools the images under one point group: train on "
                              "datasets of one symmetry, or use the rendered mode")
@@ -369,6 +413,7 @@ def _training_batches(datasets: Sequence[Dataset], config: TrainingConfig) -> ke
         max_shift=config.max_shift, ctf=config.ctf, near_angle=config.near_angle,
         seed=config.seed, ctf_fraction=config.ctf_fraction, replicas=config.replicas,
         snr_start=config.snr_start, curriculum_epochs=config.curriculum_epochs,
+        turns=config.turns,
     )
 
 

@@ -186,6 +186,37 @@ def test_a_curriculum_lowers_the_noise_geometrically_to_the_data_snr(small_datas
         training.RenderedBatches(snr_range=None, snr_start=16.0, curriculum_epochs=4, **common)
 
 
+@pytest.mark.parametrize("quarters", [1, 2, 3])
+def test_a_quarter_turn_is_the_projection_of_the_turned_orientation(small_dataset, quarters):
+    """The turned image equals the projector's image at R_z(k·90°)·R (labels stay exact)."""
+    from cryoem import projection
+
+    q = rotations.sample_uniform(5, seed=3)
+    turned = training.quarter_turn(projection.project(small_dataset.volume, q), quarters)
+    reference = projection.project(small_dataset.volume,
+                                   training.quarter_turn_orientations(q, quarters))
+    scale = np.abs(reference).max()
+    np.testing.assert_allclose(turned, reference, atol=1e-4 * scale)
+    wrong = projection.project(small_dataset.volume,
+                               training.quarter_turn_orientations(q, -quarters))
+    assert quarters == 2 or np.abs(turned - wrong).max() > 0.1 * scale
+
+
+def test_turned_batches_serve_each_render_turned_with_exact_targets(small_dataset):
+    common = dict(volumes=[small_dataset.volume], pixel_sizes=[small_dataset.pixel_size],
+                  symmetries=["C1"], signal_variances=[small_dataset.attrs["signal_variance"]],
+                  batch_size=16, steps=2, seed=2, snr_range=None)
+    images, targets = training.RenderedBatches(turns=4, **common)[0]
+    assert images.shape[0] == targets.shape[0] == 16
+    base = images[:4]
+    for k in (1, 2, 3):  # copy k of image i sits at 4k + i, its orientation turned by k·90°
+        np.testing.assert_array_equal(images[4 * k:4 * k + 4], training.quarter_turn(base, k))
+        np.testing.assert_allclose(np.diag(targets[:4, 4 * k:4 * k + 4]),
+                                   min(k, 4 - k) * np.pi / 2, atol=1e-5)
+    with pytest.raises(ValueError, match="turns"):
+        training.RenderedBatches(turns=3, **common)
+
+
 # ---------------------------------------------------------------- training, saving, loading
 def untrained_l_de(data, config, indices):
     keras.utils.set_random_seed(config.seed)

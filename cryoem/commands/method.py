@@ -108,6 +108,10 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
                              "to --snr-range over EPOCHS epochs (e.g. 16 8 for noisy data)")
     parser.add_argument("--max-shift", type=float, default=None, metavar="PX",
                         help="rendered mode: shifts within ±PX (default: the dataset's)")
+    parser.add_argument("--turns", type=int, choices=(1, 2, 4), default=1,
+                        help="rendered mode: each rendered image also serves turned in-plane by "
+                             "the multiples of 360°/TURNS, with exact labels R_z(α)·R (fewer "
+                             "renders per batch)")
     parser.add_argument("--allow-reference-labels", action="store_true",
                         help="fixed mode: accept labels that are not a ground truth (e.g. the "
                              "angles of an imported RELION refinement)")
@@ -142,6 +146,7 @@ def run_train(args: argparse.Namespace) -> int:
         ctf=bool(first.get("ctf", False)), seed=args.seed,
         snr_start=args.curriculum[0] if args.curriculum else None,
         curriculum_epochs=int(args.curriculum[1]) if args.curriculum else 0,
+        turns=args.turns,
     )
     start = time.perf_counter()
     history = training.train(data, args.out, config, overwrite=args.overwrite, strategy=strategy)
