@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import scipy.fft
 from numpy.typing import ArrayLike, NDArray
 
 from . import distributed, projection, rotations, stacks
@@ -40,6 +41,11 @@ BACKENDS = ("finufft", "astra")
 _POINTS_PER_CALL = 2**22
 #: The fewest points worth a thread of their own in :func:`_adjoint`.
 _POINTS_PER_CHUNK = 2**18
+#: finufft's relative tolerance for the back-projections: far below any image's noise, and
+#: ~2x faster than 1e-9 (its spreading kernel is 7 points wide rather than 10).
+_ADJOINT_EPS = 1e-7
+#: Threads of the normal operator's FFTs (scipy.fft; NumPy's are single-threaded).
+_WORKERS = os.cpu_count() or 1
 
 
 @dataclass
@@ -62,9 +68,9 @@ class _Normal:
 
     def __call__(self, x: NDArray) -> NDArray:
         size = self.size
-        padded = np.zeros((2 * size,) * 3)
-        padded[:size, :size, :size] = x
-        out = np.fft.irfftn(np.fft.rfftn(padded) * self.spectrum, s=padded.shape, axes=(0, 1, 2))
+        padded = (2 * size,) * 3  # zero-padded by the transform itself
+        out = scipy.fft.irfftn(scipy.fft.rfftn(x, s=padded, workers=_WORKERS) * self.spectrum,
+                               s=padded, workers=_WORKERS)
         return out[:size, :size, :size] + self.regularization * x
 
 
@@ -155,7 +161,7 @@ def reconstruct(
     rhs, kernel = distributed.reduce_chunks(
         _back_project, pieces, client=client, desc="back-projecting",
         shared={"group": group, "pixel_size": pixel_size}, progress=progress)
-    kernel_spectrum = np.fft.rfftn(np.fft.ifftshift(kernel))
+    kernel_spectrum = scipy.fft.rfftn(np.fft.ifftshift(kernel), workers=_WORKERS)
     scale = float(kernel[size, size, size])  # the diagonal of AᴴWA (every voxel's is the same)
     lam = regularization * max(scale, 1e-12)
     operator = _Normal(kernel_spectrum, size, lam)
@@ -223,7 +229,7 @@ def _adjoint(points: NDArray, values: NDArray, shape: tuple[int, int, int]) -> N
         return finufft.nufft3d1(np.ascontiguousarray(part[:, 2]),
                                 np.ascontiguousarray(part[:, 1]),
                                 np.ascontiguousarray(part[:, 0]),
-                                values[edges[k]:edges[k + 1]], shape, eps=1e-9, isign=1,
+                                values[edges[k]:edges[k + 1]], shape, eps=_ADJOINT_EPS, isign=1,
                                 nthreads=1)
 
     out = np.zeros(shape)
