@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from cryoem import alignment, cli, datasets, projection, recovery, refinement, rotations, volumes
+from cryoem import (alignment, cli, datasets, matching, projection, recovery, refinement, rotations,
+                    volumes)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,8 @@ def test_refinement_improves_at_snr_one_quarter(problem):
 
 
 def test_the_global_pass_rescues_images_the_local_grid_cannot_reach():
-    """A quarter of the images 1.5 rad off: out of the local grid's reach, not the global one's."""
+    """A quarter of the images 1.5 rad off: out of the local grid's reach, not the global one's
+    (the first global passes', or the rescue's after the local iterations)."""
     volume = volumes.resolve("4ake", 32)
     q = rotations.sample_uniform(400, seed=7)
     images = projection.project(volume.data, q, pixel_size=volume.voxel_size)
@@ -51,15 +53,21 @@ def test_the_global_pass_rescues_images_the_local_grid_cannot_reach():
     start[far] = rotations.multiply(rotations.axis_angle_to_quaternion(
         rng.standard_normal((100, 3)), 1.5), q[far])
     options = dict(iterations=3, pixel_size=volume.voxel_size, seed=0)
-    local = refinement.refine(images, start, global_iterations=0, **options)
-    both = refinement.refine(images, start, global_iterations=2, **options)
+    local = refinement.refine(images, start, global_iterations=0, rescue_candidates=0, **options)
+    both = refinement.refine(images, start, global_iterations=2, rescue_candidates=0, **options)
+    rescued = refinement.refine(images, start, global_iterations=0, **options)
     errors_local = alignment.align_physical(local.quaternions, q).errors
     errors_both = alignment.align_physical(both.quaternions, q).errors
+    errors_rescued = alignment.align_physical(rescued.quaternions, q).errors
     assert np.median(errors_local[far]) > 0.8  # stuck
     assert np.median(errors_both[far]) < 0.1  # found from the whole of SO(3)
+    assert np.median(errors_rescued[far]) < 0.1
     near = np.setdiff1d(np.arange(400), far)
     assert np.median(errors_both[near]) < 0.05  # and the others stayed
+    assert np.median(errors_rescued[near]) < 0.05
     assert [entry["global"] for entry in both.history[:2]] == [1.0, 1.0]
+    assert [entry["rescue"] for entry in rescued.history].count(1.0) == 1
+    assert not any(entry["rescue"] for entry in local.history)
 
 
 def test_the_halves_never_see_each_other(problem, monkeypatch):
@@ -144,7 +152,7 @@ def test_noisy_halves_in_one_frame_are_not_turned():
 
 
 def test_candidates_and_errors():
-    offsets = refinement.candidate_offsets(0.3, n_axes=10, n_radii=2)
+    offsets = matching.candidate_offsets(0.3, n_axes=10, n_radii=2)
     assert len(offsets) == 21
     angles = rotations.geodesic_distance(offsets, [1.0, 0, 0, 0])
     np.testing.assert_allclose(np.sort(np.unique(np.round(angles, 9))), [0, 0.15, 0.3])
