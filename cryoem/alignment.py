@@ -189,8 +189,8 @@ def align_o4(estimated: ArrayLike, true: ArrayLike, symmetry: str = "C1", restar
 
     Alternates the per-point signs ``s_i = sign<q̂_i, T q_i>`` (and symmetry
     mates) and the 4D orthogonal Procrustes for ``T``, reweighted towards the
-    mean geodesic error, from the identity and ``restarts`` random starts,
-    keeping the lowest mean error.
+    mean geodesic error, from the physical optimum, the conjugation, the identity and
+    ``restarts`` random starts, keeping the lowest mean error.
     """
     est, ref = _check_pair(estimated, true)
     mates = rotations.multiply(ref[:, None, :], rotations.point_group(symmetry))
@@ -202,7 +202,10 @@ def align_o4(estimated: ArrayLike, true: ArrayLike, symmetry: str = "C1", restar
     as_o4 = rotations.multiply(np.eye(4), physical.transform).T  # q -> q·a as a matrix
     if physical.flipped:
         as_o4 = as_o4 @ np.diag([1.0, -1.0, -1.0, 1.0])
-    for t in [as_o4] + _starts(len(mates[0]), restarts, rng, 4):
+    # O(4) has two components: the random starts may all stay in the rotations' one, so the
+    # conjugation q -> q̄ (R -> Rᵀ, the other branch distances cannot tell) starts too.
+    conjugation = np.diag([1.0, -1.0, -1.0, -1.0])
+    for t in [as_o4, conjugation] + _starts(len(mates[0]), restarts, rng, 4):
         weights = np.ones(len(est))
         for _ in range(iterations):
             chosen = _closest_mates(est, mates, lambda m: m @ t.T)

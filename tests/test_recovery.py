@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from cryoem import alignment, recovery, rotations, spectral
@@ -31,6 +31,7 @@ def test_physical_metric_is_blind_to_a_volume_rotation_and_the_handedness(seed, 
 
 @settings(max_examples=25, deadline=None)
 @given(seeds)
+@example(30330)  # the random starts alone missed the conjugation here (1.40 rad)
 def test_physical_metric_sees_what_distances_cannot(seed):
     """A left factor (q → b·q) or the transposed branch keeps all distances but is wrong."""
     q = rotations.sample_uniform(200, seed=seed)
