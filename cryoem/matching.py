@@ -161,7 +161,8 @@ def local_match(reference: NDArray, images_spectra: NDArray, q: FloatArray, shif
     fine = _OVERSAMPLING * size
     layout = (np.mod(band.kv, fine).astype(np.int64), band.ku.astype(np.int64))
     window = int(np.ceil(max_shift * _OVERSAMPLING))
-    keep = np.r_[0:window + 1, fine - window:fine]
+    # In spatial order (-window … window): the parabola needs each sample's true neighbours.
+    keep = np.r_[fine - window:fine, 0:window + 1]
     evaluator = projection._SliceEvaluator(reference, precision="single")
     n, k = len(q), len(offsets)
     best_q, best_shift, best_score = np.empty((n, 4)), np.empty((n, 2)), np.empty(n)

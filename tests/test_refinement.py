@@ -196,3 +196,21 @@ def test_refine_command(tmp_path, capsys):
     assert cli.main(["reconstruct", str(data_path), "--orientations", str(out), "--out",
                      str(tmp_path / "m.mrc"), "--quiet"]) == 0
     assert "estimated shifts" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("start_offset", [0.0, 0.25, -0.25])
+def test_local_match_finds_sub_pixel_shifts(problem, start_offset):
+    """Against the true map at the true orientations, the shift search lands on the
+    projector's sub-pixel shift, from the truth and from half a grid step (0.25 px) away:
+    the parabola through the correlation's peak must use the peak's spatial neighbours."""
+    phantom = volumes.gaussian_phantom(32, n_blobs=8, sigma=1.8, seed=4)
+    images, q, shifts, _ = problem
+    band = matching.Band(32, 15.0)
+    spectra = np.fft.rfft2(np.fft.ifftshift(images[:40], axes=(-2, -1)))[:, band.mask]
+    start = np.round(shifts[:40] * 2) / 2 + start_offset  # on the half-pixel grid, then off it
+    identity = np.array([[1.0, 0.0, 0.0, 0.0]])
+    found = start
+    for _ in range(3):
+        _, found, _ = matching.local_match(phantom.data, spectra, q[:40], found, None, band,
+                                           identity, 2.0, 16)
+    assert np.max(np.abs(found - shifts[:40])) < 0.05
