@@ -270,7 +270,7 @@ def _final(run: _Run) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
 
 
 def _reconstruct(run: _Run) -> None:
-    from . import gold_standard, plots, reconstruction, resolution, volumes
+    from . import gold_standard, plots, reconstruction, recovery, resolution, volumes
 
     data = run.data(images=False)
     q, indices, shifts = _final(run)
@@ -278,6 +278,9 @@ def _reconstruct(run: _Run) -> None:
     images = run.images(indices)
     options = dict(ctf=run.ctf(data, indices, "reconstruct"), pixel_size=data.pixel_size,
                    symmetry=symmetry, client=run.client, progress=run.progress)
+    q = _into_symmetry_frame(run, images, q, shifts, options)
+    # What the maps are made from, and what the export writes.
+    recovery.save_orientations(run.path(_OUTPUT_POSES), q, indices, shifts=shifts)
     # The outputs a user gets: in the estimate's own frame, as the RELION export.
     maps = {"map.mrc": reconstruction.reconstruct(images, q, shifts=shifts, **options)}
     first, second, _ = reconstruction.half_maps(images, q, seed=run.config.seed, shifts=shifts,
@@ -344,12 +347,41 @@ def _fsc_figure(curves: dict[str, Any], halves: Any) -> Any:
     return fig
 
 
+def _into_symmetry_frame(run: _Run, images: Any, q: np.ndarray, shifts: np.ndarray | None,
+                         options: dict[str, Any]) -> np.ndarray:
+    """The orientations turned so that the map's symmetry axes lie on the point group's
+    (:mod:`cryoem.symmetry_frame`); unchanged for C1.  Imposing a group about axes the
+    particle does not have would average the map with turned copies of itself: estimated
+    orientations are in a frame of their own."""
+    from . import reconstruction, rotations, symmetry_frame
+
+    order = len(rotations.point_group(options["symmetry"]))
+    if order == 1:
+        return q
+    asymmetric = reconstruction.reconstruct(images, q, shifts=shifts,
+                                            **{**options, "symmetry": "C1"})
+    frame = symmetry_frame.find_symmetry_frame(asymmetric.data, options["symmetry"],
+                                               seed=run.config.seed)
+    run.metrics["symmetry_frame"] = {
+        "symmetry": options["symmetry"], "group_order": order,
+        "turn_rad": frame.angle, "symmetry_score": frame.score,
+        "symmetry_score_unturned": frame.score_before}
+    return symmetry_frame.turn_orientations(q, frame)
+
+
+_OUTPUT_POSES = "orientations_final.h5"
+
+
 def _export(run: _Run) -> None:
     """``relion/`` (a stack and STAR of the working images); with a STAR input, also
     ``particles.star``: the input's particles and columns, in its order, with the poses."""
-    from . import particles, relion
+    from . import particles, recovery, relion
 
-    q, indices, shifts = _final(run)
+    if run.path(_OUTPUT_POSES).exists():  # the poses the map was made from
+        q, indices, attrs = recovery.load_orientations(run.path(_OUTPUT_POSES))
+        shifts = attrs.get("shifts")
+    else:  # a run whose reconstruct stage predates that file
+        q, indices, shifts = _final(run)
     shifts = np.zeros((len(indices), 2)) if shifts is None else shifts
     data = run.data()
     relion.export_relion(data, run.path("relion"), orientations=q, indices=indices,
