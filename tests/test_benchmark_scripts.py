@@ -325,3 +325,27 @@ def test_scale_quick(tmp_path):
         if row["scheduler"] == "local:2":
             assert row["max_difference"] < 1e-4 and row["worker_peak_rss_mb"] > 0
     assert "ms/particle" in printed
+
+
+def test_the_refinement_diagnosis_splits_errors_into_in_and_out_of_plane(monkeypatch):
+    """refinement_limits.error_shape on hand-made errors: a turn about the viewing axis is
+    in-plane, one about an axis in the image plane is out of plane; a global rotation of the
+    whole estimate (its own frame) and a symmetry mate change nothing."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import refinement_limits
+
+    from cryoem import rotations
+
+    truth = rotations.sample_uniform(400, seed=2)
+    frame = rotations.sample_uniform(1, seed=3)[0]
+    for axis, part in (([0.0, 0.0, 1.0], "in_plane_rad"), ([1.0, 0.0, 0.0], "out_of_plane_rad")):
+        turned = rotations.multiply(rotations.axis_angle_to_quaternion(axis, 0.1), truth)
+        estimate = rotations.multiply(turned, frame)  # R_est = T·R·A: a frame of its own
+        mate = rotations.point_group("C2")[1]
+        estimate[::2] = rotations.multiply(estimate[::2], rotations.multiply(
+            rotations.conjugate(frame), rotations.multiply(mate, frame)))
+        shape = refinement_limits.error_shape(estimate, truth, "C2")
+        assert shape["e_or_rad"] == pytest.approx(0.1, abs=2e-3)
+        assert shape[part] == pytest.approx(0.1, abs=2e-3)
+        other = "out_of_plane_rad" if part == "in_plane_rad" else "in_plane_rad"
+        assert shape[other] < 5e-3
