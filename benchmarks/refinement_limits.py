@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import h5py
 
-    from cryoem import datasets, scoring, symmetry_frame
+    from cryoem import alignment, datasets, rotations, scoring, symmetry_frame
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, required=True,
@@ -154,13 +154,16 @@ def main(argv: list[str] | None = None) -> None:
     metrics = json.loads((run / "metrics.json").read_text())
     n = min(args.n, len(estimate) // 4)
     images = np.asarray(data.projections[:n], dtype=np.float64)
+    # The true map lives in the truth's frame: the poses go there to be matched against it.
+    in_truth_frame = rotations.canonical(alignment.align_physical(
+        estimate, truth.orientations, args.symmetry).to_truth_frame(estimate))
     row: dict[str, Any] = {
         "run": str(args.run), "symmetry": args.symmetry,
         "run_commit": metrics["provenance"]["git_commit"],
         "final": error_shape(estimate, truth.orientations, args.symmetry),
         "true_map_from_final_poses": dict(zip(("e_or_rad", "e_or_median_rad"), local_errors(
             np.asarray(truth.volume, dtype=np.float64), images, data.ctf[np.arange(n)],
-            data.pixel_size, estimate[:n], shifts[:n], truth.orientations[:n], args.symmetry,
+            data.pixel_size, in_truth_frame[:n], shifts[:n], truth.orientations[:n], args.symmetry,
             7)[-1])),
         "own_half_map": leave_out(data, estimate, shifts, truth.orientations, args.symmetry, n),
         "blind_last_iteration": {k: metrics["refinement_history"][-1][k]
