@@ -20,7 +20,8 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import alignment, rotations, scoring, volumes
 
-__all__ = ["SymmetryFrame", "find_symmetry_frame", "symmetry_score", "turn_orientations"]
+__all__ = ["SymmetryFrame", "find_symmetry_frame", "generators", "symmetry_score",
+           "turn_orientations"]
 
 FloatArray = NDArray[np.float64]
 
