@@ -94,10 +94,8 @@ def frame_between(fixed: NDArray, moving: NDArray) -> "alignment.Alignment":
     scale = float(np.linalg.norm(unturned - unturned.mean())) or 1.0
 
     def fit(vector: FloatArray) -> alignment.Alignment:
-        angle = float(np.linalg.norm(vector))
-        axis = vector / angle if angle > 0 else np.array([0.0, 0.0, 1.0])
         return alignment.Alignment(np.zeros(0), "physical",
-                                   rotations.axis_angle_to_quaternion(axis, angle))
+                                   rotations.rotation_vector_to_quaternion(vector))
 
     def loss(vector: FloatArray) -> float:
         turned = (scoring.rotate_map(source, fit(vector), order=3) * mask).ravel()

@@ -63,6 +63,7 @@ __all__ = [
     "normalize",
     "multiply",
     "conjugate",
+    "rotation_vector_to_quaternion",
     "quaternion_to_matrix",
     "matrix_to_quaternion",
     "euler_to_matrix",
@@ -137,6 +138,14 @@ def axis_angle_to_quaternion(axis: ArrayLike, angle: ArrayLike) -> FloatArray:
     half = 0.5 * np.broadcast_to(angle, shape)[..., None]
     axis = np.broadcast_to(axis, shape + (3,))
     return np.concatenate([np.cos(half), np.sin(half) * axis], axis=-1)
+
+
+def rotation_vector_to_quaternion(vector: ArrayLike) -> FloatArray:
+    """Quaternion of the rotation by ``|vector|`` radians about ``vector`` (the identity for 0)."""
+    vector = np.asarray(vector, dtype=np.float64)
+    angle = float(np.linalg.norm(vector))
+    axis = vector / angle if angle > 0 else np.array([0.0, 0.0, 1.0])
+    return axis_angle_to_quaternion(axis, angle)
 
 
 def quaternion_to_matrix(q: ArrayLike) -> FloatArray:

@@ -13,6 +13,7 @@ them has its axes where the group expects them.  The axes must pass through the 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,8 +57,14 @@ def generators(symmetry: str) -> FloatArray:
     """A few elements of the group whose products give all of it (quaternions ``(k, 4)``).
 
     Invariance under these is invariance under the group; one map turn per generator is
-    what the search costs (not one per element: 60 for ``I``).
+    what the search costs (not one per element: 60 for ``I``).  Found once per group (the
+    search scores thousands of turns); the array returned is read-only.
     """
+    return _generators(symmetry.strip().upper())
+
+
+@functools.lru_cache(maxsize=None)
+def _generators(symmetry: str) -> FloatArray:
     group = rotations.point_group(symmetry)
     chosen: list[FloatArray] = []
     reached = rotations.canonical(np.array([[1.0, 0.0, 0.0, 0.0]]))
@@ -69,7 +76,9 @@ def generators(symmetry: str) -> FloatArray:
         reached = _closure(np.array(chosen))
         if len(reached) == len(group):
             break
-    return np.array(chosen).reshape(-1, 4)
+    found = np.array(chosen).reshape(-1, 4)
+    found.setflags(write=False)
+    return found
 
 
 def _contains(elements: FloatArray, q: FloatArray) -> bool:
@@ -155,9 +164,7 @@ def sampling_grid(candidates: int, seed: int) -> FloatArray:
 
 
 def _moved(start: FloatArray, vector: FloatArray) -> FloatArray:
-    angle = float(np.linalg.norm(vector))
-    axis = vector / angle if angle > 0 else np.array([0.0, 0.0, 1.0])
-    return rotations.multiply(rotations.axis_angle_to_quaternion(axis, angle), start)
+    return rotations.multiply(rotations.rotation_vector_to_quaternion(vector), start)
 
 
 def turn_orientations(orientations: ArrayLike, frame: SymmetryFrame) -> FloatArray:
