@@ -35,7 +35,7 @@ from . import distributed, projection, rotations, stacks
 from ._progress import progress_bar
 
 __all__ = ["Reconstruction", "reconstruct", "reconstruct_dataset", "half_maps", "split_halves",
-           "BACKENDS"]
+           "leave_group_out", "BACKENDS"]
 
 BACKENDS = ("finufft", "astra")
 _POINTS_PER_CALL = 2**22
@@ -153,20 +153,88 @@ def reconstruct(
     if backend != "finufft":
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
+    rhs, kernel = _normal_equations(images, matrices, shifts_arr, ctf, image_weights, group,
+                                    pixel_size, batch_size, client, progress)
+    x, residuals = _solve(rhs, kernel, regularization, iterations, tolerance, progress)
+    return Reconstruction(x.astype(np.float32), len(residuals), residuals, label)
+
+
+def leave_group_out(
+    images: ArrayLike,
+    orientations: ArrayLike,
+    groups: ArrayLike,
+    *,
+    shifts: ArrayLike | None = None,
+    ctf: "projection.CTFParameters | None" = None,
+    pixel_size: float = 1.0,
+    regularization: float = 1e-3,
+    iterations: int = 30,
+    tolerance: float = 1e-4,
+    client: Any = None,
+) -> tuple[Reconstruction, list[Reconstruction]]:
+    """The map from all images, and for each group ``g`` the map from every image outside it.
+
+    ``groups`` ``(N,)`` numbers the images' groups ``0 … K−1``.  Each group is back-projected
+    once; the map without group ``g`` solves the normal equations of the sum minus ``g``'s
+    share, so the ``K + 1`` maps cost one back-projection and ``K + 1`` conjugate-gradient
+    solves.  Matching an image against a map that does not hold it keeps the image's own noise
+    out of its reference (which otherwise holds it near where it was); the other arguments are
+    those of :func:`reconstruct`.
+    """
+    images = stacks.as_images(images)
+    matrices = projection._as_matrices(orientations)
+    labels = np.asarray(groups)
+    if labels.shape != (len(images),) or len(matrices) != len(images):
+        raise ValueError(f"{len(images)} images but {len(matrices)} orientations and "
+                         f"{labels.size} group labels")
+    shifts_arr = projection._check_shifts(shifts, len(images))
+    identity = np.eye(3)[None]
+    shares = []
+    for g in range(int(labels.max()) + 1):
+        chosen = np.flatnonzero(labels == g)
+        if len(chosen) == 0:
+            raise ValueError(f"group {g} of {labels.max() + 1} holds no image")
+        shares.append(_normal_equations(
+            stacks.take(images, chosen), matrices[chosen],
+            None if shifts_arr is None else shifts_arr[chosen],
+            None if ctf is None else ctf[chosen], np.ones(len(chosen)), identity, pixel_size,
+            None, client, False))
+    rhs, kernel = (sum(share[k] for share in shares) for k in (0, 1))
+
+    def solved(b: NDArray, h: NDArray) -> Reconstruction:
+        x, residuals = _solve(b, h, regularization, iterations, tolerance, False)
+        return Reconstruction(x.astype(np.float32), len(residuals), residuals)
+
+    return solved(rhs, kernel), [solved(rhs - b, kernel - h) for b, h in shares]
+
+
+def _normal_equations(images: "NDArray | stacks.ImageStack", matrices: NDArray,
+                      shifts: NDArray | None, ctf: "projection.CTFParameters | None",
+                      image_weights: NDArray, group: NDArray, pixel_size: float,
+                      batch_size: int | None, client: Any,
+                      progress: bool) -> tuple[NDArray, NDArray]:
+    """``Aᴴ W ŷ`` (on the ``L³`` grid) and the kernel of ``Aᴴ W A`` (on the ``(2L)³`` grid),
+    summed over chunks of images (as tasks on ``client``'s workers, if given)."""
+    size = images.shape[-1]
     batch = batch_size or max(1, _POINTS_PER_CALL // _plane(size).count)
     pieces = [(chunk, matrices[start:stop],
-               None if shifts_arr is None else shifts_arr[start:stop],
+               None if shifts is None else shifts[start:stop],
                None if ctf is None else ctf[start:stop], image_weights[start:stop])
               for start, stop, chunk in stacks.chunks(images, batch)]
-    rhs, kernel = distributed.reduce_chunks(
+    return distributed.reduce_chunks(
         _back_project, pieces, client=client, desc="back-projecting",
         shared={"group": group, "pixel_size": pixel_size}, progress=progress)
+
+
+def _solve(rhs: NDArray, kernel: NDArray, regularization: float, iterations: int,
+           tolerance: float, progress: bool) -> tuple[NDArray, list[float]]:
+    """The normal equations' solution by conjugate gradients, and the relative residuals."""
+    size = rhs.shape[0]
     kernel_spectrum = scipy.fft.rfftn(np.fft.ifftshift(kernel), workers=_WORKERS)
     scale = float(kernel[size, size, size])  # the diagonal of AᴴWA (every voxel's is the same)
     lam = regularization * max(scale, 1e-12)
-    operator = _Normal(kernel_spectrum, size, lam)
-    x, residuals = _conjugate_gradients(operator, rhs, iterations, tolerance, progress)
-    return Reconstruction(x.astype(np.float32), len(residuals), residuals, label)
+    return _conjugate_gradients(_Normal(kernel_spectrum, size, lam), rhs, iterations, tolerance,
+                                progress)
 
 
 def _back_project(piece: tuple, group: NDArray, pixel_size: float) -> tuple[NDArray, NDArray]:

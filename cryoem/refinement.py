@@ -92,6 +92,7 @@ def refine(
     rescue_radius: float = 12.0,
     rescue_iterations: int = 3,
     rescue_step: float = 0.06,
+    leave_out_groups: int = 0,
     batch: int = 64,
     chunk: int = 1024,
     client: Any = None,
@@ -186,6 +187,12 @@ def refine(
         rad: 98 images rescued, 1 sent astray).  It runs only when the half maps resolve
         the rescue's band (FSC 0.143 at ``rescue_radius`` pixels or beyond): against
         blurred maps the best of many orientations wins by chance.  ``0`` turns it off.
+    leave_out_groups
+        In the local iterations, split each half's images into this many random groups and
+        match each group against its half's map made without that group (one
+        back-projection and ``leave_out_groups + 1`` conjugate-gradient solves per half): an
+        image's own noise, which its half map holds, no longer pulls it toward where it
+        already is.  ``0``: every image against its whole half map.
     images
         An array, or a :class:`cryoem.stacks.ImageStack` read a chunk at a time.
     batch, chunk
@@ -212,6 +219,7 @@ def refine(
         raise ValueError(f"{n} images but {len(q)} orientations")
     current_shifts = np.zeros((n, 2)) if shifts is None else np.array(shifts, dtype=np.float64)
     halves = reconstruction.split_halves(n, seed)
+    groups = _groups(halves, leave_out_groups, seed)
     soft_iterations = -(-iterations // 3) if soft_iterations is None else soft_iterations
     soft_iterations += global_iterations  # counted from the first iteration
     iterations += global_iterations
@@ -284,14 +292,15 @@ def refine(
         searching_globally = kind in ("global", "rescue")
         soft = kind == "local" and iteration < soft_iterations
         turned = float("nan")
+        without: list[list[NDArray]] = [[], []]
         if from_start:
             maps = [start_map, start_map]
             band = Band(size, size * pixel_size / initial_resolution + 0.5)
             curve = None
         else:
-            maps, curve, turned = _half_references(
-                images, q, current_shifts, ctf, halves, pixel_size, regularization,
-                align_halves, client)
+            maps, without, curve, turned = _half_references(
+                images, q, current_shifts, ctf, halves, None if searching_globally else groups,
+                pixel_size, regularization, align_halves, client)
             below = np.flatnonzero(curve.values < resolution.THRESHOLD_HALF_MAPS)
             shell = curve.shells[below[0]] if len(below) else curve.shells[-1]
             radius = min(size / 2 - 1, max(6.0, 1.2 * shell + 2))
@@ -306,18 +315,17 @@ def refine(
         scores, correlations = np.empty(n), np.empty(n)
         common = {"band": band, "pixel_size": pixel_size, "offsets": candidate_offsets(step),
                   "max_shift": max_shift, "batch": batch}
-        for half in (0, 1):
-            chosen = np.flatnonzero(halves == half)
+        for half, chosen, reference in _matched_sets(halves, groups, maps, without):
             settings = ({**common, "grid": pass_grid, "reach": global_reach,
                          "keep_current": not from_start,
-                         "grid_slices": GridSlices(maps[half], band, pass_grid)}
+                         "grid_slices": GridSlices(reference, band, pass_grid)}
                         if searching_globally else {**common, "soft": soft})
             pieces = [(part, q[part], current_shifts[part],
                        None if ctf is None else ctf[part])
                       for part in np.array_split(chosen, max(1, -(-len(chosen) // chunk)))]
             results = distributed.map_chunks(
                 _match_piece, pieces, client=client, desc=f"matching half {half + 1}",
-                shared={"images": to_match, "reference": maps[half], "settings": settings})
+                shared={"images": to_match, "reference": reference, "settings": settings})
             for (part, *_), result in zip(pieces, results):
                 new_q[part], new_shifts[part], scores[part], correlations[part] = result
         new_shifts = np.clip(new_shifts, -max_shift_total, max_shift_total)
@@ -330,6 +338,7 @@ def refine(
                  "halfmap_fsc0143_angstrom": (float("nan") if curve is None else
                                               curve.resolution(resolution.THRESHOLD_HALF_MAPS)),
                  "band_radius_px": band.radius, "halves_turn_rad": turned,
+                 "left_out_groups": float(len(without[0])),
                  "mean_change_rad": moved, "mean_score": float(np.mean(scores)),
                  "seconds": time.perf_counter() - began}
         if callback is not None:
@@ -343,26 +352,73 @@ def refine(
     return RefinementResult(q, current_shifts, halves, history, correlations)
 
 
+def _groups(halves: NDArray[np.int64], count: int, seed: int) -> NDArray[np.int64] | None:
+    """Each image's leave-out group within its half (``count`` groups of near-equal size in
+    each half, drawn at random by ``seed``), or ``None`` when ``count`` is 0 or a half holds
+    fewer than two images per group."""
+    if count <= 0 or min(np.sum(halves == 0), np.sum(halves == 1)) < 2 * count:
+        return None
+    groups = np.empty(len(halves), dtype=np.int64)
+    rng = np.random.default_rng([seed, 3])
+    for half in (0, 1):
+        chosen = np.flatnonzero(halves == half)
+        groups[chosen] = rng.permutation(len(chosen)) % count
+    return groups
+
+
+def _matched_sets(halves: NDArray[np.int64], groups: NDArray[np.int64] | None,
+                  maps: list[NDArray], without: list[list[NDArray]]
+                  ) -> Iterator[tuple[int, NDArray[np.int64], NDArray]]:
+    """(half, image indices, reference): each half's images against its map, or, with maps
+    leaving groups out, each group's images against its half's map without them."""
+    for half in (0, 1):
+        chosen = np.flatnonzero(halves == half)
+        if not without[half]:
+            yield half, chosen, maps[half]
+            continue
+        assert groups is not None
+        for group, reference in enumerate(without[half]):
+            yield half, chosen[groups[chosen] == group], reference
+
+
 def _half_references(images: "NDArray | stacks.ImageStack", q: FloatArray, shifts: FloatArray,
                      ctf: "projection.CTFParameters | None", halves: NDArray[np.int64],
-                     pixel_size: float, regularization: float, align_halves: bool,
-                     client: Any) -> tuple[list[NDArray], "resolution.FSC", float]:
+                     groups: NDArray[np.int64] | None, pixel_size: float,
+                     regularization: float, align_halves: bool, client: Any
+                     ) -> tuple[list[NDArray], list[list[NDArray]], "resolution.FSC", float]:
     """Each half's map from its own images, the second turned onto the first (when
-    ``align_halves``), both filtered by their FSC; returns the maps, the FSC and the turn (rad).
-    The second half's orientations ``q`` are turned with its map, in place."""
-    maps = [half.data for half in reconstruction.half_maps(
-        images, q, shifts=shifts, ctf=ctf, halves=halves, pixel_size=pixel_size,
-        iterations=15, regularization=regularization, client=client)[:2]]
+    ``align_halves``), both filtered by their FSC; with ``groups``, also each half's maps
+    without each of its groups, turned and filtered alike.  Returns the maps, the maps without
+    each group (empty lists without ``groups``), the FSC and the turn (rad).  The second half's
+    orientations ``q`` are turned with its map, in place."""
+    maps: list[NDArray] = []
+    without: list[list[NDArray]] = [[], []]
+    for half in (0, 1):
+        chosen = np.flatnonzero(halves == half)
+        options = {"shifts": shifts[chosen], "ctf": None if ctf is None else ctf[chosen],
+                   "pixel_size": pixel_size, "iterations": 15, "regularization": regularization,
+                   "client": client}
+        if groups is None:
+            maps.append(reconstruction.reconstruct(stacks.take(images, chosen), q[chosen],
+                                                   **options).data)
+        else:
+            whole, rest = reconstruction.leave_group_out(stacks.take(images, chosen), q[chosen],
+                                                         groups[chosen], **options)
+            maps.append(whole.data)
+            without[half] = [part.data for part in rest]
     curve = resolution.fsc(maps[0], maps[1], pixel_size, mask=True)
     turned = float("nan")
     if align_halves:  # on the maps weighted by their FSC: what the halves agree on
         turn = gold_standard.frame_between(*(gold_standard.filter_by_fsc(m, curve.values)
                                              for m in maps))
         maps[1] = scoring.rotate_map(maps[1], turn)
+        without[1] = [scoring.rotate_map(m, turn) for m in without[1]]
         q[halves == 1] = rotations.canonical(turn.to_truth_frame(q[halves == 1]))
         turned = float(rotations.geodesic_distance(turn.transform, [1.0, 0, 0, 0]))
         curve = resolution.fsc(maps[0], maps[1], pixel_size, mask=True)
-    return [gold_standard.filter_by_fsc(m, curve.values) for m in maps], curve, turned
+    return ([gold_standard.filter_by_fsc(m, curve.values) for m in maps],
+            [[gold_standard.filter_by_fsc(m, curve.values) for m in half] for half in without],
+            curve, turned)
 
 
 def _match_piece(piece: tuple, images: "NDArray | stacks.ImageStack", reference: NDArray,

@@ -88,6 +88,31 @@ def test_random_orientations_give_a_poor_map(phantom):
     assert curve.resolution(0.5) > 4 * 2.0  # far from Nyquist (2 px)
 
 
+def test_maps_leaving_a_group_out_are_the_maps_of_the_other_images(phantom):
+    q = rotations.sample_uniform(600, seed=11)
+    shifts = projection.sample_shifts(600, 2.0, seed=12)
+    ctf = projection.sample_ctf(600, defocus_range=(8000, 15000), seed=13)
+    images = projection.project(phantom.data, q, shifts=shifts, ctf=ctf, pixel_size=3.0)
+    noisy, _ = projection.add_noise(images, 1.0, seed=14)
+    groups = np.arange(600) % 3
+    options = dict(pixel_size=3.0, iterations=15)
+    whole, without = reconstruction.leave_group_out(noisy, q, groups, shifts=shifts, ctf=ctf,
+                                                    **options)
+    assert len(without) == 3
+    all_images = reconstruction.reconstruct(noisy, q, shifts=shifts, ctf=ctf, **options)
+    np.testing.assert_allclose(whole.data, all_images.data, atol=1e-4 * np.abs(whole.data).max())
+    for g, left in enumerate(without):
+        kept = groups != g
+        direct = reconstruction.reconstruct(noisy[kept], q[kept], shifts=shifts[kept],
+                                            ctf=ctf[kept], **options)
+        np.testing.assert_allclose(left.data, direct.data, atol=1e-4 * np.abs(direct.data).max())
+        # Without its own images, a group's noise is not in the map: the map differs from
+        # the whole one.
+        assert np.abs(left.data - whole.data).max() > 1e-2 * np.abs(whole.data).max()
+    with pytest.raises(ValueError, match="group 1 of 3 holds no image"):
+        reconstruction.leave_group_out(noisy, q, np.where(groups == 1, 2, groups))
+
+
 def test_half_maps_are_disjoint_and_agree(phantom):
     q = rotations.sample_uniform(1200, seed=6)
     images = projection.project(phantom.data, q)
