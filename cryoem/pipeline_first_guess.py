@@ -20,9 +20,13 @@ TRAINING_TRUTH = {
 }
 #: Below this SNR the rendered training starts at SNR ``CURRICULUM[0]`` and lowers it to the
 #: data's over ``CURRICULUM[1]`` epochs: at SNR 1/16 the best L_DE of the levers measured by
-#: ``benchmarks/distance_ablation.py`` (0.40 rad² against 0.46 without, in 300 s).
+#: ``benchmarks/distance_ablation.py`` (0.40 rad² against 0.46 without, in 300 s, at 8b624d7).
 CURRICULUM_BELOW = 1.0
 CURRICULUM = (16.0, 8)
+#: Below ``CURRICULUM_BELOW`` each render also serves turned in-plane by multiples of
+#: 360°/``TURNS`` (exact labels ``R_z(α)·R``): with the curriculum at SNR 1/16, 300 s, the first
+#: guess 0.716 rad (O(4)) against 0.862 without (``distance_ablation.py``, ef005c2).
+TURNS = 4
 #: The training budget (s) of ``train_seconds="auto"``: ``TRAIN_SECONDS[0]`` at SNR ≥
 #: ``CURRICULUM_BELOW``, ``TRAIN_SECONDS[1]`` below.  At SNR 1/16 the validation loss still
 #: falls after 30 minutes (``distance_ablation.py``: L_DE 0.40 rad² in 300 s, 0.24 in 1800 s);
@@ -77,7 +81,7 @@ def _train(run: Any) -> None:
         snr_range=snr_range, max_shift=c.max_shift, patience=30, seed=c.seed,
         ctf=bool(data.attrs.get("ctf", False)),
         snr_start=CURRICULUM[0] if curriculum else None,
-        curriculum_epochs=CURRICULUM[1] if curriculum else 0)
+        curriculum_epochs=CURRICULUM[1] if curriculum else 0, turns=TURNS if curriculum else 1)
     run.use_truth("train", TRAINING_TRUTH[c.training])
     run.metrics["training"] = c.training
     training.train([data], run.path("model"), config, verbose=2 if run.progress else 0,

@@ -92,7 +92,7 @@ def refine(
     rescue_radius: float = 12.0,
     rescue_iterations: int = 3,
     rescue_step: float = 0.06,
-    leave_out_groups: int = 0,
+    leave_out_groups: int = 4,
     batch: int = 64,
     chunk: int = 1024,
     client: Any = None,
@@ -192,7 +192,9 @@ def refine(
         match each group against its half's map made without that group (one
         back-projection and ``leave_out_groups + 1`` conjugate-gradient solves per half): an
         image's own noise, which its half map holds, no longer pulls it toward where it
-        already is.  ``0``: every image against its whole half map.
+        already is.  ``0``: every image against its whole half map.  1HVR at SNR 1/16,
+        5,000 images (``benchmarks/particles.py``): 0.129 -> 0.119 rad, the map 25 % -> 23 %
+        coarser than the true poses', each local iteration ~25 % slower.
     images
         An array, or a :class:`cryoem.stacks.ImageStack` read a chunk at a time.
     batch, chunk

@@ -134,8 +134,9 @@ def test_the_training_budget_grows_as_the_snr_falls():
 @pytest.mark.parametrize("training", ["fixed", pytest.param("rendered", marks=pytest.mark.slow)])
 def test_the_learned_pipeline_end_to_end(training, tmp_path):
     """Train a tiny network, recover, refine, reconstruct: every key, and the truth it read."""
+    # Rendered below SNR 1: the curriculum and the quarter turns are the defaults there.
     config = tiny_config(estimator="learned", training=training, epochs=2, train_seconds=None,
-                         input_size=None)
+                         input_size=None, snr=0.5 if training == "rendered" else float("inf"))
     try:
         metrics = pipeline.run(config, tmp_path, progress=False, report=lambda _: None)
     except RuntimeError as error:  # two epochs may not resolve the frame: the record says so
@@ -149,6 +150,8 @@ def test_the_learned_pipeline_end_to_end(training, tmp_path):
     assert 0 <= metrics["l_de_test"] < 10 and metrics["e_or_o4_rad"] >= 0
     model_config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert model_config["mode"] == training
+    noisy_defaults = (model_config["turns"], model_config["snr_start"])
+    assert noisy_defaults == ((4, 16.0) if training == "rendered" else (1, None))
     assert model_config["provenance"]["package_version"] == metrics["provenance"]["package_version"]
     summary = pipeline.summary(metrics)
     assert "train: " in summary
