@@ -271,13 +271,18 @@ def _shift_search(centred: NDArray, slices: NDArray, norms: FloatArray,
     row, col = np.divmod(rest, side)
     images = np.arange(count)
     chosen = correlation[images, which]
-    inner_row, inner_col = np.clip(row, 1, side - 2), np.clip(col, 1, side - 2)
-    dy = np.where(row == inner_row, _parabola(chosen[images, inner_row - 1, inner_col],
-                                              chosen[images, inner_row, inner_col],
-                                              chosen[images, inner_row + 1, inner_col]), 0.0)
-    dx = np.where(col == inner_col, _parabola(chosen[images, inner_row, inner_col - 1],
-                                              chosen[images, inner_row, inner_col],
-                                              chosen[images, inner_row, inner_col + 1]), 0.0)
+    if side < 3:  # a window of one shift (max_shift 0): no neighbours to refine with
+        dy = dx = np.zeros(count)
+    else:
+        inner_row, inner_col = np.clip(row, 1, side - 2), np.clip(col, 1, side - 2)
+        dy = np.where(row == inner_row, _parabola(chosen[images, inner_row - 1, inner_col],
+                                                  chosen[images, inner_row, inner_col],
+                                                  chosen[images, inner_row + 1, inner_col]),
+                      0.0)
+        dx = np.where(col == inner_col, _parabola(chosen[images, inner_row, inner_col - 1],
+                                                  chosen[images, inner_row, inner_col],
+                                                  chosen[images, inner_row, inner_col + 1]),
+                      0.0)
     offset_y = keep[row] - np.where(keep[row] > fine // 2, fine, 0) + dy
     offset_x = keep[col] - np.where(keep[col] > fine // 2, fine, 0) + dx
     offset = np.stack([offset_x, offset_y], axis=-1) / _OVERSAMPLING
