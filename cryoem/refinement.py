@@ -11,7 +11,8 @@ instead expectation–maximisation on each half alone (:func:`cryoem.ab_initio.a
 Then each local iteration, for each of two fixed random halves of the images:
 
 1. reconstruct the half's map from its current orientations and shifts
-   (:func:`cryoem.reconstruction.reconstruct`);
+   (:func:`cryoem.reconstruction.reconstruct`), and its maps without each of a few random
+   groups of its images (``leave_out_groups``), the references of those groups' images;
 2. measure the half-map FSC and band-limit the matching to the shell where it
    crosses 0.143 (a little beyond) — the references are low-passed there;
 3. for every image, evaluate the reference's central slices at a local grid of
@@ -192,9 +193,10 @@ def refine(
         match each group against its half's map made without that group (one
         back-projection and ``leave_out_groups + 1`` conjugate-gradient solves per half): an
         image's own noise, which its half map holds, no longer pulls it toward where it
-        already is.  ``0``: every image against its whole half map.  1HVR at SNR 1/16,
-        5,000 images (``benchmarks/particles.py``): 0.129 -> 0.119 rad, the map 25 % -> 23 %
-        coarser than the true poses', each local iteration ~25 % slower.
+        already is.  ``0``: every image against its whole half map.  At SNR 1/16 with 5,000
+        images (``benchmarks/particles.py``) it took 4AKE, 2ZMM and 1HVR from 0.090, 0.106 and
+        0.129 rad to 0.086, 0.095 and 0.119, their maps from 16, 15 and 25 % to 14, 12 and
+        23 % coarser than the true poses', for 25-40 % more time.
     images
         An array, or a :class:`cryoem.stacks.ImageStack` read a chunk at a time.
     batch, chunk
