@@ -264,8 +264,8 @@ SECTIONS: list[Section] = [
     Section("The learned distance at low SNR: levers", "distance_ablation.py",
             "distance_ablation.json", ablation_rows),
     Section("The learned distance at low SNR, with shifts ≤ 2 px",
-            "distance_ablation.py --max-shift 2 --levers curriculum euclidean --budget-seconds "
-            "1800 --out benchmarks/results/distance_ablation_shifts.json",
+            "distance_ablation.py --max-shift 2 --levers turns curriculum --budget-seconds "
+            "900 --out benchmarks/results/distance_ablation_shifts.json",
             "distance_ablation_shifts.json", ablation_rows),
     Section("Projection", "projection.py", "projection.json", projection_rows),
     Section("Distance learning", "distance_learning.py", "distance_learning.json", distance_rows),
