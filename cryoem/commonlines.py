@@ -207,10 +207,8 @@ def _refine(lines: NDArray[np.complex128], recovered: FloatArray, pairs_i: NDArr
     from scipy.optimize import minimize
 
     def negative(vector: FloatArray) -> float:
-        angle = np.linalg.norm(vector)
-        delta = (rotations.axis_angle_to_quaternion(vector / angle, angle) if angle > 0
-                 else np.array([1.0, 0.0, 0.0, 0.0]))
-        candidate = rotations.multiply(delta, start)[None]
+        candidate = rotations.multiply(rotations.rotation_vector_to_quaternion(vector),
+                                       start)[None]
         return -float(score_candidates(lines, recovered, pairs_i, pairs_j, candidate,
                                        transposed)[0])
 
@@ -218,10 +216,8 @@ def _refine(lines: NDArray[np.complex128], recovered: FloatArray, pairs_i: NDArr
     result = minimize(negative, np.zeros(3), method="Nelder-Mead",
                       options={"initial_simplex": simplex, "xatol": 1e-5, "fatol": 1e-9,
                                "maxiter": 400})
-    angle = np.linalg.norm(result.x)
-    delta = (rotations.axis_angle_to_quaternion(result.x / angle, angle) if angle > 0
-             else np.array([1.0, 0.0, 0.0, 0.0]))
-    return rotations.canonical(rotations.multiply(delta, start))
+    return rotations.canonical(rotations.multiply(
+        rotations.rotation_vector_to_quaternion(result.x), start))
 
 
 def resolve_frame(images: ArrayLike, recovered: ArrayLike, n_pairs: int = 1500,
