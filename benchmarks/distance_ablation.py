@@ -15,6 +15,11 @@ guess uses it:
   frame's confidence;
 * the training's epochs and seconds, and the scoring's seconds.
 
+``--test-turns T`` (default 4, the estimator's default) averages each pair's distance over the
+two images turned together by multiples of 360°/T (:class:`cryoem.distance.LearnedDistance`);
+a row is kept per lever, budget and T, so ``--test-turns 1`` measures the lever without them
+(a finished model is scored again, not retrained).
+
 The Euclidean baseline (``euclidean``: pixel distances, isotonic fit on the
 training split's true orientations) goes through the same recovery and frame
 step.  A lever is a set of ``TrainingConfig`` settings (``LEVERS``); each is a
@@ -91,6 +96,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps-per-epoch", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--recovery-steps", type=int, default=2000)
+    p.add_argument("--test-turns", type=int, choices=(1, 2, 4), default=4,
+                   help="test-time turns of the learned distance (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
     harness.add_options(p, DEFAULT_OUT)
@@ -166,9 +173,9 @@ def run_lever(args: argparse.Namespace, data_path: Path, lever: str, model_dir: 
                    "train_seconds": time.perf_counter() - start,
                    "best_val_loss": float(np.nanmin(history.get("val_loss", [math.nan])))}
         record.write_text(json.dumps(trained))
-    estimator = distance.LearnedDistance(model_dir).fit(data)
+    estimator = distance.LearnedDistance(model_dir, turns=args.test_turns).fit(data)
     return {"lever": lever, "what": LEVERS[lever][0], "training": SUPERVISION,
-            "budget_seconds": args.budget_seconds, **trained,
+            "budget_seconds": args.budget_seconds, "test_turns": args.test_turns, **trained,
             "model_reused": reused,
             **first_guess(args, data, estimator)}
 
@@ -207,16 +214,18 @@ def markdown(data: dict[str, Any]) -> list[str]:
              f"{config.get('test_size')} test images; every model trained for its budget "
              f"(wall clock, this machine), {SUPERVISION}. E_OR in rad: "
              "O(4) after recovery (the paper's metric), physical after the frame step.", "",
-             "| lever | what | budget s | epochs | train s | L_DE (rad²) | E_OR O(4) | E_OR after frame "
-             "(median) | frame confidence | stale |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| lever | what | budget s | epochs | train s | test turns | L_DE (rad²) | E_OR O(4) | "
+             "E_OR after frame (median) | frame confidence | stale |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("status") == "failed":
-            lines.append(f"| {r.get('lever')} | failed: {r.get('reason')} ||||||||")
+            lines.append(f"| {r.get('lever')} | failed: {r.get('reason')} |||||||||")
             continue
         lines.append(
             f"| {r['lever']} | {r['what']} | {harness.cell(r.get('budget_seconds'), '.0f')} | "
             f"{r.get('epochs') or '—'} | "
-            f"{harness.cell(r.get('train_seconds'), '.0f')} | {harness.cell(r['l_de'], '.3f')} | "
+            f"{harness.cell(r.get('train_seconds'), '.0f')} | {_turns_cell(r)} | "
+            f"{harness.cell(r['l_de'], '.3f')} | "
             f"{harness.cell(r['e_or_o4'], '.3f')} | {harness.cell(r['e_or_frame'], '.3f')} "
             f"({harness.cell(r['e_or_frame_median'], '.3f')}) | "
             f"{harness.cell(r['frame_confidence'], '.1f')} | "
@@ -224,10 +233,21 @@ def markdown(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _turns_cell(row: dict[str, Any]) -> str:
+    """The row's test-time turns: — for the baseline, 1 for rows made before they existed."""
+    return "—" if row["lever"] in BASELINES else str(row.get("test_turns", 1))
+
+
+def _key(row: dict[str, Any]) -> tuple:
+    """What identifies a row: lever, budget and test-time turns (1 before they existed)."""
+    return row["lever"], row.get("budget_seconds"), row.get("test_turns", 1)
+
+
 def same_data(row: dict[str, Any], common: dict[str, Any]) -> bool:
-    """Whether a previous row measured the same data and scoring (any lever, any budget)."""
+    """Whether a previous row measured the same data and scoring (any lever, any budget, any
+    test-time turns)."""
     settings = (row.get("scenario") or {}).get("settings") or {}
-    ignored = ("lever", "budget_seconds")
+    ignored = ("lever", "budget_seconds", "test_turns")
     return ({k: v for k, v in settings.items() if k not in ignored}
             == {k: v for k, v in common.items() if k not in ignored})
 
@@ -241,22 +261,24 @@ def main(argv: list[str] | None = None) -> int:
         max_shift=args.max_shift, seed=args.seed)
     common = {k: getattr(args, k) for k in (
         "protein", "size", "n_projections", "test_size", "snr", "max_shift", "budget_seconds",
-        "steps_per_epoch", "batch_size", "recovery_steps", "seed")}
+        "steps_per_epoch", "batch_size", "recovery_steps", "seed", "test_turns")}
     rows: list[dict[str, Any]] = []
     config = {**common, "levers": args.levers}
     with Harness("distance_ablation", args.out, config=config, threads=threads,
                  fresh=args.fresh, reuse_stale=args.reuse_stale) as bench:
-        previous = {(r["lever"], r.get("budget_seconds")): r
-                    for r in bench.previous().get("rows", []) if same_data(r, common)}
+        previous = {_key(r): r for r in bench.previous().get("rows", []) if same_data(r, common)}
         for lever in args.levers:
             settings = {**common, "lever": LEVERS.get(lever, (None, {}))[1]}
-            if lever in BASELINES:  # no training: the budget does not apply
+            if lever in BASELINES:  # no training: neither the budget nor the turns apply
                 settings.pop("budget_seconds")
-            model_dir = args.work_dir / "models" / harness.settings_key(lever, settings)
+                settings.pop("test_turns")
+            trained_by = {k: v for k, v in settings.items() if k != "test_turns"}
+            model_dir = args.work_dir / "models" / harness.settings_key(lever, trained_by)
             run = ((lambda: run_baseline(args, data_path)) if lever in BASELINES else
                    (lambda lv=lever, m=model_dir: run_lever(args, data_path, lv, m)))
             rows.append(bench.run(Scenario(lever, settings, run)))
-            previous.pop((lever, None if lever in BASELINES else args.budget_seconds), None)
+            previous.pop((lever, settings.get("budget_seconds"), settings.get("test_turns", 1)),
+                         None)
             bench.write({"rows": rows + list(previous.values())})
         print(harness.table(rows, COLUMNS))
         print(f"wrote {args.out}")

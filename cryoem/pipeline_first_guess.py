@@ -131,6 +131,8 @@ def _distances(run: Any) -> None:
     matrix = estimator.matrix(data, test)
     distance.save_matrix(run.path("distances.h5"), matrix, test, estimator=estimator.name)
     run.metrics["estimator"] = estimator.name
+    if isinstance(estimator, distance.LearnedDistance):
+        run.metrics["test_turns"] = estimator.turns
     group = rotations.point_group(data.attrs.get("symmetry", "C1"))
     scored = [(test, "l_de_test")]
     if run.config.particles is None:

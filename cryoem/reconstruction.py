@@ -170,6 +170,7 @@ def leave_group_out(
     regularization: float = 1e-3,
     iterations: int = 30,
     tolerance: float = 1e-4,
+    weights: ArrayLike | None = None,
     client: Any = None,
 ) -> tuple[Reconstruction, list[Reconstruction]]:
     """The map from all images, and for each group ``g`` the map from every image outside it.
@@ -179,7 +180,8 @@ def leave_group_out(
     share, so the ``K + 1`` maps cost one back-projection and ``K + 1`` conjugate-gradient
     solves.  Matching an image against a map that does not hold it keeps the image's own noise
     out of its reference (which otherwise holds it near where it was); the other arguments are
-    those of :func:`reconstruct`.
+    those of :func:`reconstruct` (``weights``: each image's, e.g. a candidate orientation's
+    posterior probability when an image is entered once per candidate).
     """
     images = stacks.as_images(images)
     matrices = projection._as_matrices(orientations)
@@ -188,6 +190,7 @@ def leave_group_out(
         raise ValueError(f"{len(images)} images but {len(matrices)} orientations and "
                          f"{labels.size} group labels")
     shifts_arr = projection._check_shifts(shifts, len(images))
+    image_weights = _check_weights(weights, len(images))
     identity = np.eye(3)[None]
     shares = []
     for g in range(int(labels.max()) + 1):
@@ -197,7 +200,7 @@ def leave_group_out(
         shares.append(_normal_equations(
             stacks.take(images, chosen), matrices[chosen],
             None if shifts_arr is None else shifts_arr[chosen],
-            None if ctf is None else ctf[chosen], np.ones(len(chosen)), identity, pixel_size,
+            None if ctf is None else ctf[chosen], image_weights[chosen], identity, pixel_size,
             None, client, False))
     rhs, kernel = (sum(share[k] for share in shares) for k in (0, 1))
 

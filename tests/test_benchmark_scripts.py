@@ -302,6 +302,14 @@ def test_distance_ablation_quick(tmp_path):
                        "--work-dir", str(tmp_path / "work"), cwd=tmp_path)
     assert again.count("reusing the result") == 1
     assert {row["lever"] for row in json.loads(out.read_text())["rows"]} == set(rows)
+    # without test-time turns: the same model scored again (not retrained), in a row of its own
+    run_script("distance_ablation.py", "--levers", "curriculum", "--test-turns", "1", "--out",
+               str(out), "--work-dir", str(tmp_path / "work"), cwd=tmp_path)
+    kept = json.loads(out.read_text())["rows"]
+    assert sorted((r["lever"], r.get("test_turns")) for r in kept) == [
+        ("curriculum", 1), ("curriculum", 4), ("euclidean", None)]
+    single = next(r for r in kept if r.get("test_turns") == 1)
+    assert single["model_reused"] and single["epochs"] == rows["curriculum"]["epochs"]
 
 
 @pytest.mark.slow  # about 60 s on two cores

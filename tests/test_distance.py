@@ -267,6 +267,35 @@ def test_save_load_predict_is_identical(small_dataset, trained, tmp_path):
     np.testing.assert_allclose(model.pairs(small_dataset, i, j, test), first[i, j], atol=1e-5)
 
 
+def test_test_time_turns_average_the_turned_pairs_and_forget_the_images_turn(
+        small_dataset, trained):
+    out, _, _ = trained
+    test = small_dataset.split["test"][:24]
+    images = np.asarray(small_dataset.projections[test], dtype=np.float32)
+    single = distance.LearnedDistance(out, turns=1)
+    by_hand = np.mean([distance.LearnedDistance._distance(f @ f.T) for f in (
+        single.embed(training.quarter_turn(images, k)) for k in range(4))], axis=0)
+    np.fill_diagonal(by_hand, 0.0)
+    four = distance.LearnedDistance(out)  # four turns by default
+    matrix = four.matrix(small_dataset, test)
+    np.testing.assert_allclose(matrix, by_hand, atol=1e-6)
+    # The four turns are a group: turning every image by a quarter gives the same matrix,
+    # where one turn does not.
+    to_distance = distance.LearnedDistance._distance
+    each_turn = four.turned_features(training.quarter_turn(images, 1))
+    after_a_turn = np.mean([to_distance(f @ f.T) for f in each_turn], axis=0)
+    np.fill_diagonal(after_a_turn, 0.0)
+    np.testing.assert_allclose(after_a_turn, matrix, atol=1e-5)
+    one = single.embed(training.quarter_turn(images, 1))
+    one_turn = to_distance(one @ one.T)
+    np.fill_diagonal(one_turn, 0.0)
+    assert np.abs(one_turn - single.matrix(small_dataset, test)).max() > 1e-3
+    i, j = np.array([0, 4, 9]), np.array([5, 4, 1])
+    np.testing.assert_allclose(four.pairs(small_dataset, i, j, test), matrix[i, j], atol=1e-5)
+    with pytest.raises(ValueError, match="turns must be 1, 2 or 4"):
+        distance.LearnedDistance(out, turns=3)
+
+
 def test_wrong_image_size_fails_clearly(trained, tmp_path):
     out, _, _ = trained
     other = datasets.load(datasets.generate(volumes.resolve("phantom", 24), 8, tmp_path / "o.h5"))

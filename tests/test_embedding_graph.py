@@ -78,6 +78,7 @@ def test_pairs_and_their_distances_equal_the_dense_matrix():
     assert 300 * 5 / 2 < len(rows) <= 300 * (5 + 4)
     # The same numbers as LearnedDistance's dense matrix and pairs (embedding stubbed out).
     estimator = object.__new__(distance.LearnedDistance)
+    estimator.turns = 1  # the graph embeds each image once
     estimator.embed = lambda images: f[images[:, 0, 0].astype(int)] / np.linalg.norm(
         f[images[:, 0, 0].astype(int)], axis=1, keepdims=True)
     images = np.broadcast_to(np.arange(300.0)[:, None, None], (300, 2, 2))
@@ -142,7 +143,8 @@ def test_cli_round_trip_distances_to_recover(tmp_path, capsys):
     data = datasets.generate(volumes.resolve("phantom", 32), 60, tmp_path / "d.h5", seed=3)
     dense, sparse, out = tmp_path / "dense.h5", tmp_path / "graph.h5", tmp_path / "o.h5"
     common = [str(data), "--model", "pretrained", "--split", "all"]
-    assert cli.main(["distances", *common, "--out", str(dense)]) == 0
+    # the graph embeds each image once: its distances are the dense ones without test-time turns
+    assert cli.main(["distances", *common, "--test-turns", "1", "--out", str(dense)]) == 0
     assert cli.main(["distances", *common, "--neighbours", "6", "--out", str(sparse)]) == 0
     assert "6-nearest-neighbour graph" in capsys.readouterr().out
     matrix, indices, _ = distance.load_matrix(dense)

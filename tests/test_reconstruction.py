@@ -111,6 +111,16 @@ def test_maps_leaving_a_group_out_are_the_maps_of_the_other_images(phantom):
         assert np.abs(left.data - whole.data).max() > 1e-2 * np.abs(whole.data).max()
     with pytest.raises(ValueError, match="group 1 of 3 holds no image"):
         reconstruction.leave_group_out(noisy, q, np.where(groups == 1, 2, groups))
+    # Weighted (an image entered once per candidate orientation): the same sums, weighted.
+    weights = np.random.default_rng(15).uniform(0.1, 1.0, 600)
+    _, weighted = reconstruction.leave_group_out(noisy, q, groups, shifts=shifts, ctf=ctf,
+                                                 weights=weights, **options)
+    kept = groups != 0
+    direct = reconstruction.reconstruct(noisy[kept], q[kept], shifts=shifts[kept],
+                                        ctf=ctf[kept], weights=weights[kept], **options)
+    np.testing.assert_allclose(weighted[0].data, direct.data,
+                               atol=1e-4 * np.abs(direct.data).max())
+    assert np.abs(weighted[0].data - without[0].data).max() > 1e-2 * np.abs(direct.data).max()
 
 
 def test_half_maps_are_disjoint_and_agree(phantom):

@@ -199,6 +199,9 @@ def add_distances_args(parser: argparse.ArgumentParser) -> None:
                         help="noise variance in rad² (perturbed estimator, default: 0.2)")
     parser.add_argument("--split", choices=("test", "validation", "train", "all"), default="test",
                         help="which projections (default: test)")
+    parser.add_argument("--test-turns", type=int, choices=(1, 2, 4), default=4,
+                        help="learned estimator: average each pair's distance over the images "
+                             "turned together by 360°/T (default: 4, exact quarter turns)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True, metavar="D.h5",
                         help="output HDF5 file with the distance matrix")
@@ -220,7 +223,7 @@ def run_distances(args: argparse.Namespace) -> int:
     data = datasets.load(args.data, images=args.neighbours is None)
     indices = np.arange(len(data)) if args.split == "all" else data.split[args.split]
     estimator = distance.make_estimator(args.estimator, model_dir=args.model, sigma2=args.sigma2,
-                                        seed=args.seed)
+                                        seed=args.seed, turns=args.test_turns)
     require_truth(estimator, data)
     estimator.fit(data)
     if args.neighbours is not None:
