@@ -253,8 +253,9 @@ class LearnedDistance(Estimator):
         by one angle leaves their true distance unchanged (``d_q(R_z·R_i, R_z·R_j) =
         d_q(R_i, R_j)``), so each turn is another estimate of the same distance; with all four
         the matrix no longer depends on how the images are turned.  At SNR 1/16 (4AKE,
-        1,650 images, the pipeline's model at ``4de31b4``) four turns took ``L_DE`` from 0.191
-        to 0.178 rad² and the first guess from 0.394 to 0.355 rad (O(4)), for four times the
+        1,650 images, the same model: ``python benchmarks/pipeline.py --snr 1/16`` at
+        ``4de31b4`` without turns and at ``0b598d7`` with four) they took ``L_DE`` from 0.191 to
+        0.178 rad² and the first guess from 0.394 to 0.355 rad (O(4)), for four times the
         embedding (seconds; ``benchmarks/distance_ablation.py --test-turns`` measures it per
         lever).  The embedding graph for large sets (:mod:`cryoem.embedding_graph`) uses one
         embedding per image, without turns.
@@ -331,7 +332,10 @@ class LearnedDistance(Estimator):
 
     def matrix(self, data: Dataset, indices: ArrayLike | None = None) -> FloatArray:
         turned = self.turned_features(data.projections[_select(data, indices)])
-        d = np.mean([self._distance(f @ f.T) for f in turned], axis=0)
+        d = self._distance(turned[0] @ turned[0].T)
+        for features in turned[1:]:  # summed in place: one N×N matrix at a time
+            d += self._distance(features @ features.T)
+        d /= len(turned)
         np.fill_diagonal(d, 0.0)
         return d
 
