@@ -143,7 +143,7 @@ def continued(data: Any, truth: Any, estimate: np.ndarray, shifts: np.ndarray,
     the error (mean, median) after each iteration, and the posterior's sharpness."""
     from cryoem import alignment, refinement
 
-    images = np.asarray(data.projections)
+    images = np.asarray(data.projections)  # read once for all the variants
     path: list[tuple[float, float]] = []
 
     def score(_: int, q: np.ndarray, __: np.ndarray) -> dict[str, float]:
@@ -165,12 +165,12 @@ def continued(data: Any, truth: Any, estimate: np.ndarray, shifts: np.ndarray,
         refinement.refine(images, estimate, **common, **options)
         result[name] = list(path)
     result["marginalised"], result["effective_candidates"] = marginalised(
-        data, truth, estimate, shifts, symmetry, (8.0, 8.0, 4.0, 2.0, 1.0, 1.0))
+        data, images, truth, estimate, shifts, symmetry, (8.0, 8.0, 4.0, 2.0, 1.0, 1.0))
     return result
 
 
-def marginalised(data: Any, truth: Any, estimate: np.ndarray, shifts: np.ndarray,
-                 symmetry: str, temperatures: tuple[float, ...], candidates: int = 8,
+def marginalised(data: Any, images: np.ndarray, truth: Any, estimate: np.ndarray,
+                 shifts: np.ndarray, symmetry: str, temperatures: tuple[float, ...], candidates: int = 8,
                  step: float = 0.06) -> tuple[list[tuple[float, float]], float]:
     """Local iterations whose references enter each image at its ``candidates`` most probable
     local orientations, weighted by their posterior (:func:`cryoem.ab_initio.posterior_weights`
@@ -179,9 +179,9 @@ def marginalised(data: Any, truth: Any, estimate: np.ndarray, shifts: np.ndarray
     iteration and the posterior's mean effective number of candidates in the last one."""
     from cryoem import alignment, gold_standard, projection, reconstruction, resolution, rotations
     from cryoem.ab_initio import posterior_weights
-    from cryoem.matching import Band, candidate_offsets
+    from cryoem.matching import Band, candidate_offsets, candidate_scores
 
-    images = np.asarray(data.projections, dtype=np.float64)
+    images = np.asarray(images, dtype=np.float64)
     n, size = images.shape[:2]
     halves = reconstruction.split_halves(n, 0)
     groups = np.arange(n) % 4
@@ -210,12 +210,8 @@ def marginalised(data: Any, truth: Any, estimate: np.ndarray, shifts: np.ndarray
                     spectra = np.fft.rfft2(np.fft.ifftshift(images[batch], axes=(-2, -1)))[
                         :, band.mask] * band.shift_phases(shifts[batch])
                     turned = rotations.multiply(offsets[None], q[batch, None, :])
-                    slices = slices_of(band.points(rotations.quaternion_to_matrix(
-                        turned.reshape(-1, 4)))).reshape(len(batch), len(offsets), -1)
-                    slices = slices * band.ctf(data.ctf[batch], data.pixel_size)[:, None]
-                    norms = np.sqrt(np.sum(band.weights * np.abs(slices) ** 2, -1))
-                    scores = np.real(np.sum(band.weights * spectra[:, None] * np.conj(slices),
-                                            -1)) / norms
+                    _, _, scores = candidate_scores(slices_of, band, spectra, turned, band.ctf(
+                        data.ctf[batch], data.pixel_size))
                     energy = np.sum(band.weights * np.abs(spectra) ** 2, -1)
                     posterior = posterior_weights(scores, energy, float(np.sum(band.weights)),
                                                   temperature)

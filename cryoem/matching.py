@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from . import projection, rotations
 
 __all__ = ["Band", "GridSlices", "integer_moves", "grid_scores", "slice_norms",
-           "candidate_offsets", "local_match", "global_match"]
+           "candidate_offsets", "candidate_scores", "local_match", "global_match"]
 
 FloatArray = NDArray[np.float64]
 
@@ -144,6 +144,22 @@ def candidate_offsets(step: float, n_axes: int = 20, n_radii: int = 3) -> FloatA
 _OVERSAMPLING = 2  # correlation sampled every half pixel
 
 
+def candidate_scores(slices_of: "projection._SliceEvaluator", band: Band, centred: NDArray,
+                     candidates: FloatArray, ctf: NDArray | None
+                     ) -> tuple[NDArray, FloatArray, FloatArray]:
+    """Each image's candidate slices ``c·s`` ``(B, K, F)`` (``candidates`` ``(B, K, 4)``, ``ctf``
+    ``(B, F)`` or ``None``), their norms and the images' scores ``⟨y, c·s⟩ / ‖c·s‖``
+    ``(B, K)`` (``centred``: the spectra moved back by their shifts)."""
+    count, k = candidates.shape[:2]
+    matrices = rotations.quaternion_to_matrix(candidates.reshape(-1, 4))
+    slices = slices_of(band.points(matrices)).reshape(count, k, -1)
+    if ctf is not None:
+        slices = slices * ctf[:, None, :]
+    norms = np.maximum(np.sqrt(np.sum(band.weights * np.abs(slices) ** 2, axis=-1)), 1e-30)
+    scores = np.real(np.sum(band.weights * centred[:, None, :] * np.conj(slices), axis=-1)) / norms
+    return slices, norms, scores
+
+
 def local_match(reference: NDArray, images_spectra: NDArray, q: FloatArray, shifts: FloatArray,
            ctf: NDArray | None, band: Band, offsets: FloatArray, max_shift: float,
            batch: int, soft: bool = False,
@@ -169,16 +185,11 @@ def local_match(reference: NDArray, images_spectra: NDArray, q: FloatArray, shif
     undo = band.shift_phases(shifts)
     for start in range(0, n, batch):
         stop = min(start + batch, n)
-        count, images = stop - start, np.arange(stop - start)
+        images = np.arange(stop - start)
         candidates = rotations.multiply(offsets[None, :, :], q[start:stop, None, :])  # δ·q
-        matrices = rotations.quaternion_to_matrix(candidates.reshape(-1, 4))
-        slices = evaluator(band.points(matrices)).reshape(count, k, -1)
-        if ctf is not None:
-            slices = slices * ctf[start:stop, None, :]
-        norms = np.maximum(np.sqrt(np.sum(band.weights * np.abs(slices) ** 2, axis=-1)), 1e-30)
         centred = images_spectra[start:stop] * undo[start:stop]
-        at_current = np.real(np.sum(band.weights * centred[:, None, :] * np.conj(slices),
-                                    axis=-1)) / norms
+        slices, norms, at_current = candidate_scores(
+            evaluator, band, centred, candidates, None if ctf is None else ctf[start:stop])
         top = np.argsort(-at_current, axis=1)[:, :min(shortlist, k)]
         which, offset, best_score[start:stop] = _shift_search(
             centred, slices[images[:, None], top], norms[images[:, None], top], layout, keep,
