@@ -75,6 +75,13 @@ LEVERS: dict[str, tuple[str, dict[str, Any]]] = {
     "turns": ("the curriculum; each render also served turned by 90°, 180°, 270° (exact "
               "labels, a quarter of the renders)",
               {"input_size": 32, "snr_start": 16.0, "curriculum_epochs": 8, "turns": 4}),
+    "cosine": ("turns; the learning rate falls along a half cosine over the budget (not halved "
+               "when the validation loss stalls)",
+               {"input_size": 32, "snr_start": 16.0, "curriculum_epochs": 8, "turns": 4,
+                "schedule": "cosine"}),
+    "cosine_wide": ("cosine, 1.5 times the filters",
+                    {"input_size": 32, "snr_start": 16.0, "curriculum_epochs": 8, "turns": 4,
+                     "schedule": "cosine", "width": 1.5}),
 }
 BASELINES = ("euclidean",)
 SUPERVISION = ("rendered: images of the TRUE map at the data's SNR, with their true "

@@ -291,6 +291,9 @@ class TrainingConfig:
     bins: int = 16
     cap: float = 10.0
     max_seconds: float | None = None  # stop after the epoch that crosses this time budget
+    # "plateau": the learning rate halves when the validation loss stalls; "cosine": it falls
+    # along a half cosine to 1 % over the run (epochs or max_seconds, whichever ends first)
+    schedule: str = "plateau"
     seed: int = 0
     symmetry: str = "C1"
     sources: list[str] = field(default_factory=list)
@@ -304,6 +307,10 @@ class TrainingConfig:
     def record(self) -> str:
         """``config.json``'s text: the settings and the provenance of the run that trained it."""
         return json.dumps({**asdict(self), "provenance": provenance.collect()}, indent=2)
+
+
+#: Learning-rate schedules of :class:`TrainingConfig` (``schedule``).
+SCHEDULES = ("plateau", "cosine")
 
 
 def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
@@ -342,6 +349,9 @@ def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
     if strategy is not None and keras.backend.backend() != "tensorflow":
         raise ValueError("a tf.distribute strategy needs the TensorFlow Keras backend "
                          "(KERAS_BACKEND=tensorflow)")
+    if config.schedule not in SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {config.schedule!r}: "
+                         f"{' or '.join(SCHEDULES)}")
     config.strategy = devices.strategy_name(strategy)
     config.replicas = devices.replicas(strategy)
     out = Path(out_dir)
@@ -372,7 +382,7 @@ def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
     all_callbacks = [
         keras.callbacks.BackupAndRestore(str(out / "backup")),
         _SaveBestEmbedding(out / MODEL_FILE, resuming),
-        keras.callbacks.ReduceLROnPlateau(factor=0.5, patience=max(1, config.patience // 3)),
+        _learning_rate_schedule(config),
         keras.callbacks.EarlyStopping(patience=config.patience),
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
     ]
@@ -458,6 +468,47 @@ class _SyncEpoch(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         self.batches.epoch = epoch
+
+
+def _learning_rate_schedule(config: TrainingConfig) -> keras.callbacks.Callback:
+    if config.schedule == "cosine":
+        return _CosineSchedule(config.learning_rate, config.epochs, config.max_seconds)
+    return keras.callbacks.ReduceLROnPlateau(factor=0.5, patience=max(1, config.patience // 3))
+
+
+class _CosineSchedule(keras.callbacks.Callback):
+    """Set the learning rate at each epoch along a half cosine from ``rate`` to 1 % of it.
+
+    The run's progress is the larger of its share of the epochs done and its share of the
+    time budget spent (so a time-bound run still ends its decay); a resumed run continues
+    from its epoch (its clock restarts).
+    """
+
+    FLOOR = 0.01
+
+    def __init__(self, rate: float, epochs: int, seconds: float | None) -> None:
+        super().__init__()
+        self.rate, self.epochs, self.seconds = rate, epochs, seconds
+        self.start, self.current = 0.0, rate
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        self.start = time.perf_counter()
+
+    def progress(self, epoch: int) -> float:
+        """Share of the run done at the start of ``epoch`` (0-based), in [0, 1]."""
+        done = epoch / max(1, self.epochs)
+        if self.seconds:
+            done = max(done, (time.perf_counter() - self.start) / self.seconds)
+        return min(1.0, done)
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        cosine = 0.5 * (1.0 + np.cos(np.pi * self.progress(epoch)))
+        self.current = self.rate * (self.FLOOR + (1 - self.FLOOR) * cosine)
+        self.model.optimizer.learning_rate = self.current
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        if logs is not None:  # history.csv's column, as ReduceLROnPlateau writes it
+            logs["learning_rate"] = self.current
 
 
 class _TimeBudget(keras.callbacks.Callback):
