@@ -392,6 +392,23 @@ def test_train_command_records_its_curriculum(small_dataset, tmp_path):
     assert config["snr_range"] == [0.0625, 0.0625]
 
 
+def test_the_cosine_schedule_lowers_the_rate_along_a_half_cosine(small_dataset, tmp_path):
+    """history.csv's rates against 1e-3 · (0.01 + 0.99 · (1 + cos(π e / E)) / 2), by hand."""
+    model = tmp_path / "model"
+    assert cli.main(["train", str(small_dataset.path), "--out", str(model), "--epochs", "4",
+                     "--steps-per-epoch", "2", "--batch-size", "16", "--width", "0.25",
+                     "--schedule", "cosine", "--patience", "10"]) == 0
+    with open(model / "history.csv") as f:
+        rates = [float(row["learning_rate"]) for row in csv.DictReader(f)]
+    expected = [1e-3, 1e-3 * (0.01 + 0.99 * (1 + np.sqrt(0.5)) / 2), 1e-3 * 0.505,
+                1e-3 * (0.01 + 0.99 * (1 - np.sqrt(0.5)) / 2)]
+    np.testing.assert_allclose(rates, expected, rtol=1e-6)
+    assert json.loads((model / "config.json").read_text())["schedule"] == "cosine"
+    with pytest.raises(ValueError, match="schedule 'step'"):
+        training.train([small_dataset], tmp_path / "other",
+                       training.TrainingConfig(epochs=1, schedule="step"), verbose=0)
+
+
 def test_scores():
     truth = np.array([[0, 1, 2], [1, 0, 3], [2, 3, 0]], dtype=float)
     estimate = truth + np.array([[0, 0.5, 0], [0.5, 0, -1], [0, -1, 0]])

@@ -116,6 +116,9 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
                         help="fixed mode: accept labels that are not a ground truth (e.g. the "
                              "angles of an imported RELION refinement)")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--schedule", choices=("plateau", "cosine"), default="plateau",
+                        help="plateau: halve the learning rate when the validation loss stalls; "
+                             "cosine: lower it along a half cosine to 1 %% over the epochs")
     parser.add_argument("--patience", type=int, default=6, help="early-stopping patience (epochs)")
     parser.add_argument("--threads", type=int, default=None, help="TensorFlow threads")
     parser.add_argument("--seed", type=int, default=0)
@@ -146,7 +149,7 @@ def run_train(args: argparse.Namespace) -> int:
         ctf=bool(first.get("ctf", False)), seed=args.seed,
         snr_start=args.curriculum[0] if args.curriculum else None,
         curriculum_epochs=int(args.curriculum[1]) if args.curriculum else 0,
-        turns=args.turns,
+        turns=args.turns, schedule=args.schedule,
     )
     start = time.perf_counter()
     history = training.train(data, args.out, config, overwrite=args.overwrite, strategy=strategy)
