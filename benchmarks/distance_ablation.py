@@ -79,9 +79,15 @@ LEVERS: dict[str, tuple[str, dict[str, Any]]] = {
                "when the validation loss stalls)",
                {"input_size": 32, "snr_start": 16.0, "curriculum_epochs": 8, "turns": 4,
                 "schedule": "cosine"}),
+    "cosine_batch128": ("cosine, 128 images a step (4 times the pairs, twice the images)",
+                        {"input_size": 32, "snr_start": 16.0, "curriculum_epochs": 8, "turns": 4,
+                         "schedule": "cosine", "batch_size": 128}),
     "cosine_wide": ("cosine, 1.5 times the filters",
                     {"input_size": 32, "snr_start": 16.0, "curriculum_epochs": 8, "turns": 4,
                      "schedule": "cosine", "width": 1.5}),
+    "cosine_wide2": ("cosine, twice the filters",
+                     {"input_size": 32, "snr_start": 16.0, "curriculum_epochs": 8, "turns": 4,
+                      "schedule": "cosine", "width": 2.0}),
 }
 BASELINES = ("euclidean",)
 SUPERVISION = ("rendered: images of the TRUE map at the data's SNR, with their true "
@@ -125,10 +131,10 @@ def training_config(args: argparse.Namespace, lever: str) -> Any:
     settings = dict(LEVERS[lever][1])
     high = settings.pop("snr_high", args.snr)
     snr_range = None if math.isinf(args.snr) else (args.snr, max(high, args.snr))
-    return training.TrainingConfig(
-        mode="rendered", epochs=MAX_EPOCHS, max_seconds=args.budget_seconds,
-        steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, patience=30,
-        snr_range=snr_range, max_shift=args.max_shift, seed=args.seed, **settings)
+    common = dict(mode="rendered", epochs=MAX_EPOCHS, max_seconds=args.budget_seconds,
+                  steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, patience=30,
+                  snr_range=snr_range, max_shift=args.max_shift, seed=args.seed)
+    return training.TrainingConfig(**{**common, **settings})  # a lever may set the batch size
 
 
 def first_guess(args: argparse.Namespace, data: Any, estimator: Any) -> dict[str, Any]:
