@@ -29,7 +29,7 @@ __all__ = ["main", "build_parser"]
 def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     from .distance import ESTIMATORS
     from .pipeline import ROUTES, PipelineConfig
-    from .pipeline_first_guess import CURRICULUM_BELOW, TRAIN_SECONDS
+    from .pipeline_first_guess import CURRICULUM_BELOW, EPOCHS, TRAIN_SECONDS
 
     d = PipelineConfig()
     parser.add_argument("--volume", default=d.volume,
@@ -69,7 +69,9 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference-poses", action="store_true",
                         help="with --particles: score against their reference poses (e.g. a "
                              "RELION refinement's angles); they are never used to estimate")
-    parser.add_argument("--epochs", type=int, default=d.epochs, help="training epochs at most")
+    parser.add_argument("--epochs", type=int, default=d.epochs,
+                        help=f"training epochs at most (default: {EPOCHS[0]}, {EPOCHS[1]} "
+                             f"below SNR {CURRICULUM_BELOW:g})")
     parser.add_argument("--train-seconds", type=_seconds_or_auto, default=d.train_seconds,
                         metavar="SECONDS|auto|none",
                         help="training time budget; auto (default): {:.0f} s, {:.0f} s below SNR "

@@ -88,7 +88,7 @@ class PipelineConfig:
     datadir: str | None = None  # the folder a STAR file's stack paths are relative to
     reference_poses: bool = False  # score against the particles' reference poses
     symmetry: str | None = None  # the particles' point group, as the user knows it (C1)
-    epochs: int = 200
+    epochs: int | None = None  # at most; None: by SNR (pipeline_first_guess.training_epochs)
     # s; "auto": longer below SNR 1 (pipeline_first_guess.training_budget); None: epochs alone
     train_seconds: float | str | None = "auto"
     input_size: int | None = 32

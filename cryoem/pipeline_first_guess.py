@@ -34,6 +34,16 @@ TURNS = 4
 #: with quarter turns (``TURNS``, 4de31b4) training reaches its 200 epochs in 867 s: 22 minutes,
 #: 0.25 rad (0.39 before refinement, ``benchmarks/pipeline.py --snr 1/16``).
 TRAIN_SECONDS = (300.0, 1800.0)
+#: Below ``CURRICULUM_BELOW`` the network is wider and its learning rate falls along a half
+#: cosine over the run instead of halving at each stall: at SNR 1/16, 900 s each
+#: (``distance_ablation.py --levers turns cosine cosine_wide --budget-seconds 900``, 4cf9c0b),
+#: the first guess 0.343 rad (O(4)) with turns, 0.324 with the cosine, 0.292 with it and
+#: 1.5 times the filters.
+LOW_SNR_NETWORK = {"width": 1.5, "schedule": "cosine"}
+#: The training's epochs at most when ``epochs`` is None: ``EPOCHS[0]`` at SNR ≥
+#: ``CURRICULUM_BELOW``, ``EPOCHS[1]`` below (about ``TRAIN_SECONDS[1]`` on a 2-core CPU, so
+#: that the count, not the clock, ends the run and a rerun trains the same model).
+EPOCHS = (200, 400)
 
 
 def training_budget(train_seconds: float | str | None, snr: float) -> float | None:
@@ -61,6 +71,15 @@ def training_budget(train_seconds: float | str | None, snr: float) -> float | No
     return float(train_seconds)
 
 
+def training_epochs(epochs: int | None, snr: float) -> int:
+    """The training's epochs at most: ``epochs``, or :data:`EPOCHS` by ``snr`` when None."""
+    if epochs is None:
+        return EPOCHS[0] if snr >= CURRICULUM_BELOW else EPOCHS[1]
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    return int(epochs)
+
+
 def _train(run: Any) -> None:
     c = run.config
     if c.route != "distances" or c.estimator != "learned" or c.model is not None:
@@ -79,11 +98,12 @@ def _train(run: Any) -> None:
     budget = training_budget(c.train_seconds, c.snr)
     run.metrics["train_budget_s"] = budget
     config = training.TrainingConfig(
-        mode=c.training, input_size=c.input_size, epochs=c.epochs, max_seconds=budget,
-        snr_range=snr_range, max_shift=c.max_shift, patience=30, seed=c.seed,
-        ctf=bool(data.attrs.get("ctf", False)),
+        mode=c.training, input_size=c.input_size, epochs=training_epochs(c.epochs, c.snr),
+        max_seconds=budget, snr_range=snr_range, max_shift=c.max_shift, patience=30,
+        seed=c.seed, ctf=bool(data.attrs.get("ctf", False)),
         snr_start=CURRICULUM[0] if curriculum else None,
-        curriculum_epochs=CURRICULUM[1] if curriculum else 0, turns=TURNS if curriculum else 1)
+        curriculum_epochs=CURRICULUM[1] if curriculum else 0, turns=TURNS if curriculum else 1,
+        **(LOW_SNR_NETWORK if c.snr < CURRICULUM_BELOW else {}))
     run.use_truth("train", TRAINING_TRUTH[c.training])
     run.metrics["training"] = c.training
     training.train([data], run.path("model"), config, verbose=2 if run.progress else 0,
@@ -98,7 +118,8 @@ def _self_train(run: Any, data: Any) -> None:
     # "auto" does not read the simulation's SNR here (no truth): the shorter budget.
     budget = training_budget(c.train_seconds, float("inf"))
     run.metrics["train_budget_s"] = budget
-    config = training.TrainingConfig(mode="rendered", input_size=c.input_size, epochs=c.epochs,
+    config = training.TrainingConfig(mode="rendered", input_size=c.input_size,
+                                     epochs=training_epochs(c.epochs, float("inf")),
                                      max_seconds=budget, patience=30, seed=c.seed)
     indices = run.working_indices(data)
     run.metrics["training"] = "self"

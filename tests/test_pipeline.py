@@ -131,6 +131,17 @@ def test_the_training_budget_grows_as_the_snr_falls():
         parser.parse_args(["pipeline", "--train-seconds", "0"])
 
 
+def test_the_epochs_grow_as_the_snr_falls_unless_given():
+    from cryoem.pipeline_first_guess import training_epochs
+
+    noiseless, snr_1, snr_16 = (training_epochs(None, snr) for snr in (np.inf, 1.0, 1 / 16))
+    assert noiseless == snr_1 == 200 and snr_16 > snr_1
+    assert training_epochs(7, 1 / 16) == 7
+    with pytest.raises(ValueError, match="epochs"):
+        training_epochs(0, 1.0)
+    assert cli.build_parser().parse_args(["pipeline"]).epochs is None
+
+
 @pytest.mark.parametrize("training", ["fixed", pytest.param("rendered", marks=pytest.mark.slow)])
 def test_the_learned_pipeline_end_to_end(training, tmp_path):
     """Train a tiny network, recover, refine, reconstruct: every key, and the truth it read."""
@@ -150,8 +161,10 @@ def test_the_learned_pipeline_end_to_end(training, tmp_path):
     assert 0 <= metrics["l_de_test"] < 10 and metrics["e_or_o4_rad"] >= 0
     model_config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert model_config["mode"] == training
-    noisy_defaults = (model_config["turns"], model_config["snr_start"])
-    assert noisy_defaults == ((4, 16.0) if training == "rendered" else (1, None))
+    noisy_defaults = (model_config["turns"], model_config["snr_start"], model_config["width"],
+                      model_config["schedule"])
+    assert noisy_defaults == ((4, 16.0, 1.5, "cosine") if training == "rendered" else
+                              (1, None, 1.0, "plateau"))
     assert model_config["provenance"]["package_version"] == metrics["provenance"]["package_version"]
     summary = pipeline.summary(metrics)
     assert "train: " in summary
