@@ -31,7 +31,6 @@ import contextlib
 import importlib.util
 import json
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -44,6 +43,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from . import devices, projection, provenance, rotations  # noqa: E402
+from . import training_callbacks  # noqa: E402
 from ._models import CONFIG_FILE, MODEL_FILE  # noqa: E402
 from .datasets import Dataset  # noqa: E402
 from .siamese import InBatchModel, build_embedding  # noqa: E402
@@ -381,8 +381,8 @@ def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
         model.build((None, config.image_size, config.image_size))
     all_callbacks = [
         keras.callbacks.BackupAndRestore(str(out / "backup")),
-        _SaveBestEmbedding(out / MODEL_FILE, resuming),
-        _learning_rate_schedule(config),
+        training_callbacks.SaveBestEmbedding(out / MODEL_FILE, resuming),
+        training_callbacks.learning_rate_schedule(config),
         keras.callbacks.EarlyStopping(patience=config.patience),
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
     ]
@@ -390,9 +390,9 @@ def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
         all_callbacks.append(keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False,
                                                          profile_batch=0))
     if config.max_seconds is not None:
-        all_callbacks.append(_TimeBudget(config.max_seconds))
+        all_callbacks.append(training_callbacks.TimeBudget(config.max_seconds))
     if isinstance(train_data, RenderedBatches):
-        all_callbacks.append(_SyncEpoch(train_data))
+        all_callbacks.append(training_callbacks.SyncEpoch(train_data))
     history = model.fit(train_data, validation_data=val_data, epochs=config.epochs,
                         callbacks=[*all_callbacks, *callbacks], verbose=verbose)
     return {key: [float(v) for v in values] for key, values in history.history.items()}
@@ -456,97 +456,3 @@ def _clear_run(out: Path) -> None:
     for name in (MODEL_FILE, "best.json", "history.csv", CONFIG_FILE):
         (out / name).unlink(missing_ok=True)
     shutil.rmtree(out / "logs", ignore_errors=True)
-
-
-class _SyncEpoch(keras.callbacks.Callback):
-    """Give the rendered batches Keras's epoch number: a resumed run then draws its data, and
-    follows its curriculum, from the epoch where it stopped instead of from epoch 0."""
-
-    def __init__(self, batches: RenderedBatches) -> None:
-        super().__init__()
-        self.batches = batches
-
-    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        self.batches.epoch = epoch
-
-
-def _learning_rate_schedule(config: TrainingConfig) -> keras.callbacks.Callback:
-    if config.schedule == "cosine":
-        return _CosineSchedule(config.learning_rate, config.epochs, config.max_seconds)
-    return keras.callbacks.ReduceLROnPlateau(factor=0.5, patience=max(1, config.patience // 3))
-
-
-class _CosineSchedule(keras.callbacks.Callback):
-    """Set the learning rate at each epoch along a half cosine from ``rate`` to 1 % of it.
-
-    The run's progress is the larger of its share of the epochs done and its share of the
-    time budget spent (so a time-bound run still ends its decay); a resumed run continues
-    from its epoch (its clock restarts).
-    """
-
-    FLOOR = 0.01
-
-    def __init__(self, rate: float, epochs: int, seconds: float | None) -> None:
-        super().__init__()
-        self.rate, self.epochs, self.seconds = rate, epochs, seconds
-        self.start, self.current = 0.0, rate
-
-    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
-        self.start = time.perf_counter()
-
-    def progress(self, epoch: int) -> float:
-        """Share of the run done at the start of ``epoch`` (0-based), in [0, 1]."""
-        done = epoch / max(1, self.epochs)
-        if self.seconds:
-            done = max(done, (time.perf_counter() - self.start) / self.seconds)
-        return min(1.0, done)
-
-    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        cosine = 0.5 * (1.0 + np.cos(np.pi * self.progress(epoch)))
-        self.current = self.rate * (self.FLOOR + (1 - self.FLOOR) * cosine)
-        self.model.optimizer.learning_rate = self.current
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        if logs is not None:  # history.csv's column, as ReduceLROnPlateau writes it
-            logs["learning_rate"] = self.current
-
-
-class _TimeBudget(keras.callbacks.Callback):
-    """Stop training at the end of the epoch that exceeds ``seconds`` of wall time."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
-        self.seconds = seconds
-        self.start = 0.0
-
-    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        if time.perf_counter() - self.start > self.seconds:
-            self.model.stop_training = True
-
-
-class _SaveBestEmbedding(keras.callbacks.Callback):
-    """Save the embedding (with its preprocessing) whenever the validation loss improves.
-
-    The best loss so far is kept in ``best.json`` beside the model, so a
-    resumed run does not overwrite a better model from before the interruption.
-    """
-
-    def __init__(self, path: Path, resuming: bool) -> None:
-        super().__init__()
-        self.path = path
-        self.record = path.with_name("best.json")
-        self.best = np.inf
-        if resuming and self.record.exists() and path.exists():
-            self.best = float(json.loads(self.record.read_text())["val_loss"])
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        value = float((logs or {}).get("val_loss", np.inf))
-        if value < self.best or not self.path.exists():
-            self.best = min(self.best, value)
-            partial = self.path.with_name("partial-" + self.path.name)
-            self.model.embedding.save(partial)
-            os.replace(partial, self.path)
-            self.record.write_text(json.dumps({"val_loss": value, "epoch": epoch + 1}))
