@@ -291,8 +291,9 @@ class TrainingConfig:
     bins: int = 16
     cap: float = 10.0
     max_seconds: float | None = None  # stop after the epoch that crosses this time budget
-    # "plateau": the learning rate halves when the validation loss stalls; "cosine": it falls
-    # along a half cosine to 1 % over the run (epochs or max_seconds, whichever ends first)
+    # "plateau": the learning rate halves when the validation loss stalls, and the run stops
+    # after `patience` epochs without progress; "cosine": it falls along a half cosine to 1 %
+    # over the run (epochs or max_seconds, whichever ends first), with no early stop
     schedule: str = "plateau"
     seed: int = 0
     symmetry: str = "C1"
@@ -382,8 +383,7 @@ def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
     all_callbacks = [
         keras.callbacks.BackupAndRestore(str(out / "backup")),
         training_callbacks.SaveBestEmbedding(out / MODEL_FILE, resuming),
-        training_callbacks.learning_rate_schedule(config),
-        keras.callbacks.EarlyStopping(patience=config.patience),
+        *training_callbacks.schedule_callbacks(config),
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
     ]
     if importlib.util.find_spec("tensorflow") is not None:  # Keras writes the logs with tf.summary

@@ -1,7 +1,7 @@
 """What runs around each training epoch (Keras callbacks used by :func:`cryoem.training.train`).
 
-* :func:`learning_rate_schedule` — the rate halved at each stall (``plateau``) or lowered
-  along a half cosine over the run (``cosine``);
+* :func:`schedule_callbacks` — the rate halved at each stall and an early stop (``plateau``),
+  or the rate lowered along a half cosine over the whole run (``cosine``);
 * :class:`TimeBudget` — stop after the epoch that crosses a wall-clock budget;
 * :class:`SaveBestEmbedding` — keep the embedding of the best validation loss, across resumes;
 * :class:`SyncEpoch` — tell the rendered batches which epoch they serve (data and curriculum
@@ -38,11 +38,18 @@ class SyncEpoch(keras.callbacks.Callback):
         self.batches.epoch = epoch
 
 
-def learning_rate_schedule(config: TrainingConfig) -> keras.callbacks.Callback:
-    """The callback that sets the learning rate by ``config.schedule``."""
+def schedule_callbacks(config: TrainingConfig) -> list[keras.callbacks.Callback]:
+    """The callbacks that set the learning rate by ``config.schedule`` and may end the run early.
+
+    ``plateau``: the rate halves when the validation loss stalls for ``patience // 3``
+    epochs, and the run stops after ``patience`` epochs without improvement.  ``cosine``:
+    :class:`CosineSchedule`, and no early stop: the schedule is the run's length (a stop
+    before the rate has fallen wastes the decay that does the most good).
+    """
     if config.schedule == "cosine":
-        return CosineSchedule(config.learning_rate, config.epochs, config.max_seconds)
-    return keras.callbacks.ReduceLROnPlateau(factor=0.5, patience=max(1, config.patience // 3))
+        return [CosineSchedule(config.learning_rate, config.epochs, config.max_seconds)]
+    return [keras.callbacks.ReduceLROnPlateau(factor=0.5, patience=max(1, config.patience // 3)),
+            keras.callbacks.EarlyStopping(patience=config.patience)]
 
 
 class CosineSchedule(keras.callbacks.Callback):

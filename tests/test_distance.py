@@ -8,7 +8,7 @@ import pytest
 
 from cryoem import cli, datasets, distance, rotations, volumes
 
-from cryoem import siamese, training  # noqa: E402 - hard dependencies: a broken import must fail
+from cryoem import siamese, training, training_callbacks  # noqa: E402 - hard dependencies: a broken import must fail
 
 keras = siamese.keras
 
@@ -404,6 +404,10 @@ def test_the_cosine_schedule_lowers_the_rate_along_a_half_cosine(small_dataset, 
                 1e-3 * (0.01 + 0.99 * (1 - np.sqrt(0.5)) / 2)]
     np.testing.assert_allclose(rates, expected, rtol=1e-6)
     assert json.loads((model / "config.json").read_text())["schedule"] == "cosine"
+    kinds = {schedule: [type(c).__name__ for c in training_callbacks.schedule_callbacks(
+        training.TrainingConfig(schedule=schedule))] for schedule in training.SCHEDULES}
+    assert kinds == {"plateau": ["ReduceLROnPlateau", "EarlyStopping"],
+                     "cosine": ["CosineSchedule"]}  # the cosine's run is never cut short
     with pytest.raises(ValueError, match="schedule 'step'"):
         training.train([small_dataset], tmp_path / "other",
                        training.TrainingConfig(epochs=1, schedule="step"), verbose=0)

@@ -117,8 +117,9 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
                              "angles of an imported RELION refinement)")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--schedule", choices=("plateau", "cosine"), default="plateau",
-                        help="plateau: halve the learning rate when the validation loss stalls; "
-                             "cosine: lower it along a half cosine to 1 %% over the epochs")
+                        help="plateau: halve the learning rate when the validation loss stalls "
+                             "(and stop after --patience epochs without progress); cosine: lower "
+                             "it along a half cosine to 1 %% over the epochs (no early stop)")
     parser.add_argument("--patience", type=int, default=6, help="early-stopping patience (epochs)")
     parser.add_argument("--threads", type=int, default=None, help="TensorFlow threads")
     parser.add_argument("--seed", type=int, default=0)
