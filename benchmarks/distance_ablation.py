@@ -61,6 +61,8 @@ MAX_EPOCHS = 100_000  # the budget (or early stopping) ends training
 #: anew; the model folder is named by the lever's settings, so only the same training is reused.
 TRAINING_RECORD = "ablation_training.json"
 
+_TURNS = {"input_size": 32, "snr_start": 16.0, "curriculum_epochs": 8, "turns": 4}
+_COSINE = {**_TURNS, "schedule": "cosine"}
 #: Lever → (what it changes, the TrainingConfig settings).  ``snr_high``: the training
 #: SNR is drawn log-uniformly in [SNR, snr_high] instead of at the data's SNR alone.
 LEVERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -73,21 +75,13 @@ LEVERS: dict[str, tuple[str, dict[str, Any]]] = {
                    {"input_size": 32, "snr_start": 16.0, "curriculum_epochs": 8}),
     "wide": ("32 px, twice the filters", {"input_size": 32, "width": 2.0}),
     "turns": ("the curriculum; each render also served turned by 90°, 180°, 270° (exact "
-              "labels, a quarter of the renders)",
-              {"input_size": 32, "snr_start": 16.0, "curriculum_epochs": 8, "turns": 4}),
+              "labels, a quarter of the renders)", _TURNS),
     "cosine": ("turns; the learning rate falls along a half cosine over the budget (not halved "
-               "when the validation loss stalls)",
-               {"input_size": 32, "snr_start": 16.0, "curriculum_epochs": 8, "turns": 4,
-                "schedule": "cosine"}),
+               "when the validation loss stalls)", _COSINE),
     "cosine_batch128": ("cosine, 128 images a step (4 times the pairs, twice the images)",
-                        {"input_size": 32, "snr_start": 16.0, "curriculum_epochs": 8, "turns": 4,
-                         "schedule": "cosine", "batch_size": 128}),
-    "cosine_wide": ("cosine, 1.5 times the filters",
-                    {"input_size": 32, "snr_start": 16.0, "curriculum_epochs": 8, "turns": 4,
-                     "schedule": "cosine", "width": 1.5}),
-    "cosine_wide2": ("cosine, twice the filters",
-                     {"input_size": 32, "snr_start": 16.0, "curriculum_epochs": 8, "turns": 4,
-                      "schedule": "cosine", "width": 2.0}),
+                        {**_COSINE, "batch_size": 128}),
+    "cosine_wide": ("cosine, 1.5 times the filters", {**_COSINE, "width": 1.5}),
+    "cosine_wide2": ("cosine, twice the filters", {**_COSINE, "width": 2.0}),
 }
 BASELINES = ("euclidean",)
 SUPERVISION = ("rendered: images of the TRUE map at the data's SNR, with their true "

@@ -170,8 +170,8 @@ def continued(data: Any, truth: Any, estimate: np.ndarray, shifts: np.ndarray,
 
 
 def marginalised(data: Any, images: np.ndarray, truth: Any, estimate: np.ndarray,
-                 shifts: np.ndarray, symmetry: str, temperatures: tuple[float, ...], candidates: int = 8,
-                 step: float = 0.06) -> tuple[list[tuple[float, float]], float]:
+                 shifts: np.ndarray, symmetry: str, temperatures: tuple[float, ...],
+                 candidates: int = 8, step: float = 0.06) -> tuple[list[tuple[float, float]], float]:
     """Local iterations whose references enter each image at its ``candidates`` most probable
     local orientations, weighted by their posterior (:func:`cryoem.ab_initio.posterior_weights`
     at each iteration's temperature), each group left out of its own reference; every image
