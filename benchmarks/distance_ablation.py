@@ -82,6 +82,10 @@ LEVERS: dict[str, tuple[str, dict[str, Any]]] = {
                         {**_COSINE, "batch_size": 128}),
     "cosine_wide": ("cosine, 1.5 times the filters", {**_COSINE, "width": 1.5}),
     "cosine_wide2": ("cosine, twice the filters", {**_COSINE, "width": 2.0}),
+    "cosine_wide_in24": ("cosine_wide downsampled to 24 px (about half the convolutions' cost)",
+                         {**_COSINE, "width": 1.5, "input_size": 24}),
+    "cosine_wide2_in24": ("cosine_wide2 downsampled to 24 px (about cosine_wide's cost)",
+                          {**_COSINE, "width": 2.0, "input_size": 24}),
 }
 BASELINES = ("euclidean",)
 SUPERVISION = ("rendered: images of the TRUE map at the data's SNR, with their true "
