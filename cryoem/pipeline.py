@@ -242,7 +242,8 @@ def _refine(run: _Run) -> None:
         images, q, ctf=ctf,
         pixel_size=data.pixel_size, iterations=run.config.refine_iterations,
         initial_map=start, initial_resolution=run.config.initial_resolution or 30.0,
-        seed=run.config.seed, client=run.client, progress=run.progress)
+        symmetry=data.attrs.get("symmetry", "C1"), seed=run.config.seed, client=run.client,
+        progress=run.progress)
     run.metrics["refinement_history"] = result.history
     plots.save(plots.refinement_history(result.history), run.path("figures/refinement.png"))
     physical = _physical_error(run, data, indices, result.quaternions)

@@ -42,7 +42,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import (distributed, gold_standard, projection, reconstruction, resolution, rotations,
-               scoring, stacks, volumes)
+               scoring, stacks, symmetry_frame, volumes)
 from .matching import Band, GridSlices, candidate_offsets, global_match, local_match
 from ._progress import progress_bar
 
@@ -94,6 +94,7 @@ def refine(
     rescue_iterations: int = 3,
     rescue_step: float = 0.06,
     leave_out_groups: int = 4,
+    symmetry: str = "C1",
     batch: int = 64,
     chunk: int = 1024,
     client: Any = None,
@@ -197,6 +198,14 @@ def refine(
         images (``benchmarks/particles.py``) it took 4AKE, 2ZMM and 1HVR from 0.090, 0.106 and
         0.129 rad to 0.086, 0.095 and 0.119, their maps from 16, 15 and 25 % to 14, 12 and
         23 % coarser than the true poses', for 25-40 % more time.
+    symmetry
+        The particle's point group: after the start, each half's references (its map and
+        its maps without each group) are averaged over the group about the axes found in
+        that half's own map (:func:`cryoem.symmetry_frame.symmetrize`; searched once, then
+        polished each iteration), as RELION's ``--sym`` does to each half.  The orientations
+        stay in C1 and in their own frame (the pipeline turns them onto the group's axes
+        afterwards); the history records how symmetric the halves were about their axes
+        (``symmetry_score``, 1: exactly).  ``"C1"``: nothing imposed.
     images
         An array, or a :class:`cryoem.stacks.ImageStack` read a chunk at a time.
     batch, chunk
@@ -270,6 +279,8 @@ def refine(
                                             seed=np.random.default_rng([seed, 2]))
                    if rescue_candidates else None)
     converged = [False]
+    frames: list[symmetry_frame.SymmetryFrame | None] = [None, None]  # each half's axes
+    symmetric = len(rotations.point_group(symmetry)) > 1
 
     def schedule() -> Iterator[tuple[int, str]]:
         """(iteration, kind): the global passes, the local ones until they stop moving, then
@@ -295,7 +306,7 @@ def refine(
         from_start = start_map is not None and iteration == 0
         searching_globally = kind in ("global", "rescue")
         soft = kind == "local" and iteration < soft_iterations
-        turned = float("nan")
+        turned, symmetry_score = float("nan"), float("nan")
         without: list[list[NDArray]] = [[], []]
         if from_start:
             maps = [start_map, start_map]
@@ -304,7 +315,10 @@ def refine(
         else:
             maps, without, curve, turned = _half_references(
                 images, q, current_shifts, ctf, halves, None if searching_globally else groups,
-                pixel_size, regularization, align_halves, client)
+                pixel_size, regularization, align_halves, client,
+                (symmetry, frames, seed) if symmetric else None)
+            if symmetric:
+                symmetry_score = float(np.mean([frame.score for frame in frames if frame]))
             below = np.flatnonzero(curve.values < resolution.THRESHOLD_HALF_MAPS)
             shell = curve.shells[below[0]] if len(below) else curve.shells[-1]
             radius = min(size / 2 - 1, max(6.0, 1.2 * shell + 2))
@@ -342,7 +356,7 @@ def refine(
                  "halfmap_fsc0143_angstrom": (float("nan") if curve is None else
                                               curve.resolution(resolution.THRESHOLD_HALF_MAPS)),
                  "band_radius_px": band.radius, "halves_turn_rad": turned,
-                 "left_out_groups": float(len(without[0])),
+                 "left_out_groups": float(len(without[0])), "symmetry_score": symmetry_score,
                  "mean_change_rad": moved, "mean_score": float(np.mean(scores)),
                  "seconds": time.perf_counter() - began}
         if callback is not None:
@@ -388,13 +402,16 @@ def _matched_sets(halves: NDArray[np.int64], groups: NDArray[np.int64] | None,
 def _half_references(images: "NDArray | stacks.ImageStack", q: FloatArray, shifts: FloatArray,
                      ctf: "projection.CTFParameters | None", halves: NDArray[np.int64],
                      groups: NDArray[np.int64] | None, pixel_size: float,
-                     regularization: float, align_halves: bool, client: Any
+                     regularization: float, align_halves: bool, client: Any,
+                     symmetric: tuple[str, list, int] | None = None,
                      ) -> tuple[list[NDArray], list[list[NDArray]], "resolution.FSC", float]:
     """Each half's map from its own images, the second turned onto the first (when
     ``align_halves``), both filtered by their FSC; with ``groups``, also each half's maps
-    without each of its groups, turned and filtered alike.  Returns the maps, the maps without
-    each group (empty lists without ``groups``), the FSC and the turn (rad).  The second half's
-    orientations ``q`` are turned with its map, in place."""
+    without each of its groups, turned and filtered alike.  With ``symmetric`` (the group,
+    each half's frame found before or ``None``, updated in place, and the search's seed),
+    each half's maps are symmetrised about its own map's axes before the FSC.  Returns the
+    maps, the maps without each group (empty lists without ``groups``), the FSC and the turn
+    (rad).  The second half's orientations ``q`` are turned with its map, in place."""
     maps: list[NDArray] = []
     without: list[list[NDArray]] = [[], []]
     for half in (0, 1):
@@ -420,9 +437,27 @@ def _half_references(images: "NDArray | stacks.ImageStack", q: FloatArray, shift
         q[halves == 1] = rotations.canonical(turn.to_truth_frame(q[halves == 1]))
         turned = float(rotations.geodesic_distance(turn.transform, [1.0, 0, 0, 0]))
         curve = resolution.fsc(maps[0], maps[1], pixel_size, mask=True)
+    if symmetric is not None:
+        _symmetrize_halves(maps, without, curve, *symmetric)
+        curve = resolution.fsc(maps[0], maps[1], pixel_size, mask=True)
     return ([gold_standard.filter_by_fsc(m, curve.values) for m in maps],
             [[gold_standard.filter_by_fsc(m, curve.values) for m in half] for half in without],
             curve, turned)
+
+
+def _symmetrize_halves(maps: list[NDArray], without: list[list[NDArray]],
+                       curve: "resolution.FSC", symmetry: str, frames: list, seed: int) -> None:
+    """Each half's map and maps without its groups, averaged over the group about the axes
+    found in that half's map alone, weighted by the FSC (the noise the halves do not share
+    would hide the axes); ``frames`` holds each half's last frame, the start of its next
+    search (a polish, not a search)."""
+    for half in (0, 1):
+        frames[half] = symmetry_frame.find_symmetry_frame(
+            gold_standard.filter_by_fsc(maps[half], curve.values), symmetry, seed=seed,
+            start=frames[half])
+        maps[half] = symmetry_frame.symmetrize(maps[half], symmetry, frames[half])
+        without[half] = [symmetry_frame.symmetrize(m, symmetry, frames[half])
+                         for m in without[half]]
 
 
 def _match_piece(piece: tuple, images: "NDArray | stacks.ImageStack", reference: NDArray,

@@ -21,8 +21,8 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import alignment, rotations, scoring, volumes
 
-__all__ = ["SymmetryFrame", "find_symmetry_frame", "generators", "symmetry_score",
-           "turn_orientations"]
+__all__ = ["SymmetryFrame", "find_symmetry_frame", "generators", "symmetrize",
+           "symmetry_score", "turn_orientations"]
 
 FloatArray = NDArray[np.float64]
 
@@ -99,9 +99,10 @@ def _closure(chosen: FloatArray) -> FloatArray:
                 elements = np.vstack([elements, p])
 
 
-def _turned(volume: NDArray, q: ArrayLike) -> NDArray:
+def _turned(volume: NDArray, q: ArrayLike, order: int = 1) -> NDArray:
     return scoring.rotate_map(volume, alignment.Alignment(np.zeros(0), "physical",
-                                                          np.asarray(q, dtype=np.float64)), order=1)
+                                                          np.asarray(q, dtype=np.float64)),
+                              order=order)
 
 
 def symmetry_score(volume: NDArray, symmetry: str, turn: ArrayLike | None = None) -> float:
@@ -119,14 +120,16 @@ def symmetry_score(volume: NDArray, symmetry: str, turn: ArrayLike | None = None
 
 
 def find_symmetry_frame(volume: ArrayLike, symmetry: str, *, candidates: int = 2000,
-                        size: int = 24, polish: int = 3, seed: int = 0) -> SymmetryFrame:
+                        size: int = 24, polish: int = 3, seed: int = 0,
+                        start: SymmetryFrame | None = None) -> SymmetryFrame:
     """The global rotation that brings ``volume``'s symmetry axes onto the group's.
 
     Scores ``candidates`` uniform rotations (:func:`symmetry_score` on the map
     Fourier-cropped to ``size`` voxels), then polishes the ``polish`` best by Nelder–Mead on
-    the map at up to 48 voxels.  A search by hand: it is a few dozen lines on what
-    :func:`cryoem.scoring.rotate_map` already does, where a package would add a dependency
-    for one call.
+    the map at up to 48 voxels.  With ``start`` (a frame found before on a map like this
+    one), only that frame's turn is polished: no search.  A search by hand: it is a few
+    dozen lines on what :func:`cryoem.scoring.rotate_map` already does, where a package
+    would add a dependency for one call.
 
     Raises
     ------
@@ -138,9 +141,12 @@ def find_symmetry_frame(volume: ArrayLike, symmetry: str, *, candidates: int = 2
     if len(rotations.point_group(symmetry)) == 1:
         raise ValueError("C1 has no axes to find")
     data = np.asarray(volume, dtype=np.float64)
-    coarse = volumes.fourier_resample(data, min(size, data.shape[0]))
-    grid = sampling_grid(candidates, seed)
-    scores = np.array([symmetry_score(coarse, symmetry, q) for q in grid])
+    if start is None:
+        coarse = volumes.fourier_resample(data, min(size, data.shape[0]))
+        grid = sampling_grid(candidates, seed)
+        scores = np.array([symmetry_score(coarse, symmetry, q) for q in grid])
+    else:
+        grid, scores, polish = start.turn.transform[None, :], np.zeros(1), 1
     fine = volumes.fourier_resample(data, min(48, data.shape[0]))
 
     def loss(vector: FloatArray, start: FloatArray) -> float:
@@ -155,6 +161,26 @@ def find_symmetry_frame(volume: ArrayLike, symmetry: str, *, candidates: int = 2
             best, best_q = -found.fun, _moved(start, found.x)
     turn = alignment.Alignment(np.zeros(0), "physical", rotations.canonical(best_q))
     return SymmetryFrame(turn, best, symmetry_score(fine, symmetry))
+
+
+def symmetrize(volume: ArrayLike, symmetry: str, frame: SymmetryFrame) -> NDArray[np.float32]:
+    """The mean of ``volume`` and its copies turned by the group about the axes ``frame``
+    found in it (the map stays in its own frame: the axes are where the map has them).
+
+    With ``t`` the frame's turn, each element ``g`` of the group acts on the map as
+    ``t⁻¹·g·t`` (cubic splines, :func:`cryoem.scoring.rotate_map`; the identity's copy is the
+    map itself).  What RELION's ``--sym`` does to each half's reference, for axes that were
+    never moved onto the group's own.
+    """
+    data = np.asarray(volume, dtype=np.float64)
+    t = frame.turn.transform
+    total = np.zeros_like(data)
+    group = rotations.point_group(symmetry)
+    for g in group:
+        identity = abs(abs(g[0]) - 1.0) < 1e-12
+        turn = rotations.multiply(rotations.conjugate(t), rotations.multiply(g, t))
+        total += data if identity else _turned(data, turn, order=3)
+    return (total / len(group)).astype(np.float32)
 
 
 def sampling_grid(candidates: int, seed: int) -> FloatArray:

@@ -65,3 +65,43 @@ def test_a_symmetric_run_from_particles_turns_its_poses_onto_the_axes(tmp_path):
     assert metrics["symmetry_frame"]["symmetry_score"] > 0.95
     # Not asserted: the poses' error. Ab initio on this small C2 phantom ends far off (0.7-1.5
     # rad under C2, as without --symmetry), which this test does not depend on.
+
+
+def test_symmetrize_in_the_groups_own_frame_is_the_mean_with_the_flipped_map():
+    """About the standard axes, C2 turns (x, y, z) into (-x, -y, z): the half-turn copy is the
+    map with its x and y indices mirrored about the centre voxel, an exact permutation by hand."""
+    v = volumes.gaussian_phantom(32, n_blobs=6, sigma=1.8, seed=2).data.astype(np.float64)
+    identity = symmetry_frame.SymmetryFrame(
+        alignment.Alignment(np.zeros(0), "physical", np.array([1.0, 0, 0, 0])), 1.0, 1.0)
+    flipped = np.zeros_like(v)
+    flipped[:, 1:, 1:] = v[:, :0:-1, :0:-1]  # array axes (z, y, x); index i -> 32 - i
+    expected = (v + flipped) / 2
+    mask = volumes.spherical_mask(32) > 0.5
+    result = symmetry_frame.symmetrize(v, "C2", identity)
+    assert np.max(np.abs(result - expected)[mask]) < 1e-4 * np.max(np.abs(v))
+    assert np.max(np.abs(v - expected)[mask]) > 0.1 * np.max(np.abs(v))  # not symmetric before
+
+
+@pytest.mark.parametrize("symmetry", ["C2", "D2"])
+def test_symmetrize_about_found_axes_imposes_the_group_there(symmetry):
+    """A map whose axes point anywhere (a symmetric phantom turned): symmetrised about the axes
+    the search found, an asymmetric map becomes symmetric about those axes, and the turned
+    symmetric phantom itself barely changes."""
+    phantom = volumes.gaussian_phantom(32, symmetry=symmetry, n_blobs=6, sigma=1.8, seed=4).data
+    a = alignment.Alignment(np.zeros(0), "physical",
+                            rotations.conjugate(rotations.sample_uniform(1, seed=7)[0]))
+    turned = scoring.rotate_map(phantom, a)
+    frame = symmetry_frame.find_symmetry_frame(turned, symmetry, candidates=500)
+    mask = volumes.spherical_mask(32) > 0.5
+    kept = symmetry_frame.symmetrize(turned, symmetry, frame)
+    assert np.corrcoef(kept[mask], turned[mask])[0, 1] > 0.99
+    other = scoring.rotate_map(volumes.gaussian_phantom(32, n_blobs=6, sigma=1.8, seed=3).data, a)
+    assert symmetry_frame.symmetry_score(other, symmetry, frame.turn.transform) < 0.8
+    imposed = symmetry_frame.symmetrize(other, symmetry, frame)
+    assert symmetry_frame.symmetry_score(imposed, symmetry, frame.turn.transform) > 0.97
+    # Started from the frame found, the polish alone finds the same axes again (the turn
+    # itself is free about a C2 axis: compare what it imposes).
+    again = symmetry_frame.find_symmetry_frame(turned, symmetry, start=frame)
+    assert again.score > 0.97
+    twice = symmetry_frame.symmetrize(other, symmetry, again)
+    assert np.corrcoef(twice[mask], imposed[mask])[0, 1] > 0.995
