@@ -31,6 +31,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -134,7 +135,10 @@ class RenderedBatches(keras.utils.PyDataset):
     (:func:`quarter_turn`, exact labels ``R_z(α)·R``), so a batch renders ``turns``
     times fewer orientations; the noise is drawn per image, after the turn.
     Everything derives from ``seed`` and the batch number: the same run draws
-    the same data.  With
+    the same data.  The clean images of ``render_block`` batches are rendered in one call
+    per volume (a NUFFT call costs its volume's 3-D transform however few slices it
+    takes: at 64 px, one call per batch of 16 slices spent most of an epoch there); the
+    images are those of one call per batch, to rounding.  With
     ``replicas``, a batch is ``replicas`` such batches of ``batch_size`` one
     after the other (each replica's slice, with its own near partners) and
     their targets (:func:`target_matrix`); ``batch_size`` attribute: the global batch.
@@ -147,7 +151,7 @@ class RenderedBatches(keras.utils.PyDataset):
                  ctf: bool = False, near_angle: float = 0.5, seed: int = 0,
                  ctf_fraction: float = 1.0, replicas: int = 1,
                  snr_start: float | None = None, curriculum_epochs: int = 0,
-                 turns: int = 1) -> None:
+                 turns: int = 1, render_block: int = 25) -> None:
         super().__init__()
         if turns not in (1, 2, 4) or batch_size % turns:
             raise ValueError(f"turns must be 1, 2 or 4 and divide the batch size {batch_size}, "
@@ -175,7 +179,11 @@ class RenderedBatches(keras.utils.PyDataset):
         self.snr_start = snr_start
         self.curriculum_epochs = curriculum_epochs
         self.turns = turns
+        self.render_block = max(1, int(render_block))
         self.epoch = 0
+        self._rendered: dict[int, tuple] = {}  # batch index → its draws and clean images
+        self._rendered_epoch = -1
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return self.steps
@@ -197,7 +205,9 @@ class RenderedBatches(keras.utils.PyDataset):
     def on_epoch_end(self) -> None:
         self.epoch += 1
 
-    def __getitem__(self, index: int) -> tuple[NDArray, NDArray]:
+    def _draw(self, index: int) -> dict[str, Any]:
+        """Batch ``index``'s volume, orientations, shifts and CTFs (its generator, to draw
+        its noise from next)."""
         rng = np.random.default_rng([self.seed, self.epoch, index])
         which = (self.epoch * self.steps + index) % len(self.volumes)
         size = self.batch_size // self.replicas // self.turns  # orientations rendered per replica
@@ -214,13 +224,49 @@ class RenderedBatches(keras.utils.PyDataset):
         with_ctf = (rng.random(len(q)) < self.ctf_fraction if self.ctf
                     else np.zeros(len(q), dtype=bool))
         ctf = projection.sample_ctf(int(with_ctf.sum()), seed=rng) if with_ctf.any() else None
-        images = np.empty((len(q), *self.volumes[which].shape[1:]), dtype=np.float32)
-        for chosen, params in ((~with_ctf, None), (with_ctf, ctf)):  # one render per image
-            if chosen.any():
-                images[chosen] = projection.project(
-                    self.volumes[which], q[chosen],
-                    shifts=shifts[chosen] if self.max_shift > 0 else None, ctf=params,
-                    pixel_size=self.pixel_sizes[which])
+        return {"rng": rng, "which": which, "size": size, "q": q, "shifts": shifts,
+                "with_ctf": with_ctf, "ctf": ctf}
+
+    def _render_block(self, indices: range) -> None:
+        """The clean images of these batches: one projection call per volume and kind
+        (with and without CTF) for all of them."""
+        draws = {index: self._draw(index) for index in indices}
+        for index, d in draws.items():
+            d["images"] = np.empty((len(d["q"]), *self.volumes[d["which"]].shape[1:]),
+                                   dtype=np.float32)
+        for which in {d["which"] for d in draws.values()}:
+            for kind in (False, True):
+                parts = [(d, np.flatnonzero(d["with_ctf"] == kind)) for d in draws.values()
+                         if d["which"] == which]
+                parts = [(d, rows) for d, rows in parts if len(rows)]
+                if not parts:
+                    continue
+                ctf = (projection.CTFParameters.from_array(np.concatenate(
+                    [d["ctf"].as_array() for d, _ in parts])) if kind else None)
+                rendered = projection.project(
+                    self.volumes[which], np.concatenate([d["q"][rows] for d, rows in parts]),
+                    shifts=(np.concatenate([d["shifts"][rows] for d, rows in parts])
+                            if self.max_shift > 0 else None),
+                    ctf=ctf, pixel_size=self.pixel_sizes[which])
+                start = 0
+                for d, rows in parts:
+                    d["images"][rows] = rendered[start:start + len(rows)]
+                    start += len(rows)
+        self._rendered.update(draws)
+
+    def _clean(self, index: int) -> dict[str, Any]:
+        """Batch ``index``'s draws and clean images, its block rendered on first use."""
+        with self._lock:
+            if self._rendered_epoch != self.epoch:
+                self._rendered, self._rendered_epoch = {}, self.epoch
+            if index not in self._rendered:
+                first = index - index % self.render_block
+                self._render_block(range(first, min(first + self.render_block, self.steps)))
+            return self._rendered.pop(index)
+
+    def __getitem__(self, index: int) -> tuple[NDArray, NDArray]:
+        d = self._clean(index)
+        rng, which, size, q, images = d["rng"], d["which"], d["size"], d["q"], d["images"]
         if self.turns > 1:
             images, q = self._turned(images, q, size)
         bounds = self.snr_bounds()

@@ -186,6 +186,31 @@ def test_a_curriculum_lowers_the_noise_geometrically_to_the_data_snr(small_datas
         training.RenderedBatches(snr_range=None, snr_start=16.0, curriculum_epochs=4, **common)
 
 
+def test_batches_rendered_in_blocks_are_those_rendered_one_by_one(small_dataset):
+    """Two volumes in turn, half the images with a CTF, shifts, turns, noise: rendering five
+    batches' slices in one call per volume and kind gives each batch what one call per batch
+    gave, to rounding, in any order of access."""
+    volume = small_dataset.volume
+    common = dict(volumes=[volume, volume[::-1].copy()],
+                  pixel_sizes=[small_dataset.pixel_size] * 2, symmetries=["C1"] * 2,
+                  signal_variances=[small_dataset.attrs["signal_variance"]] * 2, batch_size=16,
+                  steps=5, snr_range=(1.0, 1.0), max_shift=1.5, ctf=True, ctf_fraction=0.5,
+                  turns=2, seed=3)
+    alone = training.RenderedBatches(render_block=1, **common)
+    blocks = training.RenderedBatches(render_block=5, **common)
+    scale = np.abs(alone[0][0]).max()
+    first_epoch = blocks[2][0]
+    for index in (3, 0, 4, 1, 2, 3):  # out of order, one of them twice
+        images, targets = blocks[index]
+        expected_images, expected_targets = alone[index]
+        np.testing.assert_allclose(images, expected_images, atol=1e-5 * scale)
+        np.testing.assert_array_equal(targets, expected_targets)
+    blocks.on_epoch_end()
+    alone.on_epoch_end()
+    np.testing.assert_allclose(blocks[2][0], alone[2][0], atol=1e-5 * scale)
+    assert not np.allclose(blocks[2][0], first_epoch)  # a new epoch draws new data
+
+
 @pytest.mark.parametrize("quarters", [1, 2, 3])
 def test_a_quarter_turn_is_the_projection_of_the_turned_orientation(small_dataset, quarters):
     """The turned image equals the projector's image at R_z(k·90°)·R (labels stay exact)."""
