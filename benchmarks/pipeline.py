@@ -8,10 +8,11 @@ configuration (the same simulated particles, the same test split) with the first
 guess from the images alone instead of distances learned on the true map: the
 like-for-like comparison of the two routes.  ``--snr`` runs the same defaults on noisy
 particles (``pipeline_snr1_16.json`` for 1/16), with the training budget the pipeline picks for
-that SNR.
+that SNR; ``--max-shift`` shifts the particles (``pipeline_snr1_16_shift2.json`` for 2 px at
+SNR 1/16).
 
-    python benchmarks/pipeline.py [--route distances|ab-initio] [--snr 1/16] [--out-dir DIR]
-                                  [--json FILE]
+    python benchmarks/pipeline.py [--route distances|ab-initio] [--snr 1/16] [--max-shift PX]
+                                  [--out-dir DIR] [--json FILE]
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="first-guess route (default: the pipeline's)")
     parser.add_argument("--snr", type=positive_snr, default=float("inf"),
                         help="the simulated particles' SNR (default: inf, the quick start's)")
+    parser.add_argument("--max-shift", type=float, default=0.0,
+                        help="the simulated particles' shifts, pixels at most (default: 0)")
     parser.add_argument("--out-dir", type=Path, default=None,
                         help="run folder, emptied first (default: data/benchmarks/pipeline, "
                              "or pipeline-ab-initio)")
@@ -45,16 +48,18 @@ def main(argv: list[str] | None = None) -> None:
                         help="where the README's two figures of the default run are copied")
     args = parser.parse_args(argv)
     noiseless = args.snr == float("inf")
-    default = args.route == pipeline.PipelineConfig().route and noiseless
+    default = args.route == pipeline.PipelineConfig().route and noiseless and not args.max_shift
     parts = ([] if args.route == pipeline.PipelineConfig().route else [args.route]) + (
-        [] if noiseless else [f"snr{snr_tag(args.snr)}"])
+        [] if noiseless else [f"snr{snr_tag(args.snr)}"]) + (
+        [f"shift{args.max_shift:g}"] if args.max_shift else [])
     args.out_dir = args.out_dir or Path("data/benchmarks/" + "-".join(["pipeline", *parts]))
     args.json = args.json or Path("benchmarks/results/"
                                   + "_".join(["pipeline", *parts]).replace("-", "_") + ".json")
     shutil.rmtree(args.out_dir, ignore_errors=True)
     start = time.perf_counter()
-    metrics = pipeline.run(pipeline.PipelineConfig(route=args.route, snr=args.snr), args.out_dir,
-                           progress=False)
+    metrics = pipeline.run(pipeline.PipelineConfig(route=args.route, snr=args.snr,
+                                                   max_shift=args.max_shift),
+                           args.out_dir, progress=False)
     wall = time.perf_counter() - start
     rows = [{"stage": stage, "seconds": seconds} for stage, seconds in metrics["timings_s"].items()]
     rows.append({"stage": "total (wall)", "seconds": round(wall, 1),

@@ -249,6 +249,9 @@ SECTIONS: list[Section] = [
             "pipeline.py --route ab-initio", "pipeline_ab_initio.json", pipeline_rows),
     Section("The default pipeline at SNR 1/16 (`cryoem pipeline --snr 0.0625`)",
             "pipeline.py --snr 1/16", "pipeline_snr1_16.json", pipeline_rows),
+    Section("The default pipeline at SNR 1/16 with shifts ≤ 2 px (`cryoem pipeline --snr 0.0625 "
+            "--max-shift 2`)", "pipeline.py --snr 1/16 --max-shift 2",
+            "pipeline_snr1_16_shift2.json", pipeline_rows),
     Section("The same particles at SNR 1/16, ab-initio route",
             "pipeline.py --route ab-initio --snr 1/16", "pipeline_ab_initio_snr1_16.json",
             pipeline_rows),
