@@ -187,7 +187,7 @@ def time_steps(step: Any, batches: list[Any], warmup: int) -> list[float]:
 def in_batch_batches(data: Dataset, args: argparse.Namespace,
                      rng: np.random.Generator) -> list[tuple[NDArray, NDArray]]:
     """``--pair-steps`` batches ``(images (B, L, L), targets (B, B))`` from the training split."""
-    from cryoem import rotations, training
+    from cryoem import rotations, training_data
 
     group = rotations.point_group(data.attrs.get("symmetry", "C1"))
     train = data.split["train"]
@@ -195,7 +195,7 @@ def in_batch_batches(data: Dataset, args: argparse.Namespace,
     for _ in range(args.pair_steps):
         chosen = np.sort(rng.choice(train, min(args.batch_size, len(train)), replace=False))
         batches.append((data.projections[chosen],
-                        training.target_matrix(data.orientations[chosen], group)))
+                        training_data.target_matrix(data.orientations[chosen], group)))
     return batches
 
 

@@ -22,7 +22,7 @@ each replica scores the pairs within its own slice: the per-replica batch
 (and the number of pairs per gradient) is that of a one-device run with the
 same ``--batch-size``, and each step sees ``replicas`` times as many images.
 The targets are laid out so that each slice carries its own ``(batch_size,
-batch_size)`` matrix (:func:`cryoem.training.target_matrix` with ``replicas``);
+batch_size)`` matrix (:func:`cryoem.training_data.target_matrix` with ``replicas``);
 in rendered mode each slice is rendered as a whole batch (its far
 orientations with their near partners), so no pair is split across replicas.
 Learning rate and epochs are not rescaled.  ``tests/test_distributed_training.py``

@@ -249,7 +249,7 @@ class LearnedDistance(Estimator):
     turns
         Test-time turns: the distance of a pair is the mean of the network's distances between
         the two images turned together in-plane by each multiple of ``360°/turns`` (1, 2 or 4;
-        exact turns, by index: :func:`cryoem.training.quarter_turn`).  Turning both images
+        exact turns, by index: :func:`cryoem.training_data.quarter_turn`).  Turning both images
         by one angle leaves their true distance unchanged (``d_q(R_z·R_i, R_z·R_j) =
         d_q(R_i, R_j)``), so each turn is another estimate of the same distance; with all four
         the matrix no longer depends on how the images are turned.  At SNR 1/16 (4AKE,
@@ -324,7 +324,7 @@ class LearnedDistance(Estimator):
 
     def turned_features(self, images: NDArray) -> list[FloatArray]:
         """The unit features of the images turned by each of the test-time turns."""
-        from .training import quarter_turn
+        from .training_data import quarter_turn
 
         images = np.asarray(images, dtype=np.float32)
         return [self.embed(quarter_turn(images, k * 4 // self.turns))

@@ -23,7 +23,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 if TYPE_CHECKING:  # annotations only: training imports this module, never the reverse
-    from .training import RenderedBatches, TrainingConfig
+    from .training import TrainingConfig
+    from .training_data import RenderedBatches
 
 
 class SyncEpoch(keras.callbacks.Callback):

@@ -41,11 +41,11 @@ import json, os, sys
 
 import numpy as np
 
-from cryoem import rotations, siamese, training
+from cryoem import rotations, siamese, training, training_data
 import keras
 
 assert keras.backend.backend() == os.environ["KERAS_BACKEND"], keras.backend.backend()
-tensorflow_imported = "tensorflow" in sys.modules  # after importing cryoem.siamese and .training
+tensorflow_imported = "tensorflow" in sys.modules  # after importing cryoem.siamese and .training(_data)
 siamese.configure_threads(1)
 keras.utils.set_random_seed(0)
 size, batch = 24, 8
@@ -55,7 +55,7 @@ model.compile(optimizer=keras.optimizers.Adam(1e-2))
 model.build((None, size, size))
 rng = np.random.default_rng(0)
 images = rng.standard_normal((batch, size, size)).astype(np.float32)
-targets = training.target_matrix(rotations.sample_uniform(batch, seed=0),
+targets = training_data.target_matrix(rotations.sample_uniform(batch, seed=0),
                                  rotations.point_group("C1"))
 
 # The loss in NumPy: uniform bin weights over the pairs i < j (bins=16, cap=10).

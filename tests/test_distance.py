@@ -8,7 +8,7 @@ import pytest
 
 from cryoem import cli, datasets, distance, rotations, volumes
 
-from cryoem import siamese, training, training_callbacks  # noqa: E402 - hard dependencies: a broken import must fail
+from cryoem import siamese, training, training_callbacks, training_data  # noqa: E402 - hard dependencies: a broken import must fail
 
 keras = siamese.keras
 
@@ -145,7 +145,7 @@ def test_target_matrix_is_the_exact_distance():
     q = rotations.sample_uniform(12, seed=4)
     for symmetry in ("C1", "C3"):
         group = rotations.point_group(symmetry)
-        np.testing.assert_allclose(training.target_matrix(q, group),
+        np.testing.assert_allclose(training_data.target_matrix(q, group),
                                    scipy_symmetric_distances(q, group), atol=1e-5)
 
 
@@ -154,10 +154,10 @@ def test_rendered_batches_are_reproducible_with_near_pairs_and_fresh_noise(small
     common = dict(volumes=[volume], pixel_sizes=[small_dataset.pixel_size], symmetries=["C1"],
                   signal_variances=[small_dataset.attrs["signal_variance"]], batch_size=16,
                   steps=3, near_angle=0.3, seed=5)
-    noisy = training.RenderedBatches(snr_range=(0.5, 0.5), **common)
-    clean = training.RenderedBatches(snr_range=None, **common)
+    noisy = training_data.RenderedBatches(snr_range=(0.5, 0.5), **common)
+    clean = training_data.RenderedBatches(snr_range=None, **common)
     images, targets = noisy[1]
-    again, _ = training.RenderedBatches(snr_range=(0.5, 0.5), **common)[1]
+    again, _ = training_data.RenderedBatches(snr_range=(0.5, 0.5), **common)[1]
     np.testing.assert_array_equal(images, again)
     clean_images, clean_targets = clean[1]
     np.testing.assert_array_equal(targets, clean_targets)
@@ -174,16 +174,16 @@ def test_a_curriculum_lowers_the_noise_geometrically_to_the_data_snr(small_datas
     common = dict(volumes=[small_dataset.volume], pixel_sizes=[small_dataset.pixel_size],
                   symmetries=["C1"], signal_variances=[small_dataset.attrs["signal_variance"]],
                   batch_size=32, steps=2, seed=1)
-    batches = training.RenderedBatches(snr_range=(1 / 16, 1 / 16), snr_start=16.0,
+    batches = training_data.RenderedBatches(snr_range=(1 / 16, 1 / 16), snr_start=16.0,
                                        curriculum_epochs=4, **common)
-    clean = training.RenderedBatches(snr_range=None, **common)
+    clean = training_data.RenderedBatches(snr_range=None, **common)
     signal = small_dataset.attrs["signal_variance"]
     for epoch, snr in ((0, 16.0), (2, 1.0), (4, 1 / 16), (9, 1 / 16)):
         batches.epoch = clean.epoch = epoch
         noise = batches[0][0] - clean[0][0]
         assert np.var(noise) == pytest.approx(signal / snr, rel=0.1), epoch
     with pytest.raises(ValueError, match="snr_start"):
-        training.RenderedBatches(snr_range=None, snr_start=16.0, curriculum_epochs=4, **common)
+        training_data.RenderedBatches(snr_range=None, snr_start=16.0, curriculum_epochs=4, **common)
 
 
 def test_batches_rendered_in_blocks_are_those_rendered_one_by_one(small_dataset):
@@ -196,8 +196,8 @@ def test_batches_rendered_in_blocks_are_those_rendered_one_by_one(small_dataset)
                   signal_variances=[small_dataset.attrs["signal_variance"]] * 2, batch_size=16,
                   steps=5, snr_range=(1.0, 1.0), max_shift=1.5, ctf=True, ctf_fraction=0.5,
                   turns=2, seed=3)
-    alone = training.RenderedBatches(render_block=1, **common)
-    blocks = training.RenderedBatches(render_block=5, **common)
+    alone = training_data.RenderedBatches(render_block=1, **common)
+    blocks = training_data.RenderedBatches(render_block=5, **common)
     scale = np.abs(alone[0][0]).max()
     first_epoch = blocks[2][0]
     for index in (3, 0, 4, 1, 2, 3):  # out of order, one of them twice
@@ -217,13 +217,13 @@ def test_a_quarter_turn_is_the_projection_of_the_turned_orientation(small_datase
     from cryoem import projection
 
     q = rotations.sample_uniform(5, seed=3)
-    turned = training.quarter_turn(projection.project(small_dataset.volume, q), quarters)
+    turned = training_data.quarter_turn(projection.project(small_dataset.volume, q), quarters)
     reference = projection.project(small_dataset.volume,
-                                   training.quarter_turn_orientations(q, quarters))
+                                   training_data.quarter_turn_orientations(q, quarters))
     scale = np.abs(reference).max()
     np.testing.assert_allclose(turned, reference, atol=1e-4 * scale)
     wrong = projection.project(small_dataset.volume,
-                               training.quarter_turn_orientations(q, -quarters))
+                               training_data.quarter_turn_orientations(q, -quarters))
     assert quarters == 2 or np.abs(turned - wrong).max() > 0.1 * scale
 
 
@@ -231,15 +231,15 @@ def test_turned_batches_serve_each_render_turned_with_exact_targets(small_datase
     common = dict(volumes=[small_dataset.volume], pixel_sizes=[small_dataset.pixel_size],
                   symmetries=["C1"], signal_variances=[small_dataset.attrs["signal_variance"]],
                   batch_size=16, steps=2, seed=2, snr_range=None)
-    images, targets = training.RenderedBatches(turns=4, **common)[0]
+    images, targets = training_data.RenderedBatches(turns=4, **common)[0]
     assert images.shape[0] == targets.shape[0] == 16
     base = images[:4]
     for k in (1, 2, 3):  # copy k of image i sits at 4k + i, its orientation turned by k·90°
-        np.testing.assert_array_equal(images[4 * k:4 * k + 4], training.quarter_turn(base, k))
+        np.testing.assert_array_equal(images[4 * k:4 * k + 4], training_data.quarter_turn(base, k))
         np.testing.assert_allclose(np.diag(targets[:4, 4 * k:4 * k + 4]),
                                    min(k, 4 - k) * np.pi / 2, atol=1e-5)
     with pytest.raises(ValueError, match="turns"):
-        training.RenderedBatches(turns=3, **common)
+        training_data.RenderedBatches(turns=3, **common)
 
 
 # ---------------------------------------------------------------- training, saving, loading
@@ -299,7 +299,7 @@ def test_test_time_turns_average_the_turned_pairs_and_forget_the_images_turn(
     images = np.asarray(small_dataset.projections[test], dtype=np.float32)
     single = distance.LearnedDistance(out, turns=1)
     by_hand = np.mean([distance.LearnedDistance._distance(f @ f.T) for f in (
-        single.embed(training.quarter_turn(images, k)) for k in range(4))], axis=0)
+        single.embed(training_data.quarter_turn(images, k)) for k in range(4))], axis=0)
     np.fill_diagonal(by_hand, 0.0)
     four = distance.LearnedDistance(out)  # four turns by default
     matrix = four.matrix(small_dataset, test)
@@ -307,11 +307,11 @@ def test_test_time_turns_average_the_turned_pairs_and_forget_the_images_turn(
     # The four turns are a group: turning every image by a quarter gives the same matrix,
     # where one turn does not.
     to_distance = distance.LearnedDistance._distance
-    each_turn = four.turned_features(training.quarter_turn(images, 1))
+    each_turn = four.turned_features(training_data.quarter_turn(images, 1))
     after_a_turn = np.mean([to_distance(f @ f.T) for f in each_turn], axis=0)
     np.fill_diagonal(after_a_turn, 0.0)
     np.testing.assert_allclose(after_a_turn, matrix, atol=1e-5)
-    one = single.embed(training.quarter_turn(images, 1))
+    one = single.embed(training_data.quarter_turn(images, 1))
     one_turn = to_distance(one @ one.T)
     np.fill_diagonal(one_turn, 0.0)
     assert np.abs(one_turn - single.matrix(small_dataset, test)).max() > 1e-3
@@ -387,8 +387,8 @@ def test_a_resumed_training_draws_from_the_epoch_where_it_stopped(small_dataset,
                                                                    monkeypatch):
     """Interrupted after epoch 1, the rerun renders epoch 2's data (and curriculum), not epoch 0's."""
     drawn = []
-    bounds = training.RenderedBatches.snr_bounds
-    monkeypatch.setattr(training.RenderedBatches, "snr_bounds",
+    bounds = training_data.RenderedBatches.snr_bounds
+    monkeypatch.setattr(training_data.RenderedBatches, "snr_bounds",
                         lambda self: drawn.append(self.epoch) or bounds(self))
 
     class Interrupt(keras.callbacks.Callback):

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cryoem import cli, datasets, devices, rotations, siamese, training, volumes
+from cryoem import cli, datasets, devices, rotations, siamese, training_data, volumes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ import json, sys
 import numpy as np
 import tensorflow as tf
 
-from cryoem import cli, datasets, devices, rotations, siamese, training
+from cryoem import cli, datasets, devices, rotations, siamese, training_data
 
 keras = siamese.keras
 data_path, out = sys.argv[1:3]
@@ -86,7 +86,7 @@ class Probe(siamese.InBatchModel):
 with strategy.scope():  # eager, so that the probe sees each replica's actual shapes
     mirrored = model(Probe, eager=True)
 mirrored.set_weights(start)
-history = mirrored.fit(training.FixedBatches(images, quaternions, batch_size=half, shuffle=False,
+history = mirrored.fit(training_data.FixedBatches(images, quaternions, batch_size=half, shuffle=False,
                                              replicas=2), epochs=1, verbose=0)
 after = mirrored.get_weights()
 mean = [(a + b) / 2 for a, b in zip(halves[0][1], halves[1][1])]
@@ -197,7 +197,7 @@ def test_two_workers_train_as_two_devices(tiny, mirrored, tmp_path):
 def test_target_matrix_and_rendered_batches_per_replica():
     q = rotations.sample_uniform(8, seed=1)
     group = rotations.point_group("C2")
-    stacked = training.target_matrix(q, group, replicas=2)
+    stacked = training_data.target_matrix(q, group, replicas=2)
     assert stacked.shape == (8, 4)
     for r in range(2):
         np.testing.assert_allclose(stacked[4 * r:4 * r + 4],
@@ -206,12 +206,12 @@ def test_target_matrix_and_rendered_batches_per_replica():
     volume = volumes.resolve("phantom", 16)
     common = dict(volumes=[volume.data], pixel_sizes=[1.0], symmetries=["C1"],
                   signal_variances=[1.0], batch_size=6, steps=1, near_angle=0.2, seed=5)
-    images, targets = training.RenderedBatches(replicas=2, **common)[0]
+    images, targets = training_data.RenderedBatches(replicas=2, **common)[0]
     assert images.shape == (12, 16, 16) and targets.shape == (12, 6)
     for r in range(2):  # each replica's slice holds its far orientations and their near partners
         block = targets[6 * r:6 * r + 6]
         assert np.all(np.diag(block[:3, 3:]) <= 0.2 + 1e-6)
-    one, _ = training.RenderedBatches(**common)[0]
+    one, _ = training_data.RenderedBatches(**common)[0]
     np.testing.assert_array_equal(images[:6], one)  # the first slice is the one-device batch
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from cryoem import _models, datasets, distance, proteins, volumes
 
-from cryoem import siamese, training  # noqa: E402 - hard dependencies: a broken import must fail
+from cryoem import siamese, training, training_data  # noqa: E402 - hard dependencies: a broken import must fail
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +85,12 @@ def test_ctf_fraction_gives_a_ctf_to_that_share_of_the_images(tmp_path):
     data = datasets.load(datasets.generate(volumes.resolve("phantom", 24), 8, tmp_path / "p.h5"))
     common = dict(volumes=[data.volume], pixel_sizes=[data.pixel_size], symmetries=["C1"],
                   signal_variances=[1.0], batch_size=40, steps=2, seed=3)
-    plain, targets = training.RenderedBatches(**common)[0]
-    none, _ = training.RenderedBatches(ctf=True, ctf_fraction=0.0, **common)[0]
-    half, half_targets = training.RenderedBatches(ctf=True, ctf_fraction=0.5, **common)[0]
+    plain, targets = training_data.RenderedBatches(**common)[0]
+    none, _ = training_data.RenderedBatches(ctf=True, ctf_fraction=0.0, **common)[0]
+    half, half_targets = training_data.RenderedBatches(ctf=True, ctf_fraction=0.5, **common)[0]
     np.testing.assert_array_equal(none, plain)
     np.testing.assert_array_equal(half_targets, targets)  # same orientations
     changed = ~np.all(np.isclose(half, plain, atol=1e-4), axis=(1, 2))
     assert 8 < changed.sum() < 32
     with pytest.raises(ValueError, match="ctf_fraction"):
-        training.RenderedBatches(ctf=True, ctf_fraction=1.5, **common)
+        training_data.RenderedBatches(ctf=True, ctf_fraction=1.5, **common)
