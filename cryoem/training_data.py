@@ -198,7 +198,7 @@ class RenderedBatches(keras.utils.PyDataset):
         """The clean images of these batches: one projection call per volume and kind
         (with and without CTF) for all of them."""
         draws = {index: self._draw(index) for index in indices}
-        for index, d in draws.items():
+        for d in draws.values():
             d["images"] = np.empty((len(d["q"]), *self.volumes[d["which"]].shape[1:]),
                                    dtype=np.float32)
         for which in {d["which"] for d in draws.values()}:
