@@ -405,9 +405,10 @@ def resolve(
 
     ``spec`` is a built-in protein name (``cryoem volumes``), a path to an
     MRC/MAP or PDB/mmCIF file (optionally ``.gz``), ``pdb:XXXX`` or
-    ``emd:NNNN`` (downloaded once), or ``phantom[:GROUP]`` (e.g.
-    ``phantom:D3``).  Atomic models use ``voxel_size``, ``resolution`` and
-    ``box_ratio`` (see :func:`cryoem.proteins.from_atomic_model`); maps are centred, resampled
+    ``emd:NNNN`` (downloaded once), ``phantom[:GROUP]`` (e.g.
+    ``phantom:D3``) or ``pseudo:SEED`` (a random pseudo-protein,
+    :func:`cryoem.pseudo_proteins.pseudo_protein`).  Atomic models use ``voxel_size``,
+    ``resolution`` and ``box_ratio`` (see :func:`cryoem.proteins.from_atomic_model`); maps are centred, resampled
     and masked (:func:`prepare`), ``voxel_size`` overriding their header.
     """
     from .proteins import builtin_names, fetch, from_atomic_model, load_builtin
@@ -419,6 +420,15 @@ def resolve(
         _, _, group = text.partition(":")
         phantom = gaussian_phantom(size, symmetry=group or "C1")
         return replace(phantom, data=normalize(phantom.data))
+    if lower.startswith("pseudo:"):
+        from .pseudo_proteins import pseudo_protein
+
+        seed = text.partition(":")[2]
+        if not seed.isdigit():
+            raise ValueError(f"{text!r}: a pseudo-protein is named pseudo:SEED, SEED a "
+                             "non-negative integer")
+        volume = pseudo_protein(int(seed), size, **model_options)
+        return replace(volume, data=normalize(volume.data))
     if lower.split(":")[0] in ("pdb", "emd", "emdb") and ":" in text:
         return resolve(fetch(text), size, **model_options)
     path = Path(text)
@@ -435,4 +445,4 @@ def resolve(
         volume = load_builtin(lower, size, **model_options)
         return replace(volume, data=normalize(volume.data))
     raise ValueError(f"{text!r} is neither a file, a built-in protein ({', '.join(builtin_names())}),"
-                     " pdb:XXXX, emd:NNNN nor phantom[:GROUP]")
+                     " pdb:XXXX, emd:NNNN, phantom[:GROUP] nor pseudo:SEED")

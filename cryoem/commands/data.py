@@ -39,7 +39,8 @@ def add_generate_args(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--volume", default=DEFAULT_PROTEIN,
                         help="built-in protein (`cryoem volumes`), MRC/PDB/mmCIF file, pdb:XXXX, "
-                             f"emd:NNNN or phantom[:GROUP] (default: {DEFAULT_PROTEIN})")
+                             "emd:NNNN, phantom[:GROUP] or pseudo:SEED "
+                             f"(default: {DEFAULT_PROTEIN})")
     parser.add_argument("--n-projections", type=int, default=5000, metavar="N",
                         help="number of projections (default: 5000)")
     parser.add_argument("--size", type=int, default=64, metavar="L",
