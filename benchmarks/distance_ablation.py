@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import positive_snr, snr_label
+from _common import positive_snr, score_first_guess, snr_label
 from harness import Column, Harness, Scenario
 
 HERE = Path(__file__).resolve().parent
@@ -135,37 +135,6 @@ def training_config(args: argparse.Namespace, lever: str) -> Any:
     return training.TrainingConfig(**{**common, **settings})  # a lever may set the batch size
 
 
-def first_guess(args: argparse.Namespace, data: Any, estimator: Any) -> dict[str, Any]:
-    """Distances on the test split → recovery → frame; scored against the truth."""
-    from cryoem import alignment, commonlines, distance, recovery, rotations
-
-    test = data.split["test"]
-    symmetry = data.attrs.get("symmetry", "C1")
-    truth = data.orientations[test]
-    start = time.perf_counter()
-    matrix = estimator.matrix(data, test)
-    l_de = distance.l_de(matrix, rotations.symmetric_distance_matrix(
-        truth, rotations.point_group(symmetry)))
-    recovered = recovery.recover(matrix, steps=args.recovery_steps, symmetry=symmetry,
-                                 seed=args.seed)
-    recovery_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    frame = commonlines.resolve_frame(data.projections[test], recovered.quaternions,
-                                      seed=args.seed)
-    resolved = recovery.to_asymmetric_unit(frame.quaternions, symmetry)
-    physical = alignment.align_physical(resolved, truth, symmetry)
-    # align_o4 is a local search: it can miss the O(4) transform the frame step found, so it
-    # starts from both the recovered and the resolved orientations (one O(4) class) and the
-    # lower error is kept
-    o4 = min(alignment.align_o4(q, truth, symmetry).mean
-             for q in (recovered.quaternions, resolved))
-    return {"l_de": l_de, "e_or_o4": o4,
-            "e_or_frame": physical.mean, "e_or_frame_median": physical.median,
-            "frame_confidence": frame.confidence,
-            "recovery_seconds": recovery_seconds,
-            "frame_seconds": time.perf_counter() - start}
-
-
 def run_lever(args: argparse.Namespace, data_path: Path, lever: str, model_dir: Path
               ) -> dict[str, Any]:
     """Train the lever's model (fresh, or reuse a finished one: ``TRAINING_RECORD``), then
@@ -188,7 +157,8 @@ def run_lever(args: argparse.Namespace, data_path: Path, lever: str, model_dir: 
     return {"lever": lever, "what": LEVERS[lever][0], "training": SUPERVISION,
             "budget_seconds": args.budget_seconds, "test_turns": args.test_turns, **trained,
             "model_reused": reused,
-            **first_guess(args, data, estimator)}
+            **score_first_guess(data, estimator, recovery_steps=args.recovery_steps,
+                                seed=args.seed)}
 
 
 def run_baseline(args: argparse.Namespace, data_path: Path) -> dict[str, Any]:
@@ -201,7 +171,8 @@ def run_baseline(args: argparse.Namespace, data_path: Path) -> dict[str, Any]:
     return {"lever": "euclidean", "what": "pixel distance, isotonic fit (no network)",
             "training": "fitted on the training split's true orientations",
             "epochs": None, "budget_seconds": None, "train_seconds": time.perf_counter() - start,
-            **first_guess(args, data, estimator)}
+            **score_first_guess(data, estimator, recovery_steps=args.recovery_steps,
+                                seed=args.seed)}
 
 
 COLUMNS = [

@@ -140,22 +140,10 @@ def training_proteins(args: argparse.Namespace) -> list[str]:
 
 def train_general(args: argparse.Namespace) -> dict[str, Any]:
     """Train the general model on the training proteins; returns its record."""
-    from cryoem import datasets, training, volumes
+    from cryoem import training
 
     proteins = training_proteins(args)
-    data_dir = args.work_dir / f"volumes_L{args.size}"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    sets = []
-    for name in proteins:
-        path = data_dir / f"{name}.h5"
-        if not path.exists():  # a few projections: training renders from the volume
-            datasets.generate(volumes.resolve(name, args.size), 64, path, seed=0)
-        sets.append(datasets.load(path))
-    # Validation: noisy, shifted images of the training proteins (never the held-out ones).
-    validation_path = data_dir / f"validation_{proteins[0]}.h5"
-    if not validation_path.exists():
-        datasets.generate(volumes.resolve(proteins[0], args.size), 600, validation_path,
-                          snr=0.25, max_shift=args.max_shift, seed=1)
+    sets, validation = training_sets(proteins, args.size, args.work_dir, args.max_shift)
     config = training.TrainingConfig(
         width=args.width, input_size=args.size // 2, epochs=args.general_epochs or 100_000,
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, patience=40,
@@ -163,12 +151,34 @@ def train_general(args: argparse.Namespace) -> dict[str, Any]:
         ctf_fraction=args.ctf_fraction, max_seconds=args.train_seconds, seed=0)
     out = args.work_dir / "general"
     start = time.perf_counter()
-    history = training.train(sets, out, config, validation=datasets.load(validation_path),
+    history = training.train(sets, out, config, validation=validation,
                              verbose=2, overwrite=not (out / "backup").exists())
     seconds = time.perf_counter() - start
     record = finish_general(args)
     record.update(seconds=seconds, epochs=len(history.get("loss", [])))
     return record
+
+
+def training_sets(names: list[str], size: int, work_dir: Path, max_shift: float
+                  ) -> tuple[list[Any], Any]:
+    """A small dataset per training volume (its map: training renders from it) and the
+    validation set: 600 noisy (SNR 1/4), shifted images of the first one (never a held-out
+    protein).  Made once under ``work_dir/volumes_L{size}``."""
+    from cryoem import datasets, volumes
+
+    data_dir = work_dir / f"volumes_L{size}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    sets = []
+    for name in names:
+        path = data_dir / f"{name.replace(':', '-')}.h5"
+        if not path.exists():  # a few projections: training renders from the volume
+            datasets.generate(volumes.resolve(name, size), 64, path, seed=0)
+        sets.append(datasets.load(path))
+    validation_path = data_dir / f"validation_{names[0].replace(':', '-')}.h5"
+    if not validation_path.exists():
+        datasets.generate(volumes.resolve(names[0], size), 600, validation_path,
+                          snr=0.25, max_shift=max_shift, seed=1)
+    return sets, datasets.load(validation_path)
 
 
 def finish_general(args: argparse.Namespace) -> dict[str, Any]:
