@@ -18,10 +18,11 @@ the test split (``--test-size`` of ``--n-projections``, shifts up to ``--max-shi
 CTF) of each held-out protein at each ``--snrs``, with 4 test-time turns.  The truth is read
 by the scoring only; the held-out proteins never reach training.  The Euclidean baseline
 (``euclidean``: pixel distances, isotonic fit on the training split's TRUE orientations of
-the held-out protein itself) goes through the same scoring.  A lever is a cached scenario of
+the held-out protein itself) and the shipped general model (``shipped``, as it is) go
+through the same scoring.  A lever is a cached scenario of
 ``harness.py``; training runs against the clock, so keep the machine otherwise idle.
 
-    .venv/bin/python benchmarks/generalisation_levers.py --levers builtin pseudo euclidean
+    .venv/bin/python benchmarks/generalisation_levers.py                  # ~70 min on 2 cores
     .venv/bin/python benchmarks/generalisation_levers.py --quick          # tiny check
 """
 
@@ -60,14 +61,14 @@ LEVERS: dict[str, tuple[str, bool, bool]] = {
     "pseudo": ("the built-in proteins and the pseudo-proteins", True, True),
     "pseudo_only": ("the pseudo-proteins alone", False, True),
 }
-BASELINES = ("euclidean",)
+BASELINES = ("euclidean", "shipped")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--levers", nargs="+", choices=(*LEVERS, *BASELINES),
-                   default=["builtin", "pseudo", "euclidean"])
+                   default=["shipped", "euclidean", "builtin", "pseudo"])
     p.add_argument("--held-out", nargs="+", default=list(HELD_OUT))
     p.add_argument("--pseudo", type=int, default=200, help="pseudo-proteins (default 200)")
     p.add_argument("--size", type=int, default=64)
@@ -162,19 +163,28 @@ def run_lever(args: argparse.Namespace, lever: str, model_dir: Path) -> list[dic
     return rows
 
 
-def run_baseline(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The Euclidean baseline on every held-out protein and SNR."""
-    from cryoem import datasets, distance
+def run_baseline(args: argparse.Namespace, kind: str) -> list[dict[str, Any]]:
+    """A baseline on every held-out protein and SNR: ``euclidean`` (fitted on each protein's
+    true orientations) or ``shipped`` (the general model in the package, as it is)."""
+    from cryoem import datasets, distance, siamese
 
     rows = []
     for name, snr, path in held_out_sets(args):
         data = datasets.load(path)
         start = time.perf_counter()
-        estimator = distance.EuclideanDistance(seed=args.seed).fit(data)
-        rows.append({"lever": "euclidean",
-                     "what": "pixel distance, isotonic fit on this protein's TRUE orientations "
-                             "(training split)",
-                     "protein": name, "snr": snr, "train_seconds": time.perf_counter() - start,
+        if kind == "euclidean":
+            estimator = distance.EuclideanDistance(seed=args.seed).fit(data)
+            what = ("pixel distance, isotonic fit on this protein's TRUE orientations "
+                    "(training split)")
+            trained: dict[str, Any] = {"train_seconds": time.perf_counter() - start}
+        else:
+            estimator = distance.LearnedDistance(siamese.PRETRAINED_DIR, turns=4).fit(data)
+            config = json.loads((siamese.PRETRAINED_DIR / siamese.CONFIG_FILE).read_text())
+            what = (f"the shipped model (`--model pretrained`): the 19 built-in proteins, "
+                    f"{config['max_seconds']:.0f} s, its own recipe (plateau schedule, no turns)")
+            trained = {"volumes": len(config["sources"]), "epochs": sum(
+                1 for _ in open(siamese.PRETRAINED_DIR / "history.csv")) - 1}
+        rows.append({"lever": kind, "what": what, "protein": name, "snr": snr, **trained,
                      **score_first_guess(data, estimator, recovery_steps=args.recovery_steps,
                                          seed=args.seed)})
     return rows
@@ -235,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             if lever in BASELINES:
                 settings = {k: v for k, v in common.items() if k not in (
                     "budget_seconds", "snr_range", "steps_per_epoch", "batch_size")}
-                rows += bench.run_rows(Scenario(lever, settings, lambda: run_baseline(args)))
+                rows += bench.run_rows(Scenario(
+                    lever, settings, lambda kind=lever: run_baseline(args, kind)))
             else:
                 settings = {**common, "recipe": RECIPE, "volumes": training_volumes(args, lever)}
                 trained_by = {k: v for k, v in settings.items()

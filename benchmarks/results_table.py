@@ -226,6 +226,13 @@ def ablation_rows(data: dict[str, Any]) -> list[str]:
     return markdown(data)
 
 
+def generalisation_lever_rows(data: dict[str, Any]) -> list[str]:
+    """One model, unseen proteins: what each lever gave (``benchmarks/generalisation_levers.py``)."""
+    from generalisation_levers import markdown
+
+    return markdown(data)
+
+
 def scale_rows(data: dict[str, Any]) -> list[str]:
     """Beyond one machine: the table and projection ``benchmarks/scale.py`` writes."""
     from scale import markdown
@@ -262,6 +269,8 @@ SECTIONS: list[Section] = [
             common_lines_rows, "common-lines-snr.png"),
     Section("Generalisation: one model, unseen proteins", "generalisation.py",
             "generalisation.json", generalisation_rows),
+    Section("Generalisation: levers", "generalisation_levers.py", "generalisation_levers.json",
+            generalisation_lever_rows),
     Section("Preferred views", "preferred_views.py", "preferred_views.json",
             preferred_views_rows, "preferred-views-coverage.png"),
     Section("The learned distance at low SNR: levers", "distance_ablation.py",

@@ -312,6 +312,28 @@ def test_distance_ablation_quick(tmp_path):
     assert single["model_reused"] and single["epochs"] == rows["curriculum"]["epochs"]
 
 
+def test_generalisation_levers_quick(tmp_path):
+    """A lever trains on a built-in and pseudo-proteins, never on the held-out protein, and is
+    scored on it beside the Euclidean baseline; a rerun reuses it."""
+    out = tmp_path / "levers.json"
+    run_script("generalisation_levers.py", "--out", str(out), "--work-dir",
+               str(tmp_path / "work"), cwd=tmp_path)
+    rows = {row["lever"]: row for row in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"pseudo", "euclidean"}
+    trained = json.loads((tmp_path / "work" / "models").glob("*/config.json").__next__()
+                         .read_text())["sources"]
+    assert len(trained) == rows["pseudo"]["volumes"] == 4  # 5pti, 1ubq, 2 pseudo; 4ake held out
+    assert not any("4ake" in source for source in trained)
+    assert any("pseudo-1" in source for source in trained)
+    for row in rows.values():
+        assert row["protein"] == "4ake"
+        assert finite(row["l_de"], row["e_or_o4"], row["e_or_frame"], row["frame_confidence"])
+    again = run_script("generalisation_levers.py", "--levers", "pseudo", "--out", str(out),
+                       "--work-dir", str(tmp_path / "work"), cwd=tmp_path)
+    assert again.count("reusing the result") == 1
+    assert {row["lever"] for row in json.loads(out.read_text())["rows"]} == set(rows)
+
+
 @pytest.mark.slow  # about 60 s on two cores
 def test_scale_quick(tmp_path):
     """Every stage in its own process, in-process and on a local Dask cluster of two workers."""

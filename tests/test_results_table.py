@@ -183,11 +183,12 @@ def test_absent_json_says_not_measured_with_the_command(results_table, tmp_path)
 
 def test_new_sections_come_first_after_the_pipeline(results_table):
     scripts = [entry.script for entry in results_table.SECTIONS]
-    assert scripts[:10] == ["pipeline.py", "pipeline.py --route ab-initio",
+    assert scripts[:11] == ["pipeline.py", "pipeline.py --route ab-initio",
                             "pipeline.py --snr 1/16", "pipeline.py --snr 1/16 --max-shift 2",
                             "pipeline.py --route ab-initio --snr 1/16",
                             "particles.py", "paper_table.py", "common_lines.py",
-                            "generalisation.py", "preferred_views.py"]
+                            "generalisation.py", "generalisation_levers.py",
+                            "preferred_views.py"]
     assert {"projection.py", "distance_learning.py", "orientation_recovery.py",
             "reconstruction.py", "refinement.py"} <= set(scripts)
 
@@ -293,6 +294,26 @@ def test_generalisation_before_evaluation(results_table, tmp_path):
     text = _section(results_table.render(_root(tmp_path, {"generalisation": data})),
                     "Generalisation")
     assert "(no evaluation rows recorded yet)" in text and "5pti, 1ubq" in text
+
+
+def test_generalisation_levers_table(results_table, tmp_path):
+    row = {"lever": "pseudo", "what": "the built-in proteins and the pseudo-proteins",
+           "volumes": 219, "epochs": 250, "protein": "4ake", "snr": 0.0625, "l_de": 0.31,
+           "e_or_o4": 0.9, "e_or_frame": 1.1, "e_or_frame_median": 0.8,
+           "frame_confidence": 3.3, "stale": True}
+    base = {**row, "lever": "euclidean", "what": "pixel distance", "volumes": None,
+            "epochs": None, "snr": float("inf"), "stale": False}
+    data = {"config": {"budget_seconds": 1200.0, "held_out": ["4ake", "1hvr"], "size": 64,
+                       "test_size": 1650, "max_shift": 2.0, "snr_range": [0.03125, 64.0]},
+            "rows": [row, base, {"lever": "builtin", "status": "failed", "reason": "boom"}],
+            "provenance": PROVENANCE}
+    text = _section(results_table.render(_root(tmp_path, {"generalisation_levers": data})),
+                    "Generalisation: levers")
+    assert "trained for 1200 s" in text and "(4ake, 1hvr)" in text
+    assert ("| pseudo | the built-in proteins and the pseudo-proteins | 219 | 250 | 4ake | 1/16 "
+            "| 0.310 | 0.900 | 1.100 (0.800) | 3.3 | stale |") in text
+    assert "| euclidean | pixel distance | — | — | 4ake | inf | 0.310 |" in text
+    assert "| builtin | failed: boom |" in text
 
 
 def test_preferred_views_table_and_figure(results_table, tmp_path):
