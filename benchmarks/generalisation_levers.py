@@ -223,7 +223,7 @@ def markdown(data: dict[str, Any]) -> list[str]:
             continue
         lines.append(
             f"| {r['lever']} | {r['what']} | {r.get('volumes') or '—'} | "
-            f"{r.get('epochs') or '—'} | {r['protein']} | {snr_label(r['snr'])} | "
+            f"{r.get('epochs') or '—'} | {r['protein']} | {snr_label(float(r['snr']))} | "
             f"{harness.cell(r['l_de'], '.3f')} | {harness.cell(r['e_or_o4'], '.3f')} | "
             f"{harness.cell(r['e_or_frame'], '.3f')} "
             f"({harness.cell(r['e_or_frame_median'], '.3f')}) | "

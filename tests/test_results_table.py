@@ -302,7 +302,7 @@ def test_generalisation_levers_table(results_table, tmp_path):
            "e_or_o4": 0.9, "e_or_frame": 1.1, "e_or_frame_median": 0.8,
            "frame_confidence": 3.3, "stale": True}
     base = {**row, "lever": "euclidean", "what": "pixel distance", "volumes": None,
-            "epochs": None, "snr": float("inf"), "stale": False}
+            "epochs": None, "snr": "inf", "stale": False}  # as the JSON keeps it
     data = {"config": {"budget_seconds": 1200.0, "held_out": ["4ake", "1hvr"], "size": 64,
                        "test_size": 1650, "max_shift": 2.0, "snr_range": [0.03125, 64.0]},
             "rows": [row, base, {"lever": "builtin", "status": "failed", "reason": "boom"}],
