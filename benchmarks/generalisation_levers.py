@@ -19,8 +19,11 @@ CTF) of each held-out protein at each ``--snrs``, with 4 test-time turns.  The t
 by the scoring only; the held-out proteins never reach training.  The Euclidean baseline
 (``euclidean``: pixel distances, isotonic fit on the training split's TRUE orientations of
 the held-out protein itself) and the shipped general model (``shipped``, as it is) go
-through the same scoring.  A lever is a cached scenario of
-``harness.py``; training runs against the clock, so keep the machine otherwise idle.
+through the same scoring.  Each model's noiseless ``L_DE`` is also scored on ``--seen``
+proteins it trained on (default 1ubq, 6msm, 1bvy): whether it learned even those.  A lever
+is a cached scenario of ``harness.py``; a finished model is scored again, not retrained
+(``lever_training.json`` beside it); training runs against the clock, so keep the machine
+otherwise idle.
 
     .venv/bin/python benchmarks/generalisation_levers.py                  # ~70 min on 2 cores
     .venv/bin/python benchmarks/generalisation_levers.py --quick          # tiny check
@@ -79,6 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps-per-epoch", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--snrs", nargs="+", type=positive_snr, default=[math.inf, 1 / 16])
+    p.add_argument("--seen", nargs="*", default=["1ubq", "6msm", "1bvy"],
+                   help="training proteins whose noiseless L_DE is also scored (default: 1ubq "
+                        "6msm 1bvy; in the built-in levers' training set)")
     p.add_argument("--n-projections", type=int, default=5000)
     p.add_argument("--test-size", type=int, default=1650)
     p.add_argument("--recovery-steps", type=int, default=2000)
@@ -90,6 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "size": 32, "n_projections": 240, "test_size": 80, "budget_seconds": 4.0,
         "steps_per_epoch": 3, "batch_size": 16, "recovery_steps": 50, "pseudo": 2,
         "held_out": ["4ake"], "snrs": [math.inf], "levers": ["pseudo", "euclidean"],
+        "seen": ["5pti"],
         "out": DEFAULT_OUT.with_name("generalisation_levers_quick.json"),
         "work_dir": DEFAULT_WORK_DIR.with_name("generalisation_levers_quick")})
     return args
@@ -160,6 +167,28 @@ def run_lever(args: argparse.Namespace, lever: str, model_dir: Path) -> list[dic
                                                     recovery_steps=args.recovery_steps,
                                                     seed=args.seed)})
         print(harness.table(rows[-1:], COLUMNS), file=sys.stderr)
+    return rows + seen_rows(args, estimator, {"lever": lever, "what": LEVERS[lever][0],
+                                              **trained})
+
+
+def seen_rows(args: argparse.Namespace, estimator: Any, head: dict[str, Any]
+              ) -> list[dict[str, Any]]:
+    """``L_DE`` of a model on proteins of ``--seen`` (noiseless test splits, shifts as the
+    held-out ones'): whether it learned the proteins it trained on (no recovery)."""
+    from cryoem import datasets, distance, rotations
+
+    rows = []
+    for name in args.seen:
+        path, _ = harness.dataset(
+            args.work_dir / "data", volume=name, size=args.size,
+            n_projections=args.n_projections, test_size=args.test_size, snr=math.inf,
+            max_shift=args.max_shift, seed=args.seed)
+        data = datasets.load(path)
+        test = data.split["test"]
+        truth = rotations.symmetric_distance_matrix(
+            data.orientations[test], rotations.point_group(data.attrs.get("symmetry", "C1")))
+        rows.append({**head, "protein": name, "snr": math.inf, "seen": True,
+                     "l_de": distance.l_de(estimator.fit(data).matrix(data, test), truth)})
     return rows
 
 
@@ -187,13 +216,16 @@ def run_baseline(args: argparse.Namespace, kind: str) -> list[dict[str, Any]]:
         rows.append({"lever": kind, "what": what, "protein": name, "snr": snr, **trained,
                      **score_first_guess(data, estimator, recovery_steps=args.recovery_steps,
                                          seed=args.seed)})
+    if kind == "shipped":
+        rows += seen_rows(args, estimator, {k: rows[-1][k] for k in (
+            "lever", "what", "volumes", "epochs")})
     return rows
 
 
 COLUMNS = [
     Column("lever", lambda r: r["lever"], ""),
     Column("protein", lambda r: r["protein"], ""),
-    Column("SNR", lambda r: snr_label(r["snr"]), ""),
+    Column("SNR", lambda r: snr_label(float(r["snr"])), ""),
     Column("epochs", lambda r: r.get("epochs"), ""),
     Column("L_DE", lambda r: r.get("l_de"), ".3f"),
     Column("E_OR O(4)", lambda r: r.get("e_or_o4"), ".3f"),
@@ -205,7 +237,8 @@ COLUMNS = [
 def markdown(data: dict[str, Any]) -> list[str]:
     """The README's table of this JSON."""
     config = data.get("config") or {}
-    lines = [f"One model per lever, trained for {harness.cell(config.get('budget_seconds'), '.0f')} s "
+    budget = harness.cell(config.get("budget_seconds"), ".0f")
+    lines = [f"One model per lever, trained for {budget} s "
              f"(wall clock, this machine) on volumes that never include the held-out proteins "
              f"({', '.join(config.get('held_out') or [])}); recipe {RECIPE}, training SNR "
              f"log-uniform in {config.get('snr_range')}, shifts ≤ {config.get('max_shift')} px. "
@@ -223,11 +256,12 @@ def markdown(data: dict[str, Any]) -> list[str]:
             continue
         lines.append(
             f"| {r['lever']} | {r['what']} | {r.get('volumes') or '—'} | "
-            f"{r.get('epochs') or '—'} | {r['protein']} | {snr_label(float(r['snr']))} | "
-            f"{harness.cell(r['l_de'], '.3f')} | {harness.cell(r['e_or_o4'], '.3f')} | "
-            f"{harness.cell(r['e_or_frame'], '.3f')} "
-            f"({harness.cell(r['e_or_frame_median'], '.3f')}) | "
-            f"{harness.cell(r['frame_confidence'], '.1f')} | {'stale' if r.get('stale') else ''} |")
+            f"{r.get('epochs') or '—'} | {r['protein']}{' (trained on)' if r.get('seen') else ''}"
+            f" | {snr_label(float(r['snr']))} | {harness.cell(r['l_de'], '.3f')} | "
+            f"{harness.cell(r.get('e_or_o4'), '.3f')} | {harness.cell(r.get('e_or_frame'), '.3f')} "
+            f"({harness.cell(r.get('e_or_frame_median'), '.3f')}) | "
+            f"{harness.cell(r.get('frame_confidence'), '.1f')} | "
+            f"{'stale' if r.get('stale') else ''} |")
     return lines
 
 
@@ -236,21 +270,24 @@ def main(argv: list[str] | None = None) -> int:
     threads = harness.apply_threads(args.threads)
     common = {k: getattr(args, k) for k in (
         "held_out", "size", "budget_seconds", "snr_range", "max_shift", "steps_per_epoch",
-        "batch_size", "snrs", "n_projections", "test_size", "recovery_steps", "seed")}
+        "batch_size", "snrs", "n_projections", "test_size", "recovery_steps", "seed", "seen")}
     rows: list[dict[str, Any]] = []
     with Harness("generalisation_levers", args.out, config={**common, "levers": args.levers},
                  threads=threads, fresh=args.fresh, reuse_stale=args.reuse_stale) as bench:
-        previous = [r for r in bench.previous().get("rows", []) if r.get("lever") not in args.levers]
+        previous = [r for r in bench.previous().get("rows", [])
+                    if r.get("lever") not in args.levers]
         for lever in args.levers:
             if lever in BASELINES:
                 settings = {k: v for k, v in common.items() if k not in (
-                    "budget_seconds", "snr_range", "steps_per_epoch", "batch_size")}
+                    "budget_seconds", "snr_range", "steps_per_epoch", "batch_size")
+                    and not (lever == "euclidean" and k == "seen")}
                 rows += bench.run_rows(Scenario(
                     lever, settings, lambda kind=lever: run_baseline(args, kind)))
             else:
                 settings = {**common, "recipe": RECIPE, "volumes": training_volumes(args, lever)}
                 trained_by = {k: v for k, v in settings.items()
-                              if k not in ("snrs", "n_projections", "test_size", "recovery_steps")}
+                              if k not in ("snrs", "n_projections", "test_size", "recovery_steps",
+                                           "seen")}
                 model_dir = args.work_dir / "models" / harness.settings_key(lever, trained_by)
                 rows += bench.run_rows(Scenario(
                     lever, settings, lambda lv=lever, m=model_dir: run_lever(args, lv, m)))

@@ -305,7 +305,9 @@ def test_generalisation_levers_table(results_table, tmp_path):
             "epochs": None, "snr": "inf", "stale": False}  # as the JSON keeps it
     data = {"config": {"budget_seconds": 1200.0, "held_out": ["4ake", "1hvr"], "size": 64,
                        "test_size": 1650, "max_shift": 2.0, "snr_range": [0.03125, 64.0]},
-            "rows": [row, base, {"lever": "builtin", "status": "failed", "reason": "boom"}],
+            "rows": [row, base, {"lever": "builtin", "status": "failed", "reason": "boom"},
+                     {"lever": "pseudo", "what": "w", "protein": "1ubq", "snr": "inf",
+                      "seen": True, "l_de": 0.5}],
             "provenance": PROVENANCE}
     text = _section(results_table.render(_root(tmp_path, {"generalisation_levers": data})),
                     "Generalisation: levers")
@@ -314,6 +316,7 @@ def test_generalisation_levers_table(results_table, tmp_path):
             "| 0.310 | 0.900 | 1.100 (0.800) | 3.3 | stale |") in text
     assert "| euclidean | pixel distance | — | — | 4ake | inf | 0.310 |" in text
     assert "| builtin | failed: boom |" in text
+    assert "| 1ubq (trained on) | inf | 0.500 | — | — (—) | — |" in text
 
 
 def test_preferred_views_table_and_figure(results_table, tmp_path):
