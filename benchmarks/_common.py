@@ -419,6 +419,18 @@ def sweep_client(scheduler: str | None) -> Iterator[Any]:
         yield client
 
 
+def scored_distances(data: Any, estimator: Any) -> tuple[Any, float]:
+    """The estimator's distance matrix on the test split and its ``L_DE`` (rad²) against the
+    true distances under the dataset's point group."""
+    from cryoem import distance, rotations
+
+    test = data.split["test"]
+    matrix = estimator.matrix(data, test)
+    truth = rotations.symmetric_distance_matrix(
+        data.orientations[test], rotations.point_group(data.attrs.get("symmetry", "C1")))
+    return matrix, distance.l_de(matrix, truth)
+
+
 def score_first_guess(data: Any, estimator: Any, *, recovery_steps: int = 2000,
                       seed: int = 0) -> dict[str, Any]:
     """Distances on the test split → recovery → frame; scored against the truth.
@@ -427,15 +439,13 @@ def score_first_guess(data: Any, estimator: Any, *, recovery_steps: int = 2000,
     ``recovery.recover``), ``e_or_frame`` and ``e_or_frame_median`` (physical, after
     ``commonlines.resolve_frame``), ``frame_confidence`` and the seconds of each part.
     """
-    from cryoem import alignment, commonlines, distance, recovery, rotations
+    from cryoem import alignment, commonlines, recovery
 
     test = data.split["test"]
     symmetry = data.attrs.get("symmetry", "C1")
     truth = data.orientations[test]
     start = time.perf_counter()
-    matrix = estimator.matrix(data, test)
-    l_de = distance.l_de(matrix, rotations.symmetric_distance_matrix(
-        truth, rotations.point_group(symmetry)))
+    matrix, l_de = scored_distances(data, estimator)
     recovered = recovery.recover(matrix, steps=recovery_steps, symmetry=symmetry,
                                  seed=seed)
     recovery_seconds = time.perf_counter() - start

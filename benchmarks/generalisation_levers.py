@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import positive_snr, score_first_guess, snr_label
+from _common import positive_snr, score_first_guess, snr_label, scored_distances
 from harness import Column, Harness, Scenario
 
 HERE = Path(__file__).resolve().parent
@@ -142,15 +142,15 @@ def train_lever(args: argparse.Namespace, lever: str, model_dir: Path) -> dict[s
 
 def held_out_sets(args: argparse.Namespace) -> list[tuple[str, float, Path]]:
     """Each held-out protein's dataset at each SNR (made once)."""
-    sets = []
-    for name in args.held_out:
-        for snr in args.snrs:
-            path, _ = harness.dataset(
-                args.work_dir / "data", volume=name, size=args.size,
-                n_projections=args.n_projections, test_size=args.test_size, snr=snr,
-                max_shift=args.max_shift, seed=args.seed)
-            sets.append((name, snr, path))
-    return sets
+    return [(name, snr, dataset(args, name, snr)) for name in args.held_out for snr in args.snrs]
+
+
+def dataset(args: argparse.Namespace, name: str, snr: float) -> Path:
+    """A scoring dataset of protein ``name`` at ``snr`` (made once)."""
+    path, _ = harness.dataset(
+        args.work_dir / "data", volume=name, size=args.size, n_projections=args.n_projections,
+        test_size=args.test_size, snr=snr, max_shift=args.max_shift, seed=args.seed)
+    return path
 
 
 def run_lever(args: argparse.Namespace, lever: str, model_dir: Path) -> list[dict[str, Any]]:
@@ -175,20 +175,13 @@ def seen_rows(args: argparse.Namespace, estimator: Any, head: dict[str, Any]
               ) -> list[dict[str, Any]]:
     """``L_DE`` of a model on proteins of ``--seen`` (noiseless test splits, shifts as the
     held-out ones'): whether it learned the proteins it trained on (no recovery)."""
-    from cryoem import datasets, distance, rotations
+    from cryoem import datasets
 
     rows = []
     for name in args.seen:
-        path, _ = harness.dataset(
-            args.work_dir / "data", volume=name, size=args.size,
-            n_projections=args.n_projections, test_size=args.test_size, snr=math.inf,
-            max_shift=args.max_shift, seed=args.seed)
-        data = datasets.load(path)
-        test = data.split["test"]
-        truth = rotations.symmetric_distance_matrix(
-            data.orientations[test], rotations.point_group(data.attrs.get("symmetry", "C1")))
+        data = datasets.load(dataset(args, name, math.inf))
         rows.append({**head, "protein": name, "snr": math.inf, "seen": True,
-                     "l_de": distance.l_de(estimator.fit(data).matrix(data, test), truth)})
+                     "l_de": scored_distances(data, estimator.fit(data))[1]})
     return rows
 
 
@@ -197,28 +190,32 @@ def run_baseline(args: argparse.Namespace, kind: str) -> list[dict[str, Any]]:
     true orientations) or ``shipped`` (the general model in the package, as it is)."""
     from cryoem import datasets, distance, siamese
 
+    if kind == "shipped":  # one model for every protein, loaded once
+        shipped = distance.LearnedDistance(siamese.PRETRAINED_DIR, turns=4)
+        config = json.loads((siamese.PRETRAINED_DIR / siamese.CONFIG_FILE).read_text())
+        head = {"lever": kind,
+                "what": (f"the shipped model (`--model pretrained`): the 19 built-in proteins, "
+                         f"{config['max_seconds']:.0f} s, its own recipe (plateau schedule, no "
+                         "turns)"),
+                "volumes": len(config["sources"]),
+                "epochs": sum(1 for _ in open(siamese.PRETRAINED_DIR / "history.csv")) - 1}
+    else:
+        head = {"lever": kind, "what": ("pixel distance, isotonic fit on this protein's TRUE "
+                                        "orientations (training split)")}
     rows = []
     for name, snr, path in held_out_sets(args):
         data = datasets.load(path)
         start = time.perf_counter()
-        if kind == "euclidean":
+        if kind == "euclidean":  # fitted on each protein anew
             estimator = distance.EuclideanDistance(seed=args.seed).fit(data)
-            what = ("pixel distance, isotonic fit on this protein's TRUE orientations "
-                    "(training split)")
-            trained: dict[str, Any] = {"train_seconds": time.perf_counter() - start}
+            fitted = {"train_seconds": time.perf_counter() - start}
         else:
-            estimator = distance.LearnedDistance(siamese.PRETRAINED_DIR, turns=4).fit(data)
-            config = json.loads((siamese.PRETRAINED_DIR / siamese.CONFIG_FILE).read_text())
-            what = (f"the shipped model (`--model pretrained`): the 19 built-in proteins, "
-                    f"{config['max_seconds']:.0f} s, its own recipe (plateau schedule, no turns)")
-            trained = {"volumes": len(config["sources"]), "epochs": sum(
-                1 for _ in open(siamese.PRETRAINED_DIR / "history.csv")) - 1}
-        rows.append({"lever": kind, "what": what, "protein": name, "snr": snr, **trained,
+            estimator, fitted = shipped.fit(data), {}
+        rows.append({**head, "protein": name, "snr": snr, **fitted,
                      **score_first_guess(data, estimator, recovery_steps=args.recovery_steps,
                                          seed=args.seed)})
     if kind == "shipped":
-        rows += seen_rows(args, estimator, {k: rows[-1][k] for k in (
-            "lever", "what", "volumes", "epochs")})
+        rows += seen_rows(args, shipped, head)
     return rows
 
 
