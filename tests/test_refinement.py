@@ -253,3 +253,38 @@ def test_symmetric_references_refine_a_symmetric_particle_better():
         scores = [entry["symmetry_score"] for entry in result.history]
         assert np.all(np.isnan(scores)) if symmetry == "C1" else min(scores) > 0.95
     assert errors["C2"] < errors["C1"] - 0.004, errors
+
+
+def _entries(values, kinds):
+    """History entries with the given half-map resolutions; kinds: g(lobal), s(oft), l(ocal)."""
+    return [{"halfmap_fsc0143_angstrom": value, "global": float(kind == "g"),
+             "soft": float(kind == "s")} for value, kind in zip(values, kinds)]
+
+
+def test_the_plateau_rule_reads_the_hard_local_iterations_of_the_phase():
+    """Hand-worked: 1HVR at SNR 1/16 (the `cadc686` run's history) plateaus at its third hard
+    local iteration; a gain of 1 % or more in the last two does not; a global pass starts a new
+    phase."""
+    run = _entries([np.nan, 4.53, 3.97, 3.68, 3.54, 3.33, 3.32, 3.33, 3.32], "ggsssslll")
+    assert not refinement._plateaued(run[:8], 2, 0.01)  # two hard ones: nothing earlier
+    assert refinement._plateaued(run, 2, 0.01)  # 3.32 is not 1 % finer than 3.32
+    assert not refinement._plateaued(run, 0, 0.01)  # off
+    gaining = _entries([3.40, 3.37, 3.35], "lll")
+    assert refinement._plateaued(gaining, 2, 0.02)  # 3.35 > 0.98 * 3.40
+    assert not refinement._plateaued(gaining, 2, 0.01)  # 3.35 < 0.99 * 3.40
+    rescued = run + _entries([3.35, 3.40, 3.30], "gll")
+    assert not refinement._plateaued(rescued, 2, 0.01)  # two since the rescue: too few
+    assert not refinement._plateaued(rescued + _entries([3.31], "l"), 2, 0.01)  # 3.30 gained
+    assert refinement._plateaued(rescued + _entries([3.31, 3.30], "ll"), 2, 0.01)
+
+
+def test_refinement_stops_on_a_plateau_only_while_the_images_jitter(problem):
+    """Wired into refine: a rule that always finds a plateau stops the local iterations after
+    the second hard one when any move counts as jitter, and never when none does."""
+    images, _, _, start = problem
+    options = dict(iterations=5, soft_iterations=1, global_iterations=0, rescue_candidates=0,
+                   plateau=1, plateau_gain=1.0)
+    stopped = refinement.refine(images, start, plateau_jitter=0.0, **options)
+    assert [entry["soft"] for entry in stopped.history] == [1.0, 0.0, 0.0]
+    ran = refinement.refine(images, start, plateau_jitter=1e9, **options)
+    assert len(ran.history) == 5
