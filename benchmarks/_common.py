@@ -15,6 +15,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -417,6 +418,30 @@ def sweep_client(scheduler: str | None) -> Iterator[Any]:
             for name in ("_common.py", "harness.py"):
                 client.upload_file(str(Path(here) / name))
         yield client
+
+
+def trained_once(model_dir: Path, record_name: str,
+                 train: Callable[[], tuple[dict[str, list[float]], dict[str, Any]]]
+                 ) -> dict[str, Any]:
+    """A model trained once against the clock, its record kept beside it (``record_name``).
+
+    A finished model (its record there) is reused: its record, with ``model_reused`` true.
+    Otherwise the folder is cleared and ``train()`` runs afresh (never resumed: it trains for a
+    wall-clock budget); it returns the Keras history and further fields for the record, whose
+    ``prepare_seconds`` (data made before the training began) is not counted as training.
+    The record: those fields, ``epochs``, ``train_seconds`` and ``best_val_loss``.
+    """
+    record = model_dir / record_name
+    if record.is_file():
+        return {**json.loads(record.read_text()), "model_reused": True}
+    shutil.rmtree(model_dir, ignore_errors=True)
+    start = time.perf_counter()
+    history, extra = train()
+    trained = {**extra, "epochs": len(history.get("loss", [])),
+               "train_seconds": time.perf_counter() - start - extra.get("prepare_seconds", 0.0),
+               "best_val_loss": float(np.nanmin(history.get("val_loss", [math.nan])))}
+    record.write_text(json.dumps(trained))
+    return {**trained, "model_reused": False}
 
 
 def scored_distances(data: Any, estimator: Any) -> tuple[Any, float]:

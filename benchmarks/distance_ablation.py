@@ -40,16 +40,13 @@ if __name__ == "__main__":
     harness.pin_threads()
 
 import argparse
-import json
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from _common import positive_snr, score_first_guess, snr_label
+from _common import positive_snr, score_first_guess, snr_label, trained_once
 from harness import Column, Harness, Scenario
 
 HERE = Path(__file__).resolve().parent
@@ -142,21 +139,11 @@ def run_lever(args: argparse.Namespace, data_path: Path, lever: str, model_dir: 
     from cryoem import datasets, distance, training
 
     data = datasets.load(data_path)
-    record = model_dir / TRAINING_RECORD
-    trained = json.loads(record.read_text()) if record.is_file() else None
-    reused = trained is not None
-    if trained is None:  # a fresh run, never a resumed one (it runs against the clock)
-        shutil.rmtree(model_dir, ignore_errors=True)
-        start = time.perf_counter()
-        history = training.train([data], model_dir, training_config(args, lever), verbose=0)
-        trained = {"epochs": len(history.get("loss", [])),
-                   "train_seconds": time.perf_counter() - start,
-                   "best_val_loss": float(np.nanmin(history.get("val_loss", [math.nan])))}
-        record.write_text(json.dumps(trained))
+    trained = trained_once(model_dir, TRAINING_RECORD, lambda: (
+        training.train([data], model_dir, training_config(args, lever), verbose=0), {}))
     estimator = distance.LearnedDistance(model_dir, turns=args.test_turns).fit(data)
     return {"lever": lever, "what": LEVERS[lever][0], "training": SUPERVISION,
             "budget_seconds": args.budget_seconds, "test_turns": args.test_turns, **trained,
-            "model_reused": reused,
             **score_first_guess(data, estimator, recovery_steps=args.recovery_steps,
                                 seed=args.seed)}
 

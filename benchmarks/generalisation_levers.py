@@ -40,14 +40,12 @@ if __name__ == "__main__":
 import argparse
 import json
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from _common import positive_snr, score_first_guess, snr_label, scored_distances
+from _common import positive_snr, score_first_guess, scored_distances, snr_label, trained_once
 from harness import Column, Harness, Scenario
 
 HERE = Path(__file__).resolve().parent
@@ -119,25 +117,19 @@ def train_lever(args: argparse.Namespace, lever: str, model_dir: Path) -> dict[s
 
     from cryoem import training
 
-    record = model_dir / TRAINING_RECORD
-    if record.is_file():
-        return {**json.loads(record.read_text()), "model_reused": True}
-    shutil.rmtree(model_dir, ignore_errors=True)  # a fresh run: it runs against the clock
-    names = training_volumes(args, lever)
-    start = time.perf_counter()
-    sets, validation = training_sets(names, args.size, args.work_dir, args.max_shift)
-    prepare_seconds = time.perf_counter() - start
-    config = training.TrainingConfig(
-        mode="rendered", epochs=100_000, max_seconds=args.budget_seconds,
-        steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
-        snr_range=tuple(args.snr_range), max_shift=args.max_shift, seed=args.seed, **RECIPE)
-    start = time.perf_counter()
-    history = training.train(sets, model_dir, config, validation=validation, verbose=0)
-    trained = {"volumes": len(names), "epochs": len(history.get("loss", [])),
-               "train_seconds": time.perf_counter() - start, "prepare_seconds": prepare_seconds,
-               "best_val_loss": float(np.nanmin(history.get("val_loss", [math.nan])))}
-    record.write_text(json.dumps(trained))
-    return {**trained, "model_reused": False}
+    def train() -> tuple[dict[str, list[float]], dict[str, Any]]:
+        names = training_volumes(args, lever)
+        start = time.perf_counter()
+        sets, validation = training_sets(names, args.size, args.work_dir, args.max_shift)
+        prepare_seconds = time.perf_counter() - start
+        config = training.TrainingConfig(
+            mode="rendered", epochs=100_000, max_seconds=args.budget_seconds,
+            steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
+            snr_range=tuple(args.snr_range), max_shift=args.max_shift, seed=args.seed, **RECIPE)
+        history = training.train(sets, model_dir, config, validation=validation, verbose=0)
+        return history, {"volumes": len(names), "prepare_seconds": prepare_seconds}
+
+    return trained_once(model_dir, TRAINING_RECORD, train)
 
 
 def held_out_sets(args: argparse.Namespace) -> list[tuple[str, float, Path]]:
