@@ -262,9 +262,9 @@ def _entries(values, kinds):
 
 
 def test_the_plateau_rule_reads_the_hard_local_iterations_of_the_phase():
-    """Hand-worked: 1HVR at SNR 1/16 (the `cadc686` run's history) plateaus at its third hard
-    local iteration; a gain of 1 % or more in the last two does not; a global pass starts a new
-    phase."""
+    """Hand-worked: 1HVR at SNR 1/16 with C2 declared (the `cb865fb` run's history: half-map
+    resolutions in Å) plateaus at its third hard local iteration; a gain of 1 % or more in the
+    last two does not; a global pass starts a new phase."""
     run = _entries([np.nan, 4.53, 3.97, 3.68, 3.54, 3.33, 3.32, 3.33, 3.32], "ggsssslll")
     assert not refinement._plateaued(run[:8], 2, 0.01)  # two hard ones: nothing earlier
     assert refinement._plateaued(run, 2, 0.01)  # 3.32 is not 1 % finer than 3.32
