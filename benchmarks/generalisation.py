@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import harness  # noqa: E402
 from _common import (PROTEIN_TRAINING_EPOCHS, frame_and_refined,  # noqa: E402
                      machine_info, pipeline_row, positive_snr, snr_tag, write_report)
 
@@ -203,7 +204,7 @@ def finish_general(args: argparse.Namespace) -> dict[str, Any]:
             shutil.copy2(out / name, shipped / name)
     best = json.loads((out / "best.json").read_text())
     return {"proteins": names, "best_val_loss": best["val_loss"], "best_epoch": best["epoch"],
-            "epochs_run": sum(1 for _ in open(out / "history.csv")) - 1,
+            "epochs_run": harness.history_epochs(out / "history.csv"),
             "contract": contract, "model": str(out), "shipped": args.ship}
 
 

@@ -190,7 +190,7 @@ def run_baseline(args: argparse.Namespace, kind: str) -> list[dict[str, Any]]:
                          f"{config['max_seconds']:.0f} s, its own recipe (plateau schedule, no "
                          "turns)"),
                 "volumes": len(config["sources"]),
-                "epochs": sum(1 for _ in open(siamese.PRETRAINED_DIR / "history.csv")) - 1}
+                "epochs": harness.history_epochs(siamese.PRETRAINED_DIR / "history.csv")}
     else:
         head = {"lever": kind, "what": ("pixel distance, isotonic fit on this protein's TRUE "
                                         "orientations (training split)")}

@@ -580,14 +580,15 @@ def model_info(model: str, test_volume: str | None = None) -> dict[str, Any]:
     digest = hashlib.sha256((folder / siamese.MODEL_FILE).read_bytes()).hexdigest()
     return {"dir": str(folder), "sha256": digest, "mode": mode, "sources": sources,
             "snr_range": config.get("snr_range"), "max_shift": config.get("max_shift"),
-            "ctf": config.get("ctf"), "epochs_run": _epochs(folder / "history.csv"),
+            "ctf": config.get("ctf"), "epochs_run": history_epochs(folder / "history.csv"),
             "training_budget_seconds": config.get("max_seconds"),
             "training_seconds": seconds, "training_seconds_source": source,
             "trained_at_commit": (config.get("provenance") or {}).get("git_commit"),
             "supervision": supervision}
 
 
-def _epochs(history: Path) -> int | None:
+def history_epochs(history: Path) -> int | None:
+    """Epochs a Keras ``history.csv`` holds (``None`` when it cannot be read)."""
     try:
         return max(0, len(history.read_text().strip().splitlines()) - 1)
     except OSError:
