@@ -11,18 +11,23 @@ module holds what makes that work:
 - :func:`frame_between`: the rotation that turns one half's map onto the other's, the one
   thing (three numbers) the halves share besides their FSC curve;
 - :func:`filter_by_fsc`: each half map weighted, shell by shell, by the halves' agreement;
+- :func:`half_references`: each iteration's references, each half's map (and its maps
+  without each leave-out group) from its own images alone, turned into one frame, filtered;
 - :func:`independence`: what a user is told about the half maps.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
-from . import alignment, rotations, scoring, stacks, volumes
+from . import (alignment, projection, reconstruction, resolution, rotations, scoring, stacks,
+               symmetry_frame, volumes)
 
 __all__ = ["start_map", "start_resolution", "start_half", "frame_between", "filter_by_fsc",
-           "independence"]
+           "half_references", "independence"]
 
 FloatArray = NDArray[np.float64]
 
@@ -133,3 +138,64 @@ def start_half(piece: tuple[int, NDArray[np.int64]], images: "NDArray | stacks.I
         max_shift=options["max_shift"] / scale, initial_volume=start_map,
         seed=2 * options["seed"] + half)
     return result.quaternions, result.shifts * scale
+
+
+def half_references(images: "NDArray | stacks.ImageStack", q: FloatArray, shifts: FloatArray,
+                     ctf: "projection.CTFParameters | None", halves: NDArray[np.int64],
+                     groups: NDArray[np.int64] | None, pixel_size: float,
+                     regularization: float, align_halves: bool, client: Any,
+                     symmetric: tuple[str, list, int] | None = None,
+                     ) -> tuple[list[NDArray], list[list[NDArray]], "resolution.FSC", float]:
+    """Each half's map from its own images, the second turned onto the first (when
+    ``align_halves``), both filtered by their FSC; with ``groups``, also each half's maps
+    without each of its groups, turned and filtered alike.  With ``symmetric`` (the group,
+    each half's frame found before or ``None``, updated in place, and the search's seed),
+    each half's maps are symmetrised about its own map's axes before the FSC.  Returns the
+    maps, the maps without each group (empty lists without ``groups``), the FSC and the turn
+    (rad).  The second half's orientations ``q`` are turned with its map, in place."""
+    maps: list[NDArray] = []
+    without: list[list[NDArray]] = [[], []]
+    for half in (0, 1):
+        chosen = np.flatnonzero(halves == half)
+        options = {"shifts": shifts[chosen], "ctf": None if ctf is None else ctf[chosen],
+                   "pixel_size": pixel_size, "iterations": 15, "regularization": regularization,
+                   "client": client}
+        if groups is None:
+            maps.append(reconstruction.reconstruct(stacks.take(images, chosen), q[chosen],
+                                                   **options).data)
+        else:
+            whole, rest = reconstruction.leave_group_out(stacks.take(images, chosen), q[chosen],
+                                                         groups[chosen], **options)
+            maps.append(whole.data)
+            without[half] = [part.data for part in rest]
+    curve = resolution.fsc(maps[0], maps[1], pixel_size, mask=True)
+    turned = float("nan")
+    if align_halves:  # on the maps weighted by their FSC: what the halves agree on
+        turn = frame_between(*(filter_by_fsc(m, curve.values)
+                                             for m in maps))
+        maps[1] = scoring.rotate_map(maps[1], turn)
+        without[1] = [scoring.rotate_map(m, turn) for m in without[1]]
+        q[halves == 1] = rotations.canonical(turn.to_truth_frame(q[halves == 1]))
+        turned = float(rotations.geodesic_distance(turn.transform, [1.0, 0, 0, 0]))
+        curve = resolution.fsc(maps[0], maps[1], pixel_size, mask=True)
+    if symmetric is not None:
+        _symmetrize_halves(maps, without, curve, *symmetric)
+        curve = resolution.fsc(maps[0], maps[1], pixel_size, mask=True)
+    return ([filter_by_fsc(m, curve.values) for m in maps],
+            [[filter_by_fsc(m, curve.values) for m in half] for half in without],
+            curve, turned)
+
+
+def _symmetrize_halves(maps: list[NDArray], without: list[list[NDArray]],
+                       curve: "resolution.FSC", symmetry: str, frames: list, seed: int) -> None:
+    """Each half's map and maps without its groups, averaged over the group about the axes
+    found in that half's map alone, weighted by the FSC (the noise the halves do not share
+    would hide the axes); ``frames`` holds each half's last frame, the start of its next
+    search (a polish, not a search)."""
+    for half in (0, 1):
+        frames[half] = symmetry_frame.find_symmetry_frame(
+            filter_by_fsc(maps[half], curve.values), symmetry, seed=seed,
+            start=frames[half])
+        maps[half] = symmetry_frame.symmetrize(maps[half], symmetry, frames[half])
+        without[half] = [symmetry_frame.symmetrize(m, symmetry, frames[half])
+                         for m in without[half]]

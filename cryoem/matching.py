@@ -153,10 +153,16 @@ def candidate_scores(slices_of: "projection._SliceEvaluator", band: Band, centre
     count, k = candidates.shape[:2]
     matrices = rotations.quaternion_to_matrix(candidates.reshape(-1, 4))
     slices = slices_of(band.points(matrices)).reshape(count, k, -1)
+    real = slices.real.dtype  # the evaluator's precision (single: float32) throughout
     if ctf is not None:
-        slices = slices * ctf[:, None, :]
-    norms = np.maximum(np.sqrt(np.sum(band.weights * np.abs(slices) ** 2, axis=-1)), 1e-30)
-    scores = np.real(np.sum(band.weights * centred[:, None, :] * np.conj(slices), axis=-1)) / norms
+        slices *= ctf[:, None, :].astype(real)
+    # Real matrix products on the (re, im) pairs, Re(y·s̄) = y_re·s_re + y_im·s_im: ~5x faster
+    # than complex broadcasting (by hand: NumPy has no weighted complex inner product).
+    pairs = slices.view(real)
+    weights = np.repeat(band.weights, 2).astype(real)
+    norms = np.maximum(np.sqrt((pairs * pairs) @ weights), 1e-30).astype(np.float64)
+    weighted = (centred * band.weights).astype(slices.dtype).view(real)
+    scores = np.matmul(pairs, weighted[:, :, None])[..., 0] / norms
     return slices, norms, scores
 
 

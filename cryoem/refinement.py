@@ -26,10 +26,12 @@ Then each local iteration, for each of two fixed random halves of the images:
 The halves never see each other's images or maps (in the global passes too), except for
 the rotation that turns the second half's map onto the first's
 (:func:`cryoem.gold_standard.frame_between`).
-It stops when the orientations stop moving, when the half maps stop gaining resolution while
-the images only jitter (``plateau``), or after ``iterations`` local iterations; then one global
+It stops when the orientations stop moving, when the half maps stop gaining resolution
+(``plateau``: where their FSC could show a gain, or while the images only jitter), or after
+``iterations`` local iterations; then one global
 pass on a finer grid, at the resolution the half maps reached, rescues the images left in a
-wrong basin, and a few local iterations polish them.  Shifts are estimated here: the true ones
+wrong basin, and a few local iterations polish the images it moved (those alone, against its
+references).  Shifts are estimated here: the true ones
 are never read.
 """
 
@@ -43,7 +45,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import (distributed, gold_standard, projection, reconstruction, resolution, rotations,
-               scoring, stacks, symmetry_frame, volumes)
+               stacks, symmetry_frame, volumes)
 from .matching import Band, GridSlices, candidate_offsets, global_match, local_match
 from ._progress import progress_bar
 
@@ -95,7 +97,7 @@ def refine(
     angular_band: float | None = 1.5,
     rescue_candidates: int = 30000,
     rescue_radius: float = 12.0,
-    rescue_iterations: int = 3,
+    rescue_iterations: int = 6,
     rescue_step: float = 0.06,
     leave_out_groups: int = 4,
     symmetry: str = "C1",
@@ -123,21 +125,25 @@ def refine(
     tolerance
         Stop when the mean change of orientation in an iteration falls below it (rad).
     plateau, plateau_gain, plateau_jitter
-        Stop the local iterations (and the polishing ones after the rescue) once the data
-        can tell no more: the half maps' FSC 0.143 resolution measured in the last
-        ``plateau`` hard local iterations of the phase is no finer, by ``plateau_gain`` (a
-        fraction), than the best measured earlier in it, and the images moved on average
-        at least ``plateau_jitter`` times the grid's radius in the last iteration (they
-        jitter within the noise; converging images move less and less of it, and there a
-        finer grid still gains, though the FSC, capped by the box, cannot show it).  As
-        RELION's auto-refine stops when its resolution and its angles stop improving.  At
-        SNR 1/16 (``benchmarks/particles.py``, 5,000 images of 4AKE, 2ZMM, 1HVR at
-        ``d56d91f`` and ``cadc686``) the half maps stopped gaining after the first full-band
-        local iteration while the images kept moving 0.55-0.7 times the radius (at SNR 1 and
-        without noise 0.2-0.3 by the third), and each later iteration cost 65-100 s; with the
-        rule (``4cce38b``) they stopped after the third, 4-5 minutes sooner, and ended as close
-        to the truth (0.085, 0.095, 0.096 rad with C2 declared, against 0.086, 0.095, 0.096),
-        while a noiseless run went on to the last iteration.  ``plateau=0`` turns it off.
+        Stop the local iterations once the data can tell no more: the half maps' FSC 0.143
+        resolution measured in the last ``plateau`` hard local iterations of the phase is no
+        finer, by ``plateau_gain`` (a fraction), than the best measured earlier in it, and
+        either the FSC falls below 0.143 inside the box (it could show a gain) or the images
+        moved on average at least ``plateau_jitter`` times the grid's radius in the last
+        iteration (they jitter within the noise).  Where the FSC stays above 0.143 to the
+        box's edge (noiseless), it cannot show what a finer grid still gains, and only
+        jittering images stop the run.  As RELION's auto-refine stops when its resolution
+        and its angles stop improving.  At SNR 1/16 (``benchmarks/particles.py``, 5,000
+        images of 4AKE, 2ZMM, 1HVR at ``d56d91f`` and ``cadc686``) the half maps stopped
+        gaining after the first full-band local iteration while the images kept moving
+        0.55-0.7 times the radius, and each later iteration cost 65-100 s; with the rule
+        (``4cce38b``) they stopped after the third, 4-5 minutes sooner, and ended as close
+        to the truth (0.085, 0.095, 0.096 rad with C2 declared, against 0.086, 0.095,
+        0.096).  At SNR 1 (4AKE, 5,000 images, the error recorded by a callback at
+        ``2ebf468``) the half maps stopped at 3.51 Å after the first full-band iteration
+        while the images, converging, moved 0.57, 0.44, 0.36 times the radius; the error
+        went 0.0172, 0.0128, 0.0114 rad over those three iterations and 0.0107 over the next
+        three (250 s), which the FSC inside the box now stops.  ``plateau=0`` turns it off.
     iterations
         Local iterations at most (the global ones come first, on top).
     soft_iterations
@@ -201,7 +207,13 @@ def refine(
         ``rescue_candidates`` uniform orientations, matched on frequencies below
         ``rescue_radius`` pixels (or the FSC band if lower), the local grid competing as in
         the first global passes; then up to ``rescue_iterations`` local iterations from a
-        grid of radius ``rescue_step`` rad to polish the images that moved.  The first
+        grid of radius ``rescue_step`` rad polish the images the rescue took beyond the local
+        grid's reach, and only those, against the rescue's own references: no new maps, the
+        other images stay where the local iterations left them, and a moved image's own
+        noise sits in those maps at its old, far orientation.  (Polishing every image
+        against new maps each time cost three full iterations, a quarter of the refinement
+        at SNR 1, and restarted the converged images from a grid coarser than the one they
+        had ended on.)  The first
         global passes match against blurred maps, where some views look like others (a
         pseudo-symmetry): a few per cent of the images end in the wrong basin, too far for
         the local grid (2ZMM at SNR 1/16, 5,000 images: 3.2 % more than 0.5 rad off; one
@@ -241,9 +253,10 @@ def refine(
         whatever numbers it returns (e.g. the error against a known truth) go
         into that iteration's history entry.
 
-    Each history entry holds the iteration's band, step, half-map FSC 0.143 (Å), turn
-    between the halves, mean orientation change and score, and its wall time
-    (``seconds``, the callback's excluded).
+    Each history entry holds the iteration's kind (``global``, ``rescue``, ``polish``,
+    ``soft``), band, step, half-map FSC 0.143 (Å) of the references it matched against, turn
+    between the halves, the number of images matched (``matched``), their mean orientation
+    change and score, and its wall time (``seconds``, the callback's excluded).
     """
     images = stacks.as_images(images)
     q = rotations.canonical(orientations)
@@ -304,7 +317,8 @@ def refine(
 
     def schedule() -> Iterator[tuple[int, str]]:
         """(iteration, kind): the global passes, the local ones until they stop moving, then
-        (with a rescue) one global pass on the finer grid and the polishing local ones."""
+        (with a rescue) one global pass on the finer grid and the local ones that polish the
+        images it moved."""
         for iteration in range(first, iterations):
             yield iteration, "global" if iteration < global_iterations else "local"
             if converged[0]:
@@ -320,6 +334,7 @@ def refine(
                     break
 
     total = iterations - first + (rescue_iterations + 1 if rescue_candidates else 0)
+    polishing = np.arange(n)  # the images the current iteration matches
     for iteration, kind in progress_bar(schedule(), total=total, enable=progress,
                                         desc="refining"):
         began = time.perf_counter()
@@ -327,69 +342,89 @@ def refine(
         searching_globally = kind in ("global", "rescue")
         soft = kind == "local" and iteration < soft_iterations
         turned, symmetry_score = float("nan"), float("nan")
-        without: list[list[NDArray]] = [[], []]
         if from_start:
-            maps = [start_map, start_map]
+            maps, without = [start_map, start_map], [[], []]
             band = Band(size, size * pixel_size / initial_resolution + 0.5)
             curve = None
         else:
-            maps, without, curve, turned = _half_references(
-                images, q, current_shifts, ctf, halves, None if searching_globally else groups,
-                pixel_size, regularization, align_halves, client,
-                (symmetry, frames, seed) if symmetric else None)
-            if symmetric:
-                symmetry_score = float(np.mean([frame.score for frame in frames if frame]))
-            below = np.flatnonzero(curve.values < resolution.THRESHOLD_HALF_MAPS)
-            shell = curve.shells[below[0]] if len(below) else curve.shells[-1]
-            radius = min(size / 2 - 1, max(6.0, 1.2 * shell + 2))
-            if angular_band is not None and not searching_globally:
-                radius = min(radius, max(6.0, angular_band / step))
-            band = Band(size, radius)
+            if kind != "polish":  # the polish matches against the rescue's references
+                maps, without, curve, turned = gold_standard.half_references(
+                    images, q, current_shifts, ctf, halves,
+                    None if searching_globally else groups, pixel_size, regularization,
+                    align_halves, client, (symmetry, frames, seed) if symmetric else None)
+                if symmetric:
+                    symmetry_score = float(np.mean([frame.score for frame in frames if frame]))
+            band = _band(curve, size, None if searching_globally else angular_band, step)
         if searching_globally:
             band = Band(size, min(band.radius,
                                   rescue_radius if kind == "rescue" else global_radius))
         pass_grid = rescue_grid if kind == "rescue" else grid
         new_q, new_shifts = q.copy(), current_shifts.copy()
-        scores, correlations = np.empty(n), np.empty(n)
+        scores = np.full(n, np.nan)
         common = {"band": band, "pixel_size": pixel_size, "offsets": candidate_offsets(step),
                   "max_shift": max_shift, "batch": batch}
         for half, chosen, reference in _matched_sets(halves, groups, maps, without):
+            chosen = np.intersect1d(chosen, polishing) if kind == "polish" else chosen
             settings = ({**common, "grid": pass_grid, "reach": global_reach,
                          "keep_current": not from_start,
                          "grid_slices": GridSlices(reference, band, pass_grid)}
                         if searching_globally else {**common, "soft": soft})
             pieces = [(part, q[part], current_shifts[part],
                        None if ctf is None else ctf[part])
-                      for part in np.array_split(chosen, max(1, -(-len(chosen) // chunk)))]
+                      for part in np.array_split(chosen, max(1, -(-len(chosen) // chunk)))
+                      if len(part)]
             results = distributed.map_chunks(
                 _match_piece, pieces, client=client, desc=f"matching half {half + 1}",
                 shared={"images": to_match, "reference": reference, "settings": settings})
             for (part, *_), result in zip(pieces, results):
                 new_q[part], new_shifts[part], scores[part], correlations[part] = result
         new_shifts = np.clip(new_shifts, -max_shift_total, max_shift_total)
-        moved = float(np.mean(rotations.geodesic_distance(new_q, q)))
+        changes = rotations.geodesic_distance(new_q, q)
+        matched = np.flatnonzero(~np.isnan(scores))
+        moved = float(np.mean(changes[matched])) if len(matched) else 0.0
         q, current_shifts = new_q, new_shifts
         number = len(history) + 1
         entry = {"iteration": number, "step_rad": step, "global": float(searching_globally),
-                 "rescue": float(kind == "rescue"), "soft": float(soft),
+                 "rescue": float(kind == "rescue"), "polish": float(kind == "polish"),
+                 "soft": float(soft), "matched": float(len(matched)),
                  "start_lowpass_angstrom": initial_resolution if from_start else float("nan"),
                  "halfmap_fsc0143_angstrom": (float("nan") if curve is None else
                                               curve.resolution(resolution.THRESHOLD_HALF_MAPS)),
+                 "fsc_reaches_edge": float(curve is not None and not np.any(
+                     curve.values < resolution.THRESHOLD_HALF_MAPS)),
                  "band_radius_px": band.radius, "halves_turn_rad": turned,
                  "left_out_groups": float(len(without[0])), "symmetry_score": symmetry_score,
-                 "mean_change_rad": moved, "mean_score": float(np.mean(scores)),
+                 "mean_change_rad": moved,
+                 "mean_score": float(np.mean(scores[matched])) if len(matched) else float("nan"),
                  "seconds": time.perf_counter() - began}
         if callback is not None:
             entry.update(callback(number, q, current_shifts))
         history.append(entry)
         if kind == "rescue":
+            # Only the images the rescue took beyond the local grid's reach need polishing.
+            polishing = np.flatnonzero(changes > step * (1 + 1e-6))
             step = rescue_step
-        elif not searching_globally:
-            step *= shrink
-        converged[0] = not searching_globally and not soft and (
-            moved < tolerance or (_plateaued(history, plateau, plateau_gain)
-                                  and moved >= plateau_jitter * entry["step_rad"]))
+            converged[0] = len(polishing) == 0
+        else:
+            if not searching_globally:
+                step *= shrink
+            converged[0] = not searching_globally and not soft and (
+                moved < tolerance or (kind == "local" and _plateaued(history, plateau, plateau_gain)
+                                      and (moved >= plateau_jitter * entry["step_rad"]
+                                           or not entry["fsc_reaches_edge"])))
     return RefinementResult(q, current_shifts, halves, history, correlations)
+
+
+def _band(curve: "resolution.FSC", size: int, angular_band: float | None,
+          step: float) -> Band:
+    """The matching band: a little beyond where the half-map FSC crosses 0.143, and (with
+    ``angular_band``) no further than a slice turned by ``step`` still correlates."""
+    below = np.flatnonzero(curve.values < resolution.THRESHOLD_HALF_MAPS)
+    shell = curve.shells[below[0]] if len(below) else curve.shells[-1]
+    radius = min(size / 2 - 1, max(6.0, 1.2 * shell + 2))
+    if angular_band is not None:
+        radius = min(radius, max(6.0, angular_band / step))
+    return Band(size, radius)
 
 
 def _plateaued(history: list[dict[str, float]], count: int, gain: float) -> bool:
@@ -436,67 +471,6 @@ def _matched_sets(halves: NDArray[np.int64], groups: NDArray[np.int64] | None,
         assert groups is not None
         for group, reference in enumerate(without[half]):
             yield half, chosen[groups[chosen] == group], reference
-
-
-def _half_references(images: "NDArray | stacks.ImageStack", q: FloatArray, shifts: FloatArray,
-                     ctf: "projection.CTFParameters | None", halves: NDArray[np.int64],
-                     groups: NDArray[np.int64] | None, pixel_size: float,
-                     regularization: float, align_halves: bool, client: Any,
-                     symmetric: tuple[str, list, int] | None = None,
-                     ) -> tuple[list[NDArray], list[list[NDArray]], "resolution.FSC", float]:
-    """Each half's map from its own images, the second turned onto the first (when
-    ``align_halves``), both filtered by their FSC; with ``groups``, also each half's maps
-    without each of its groups, turned and filtered alike.  With ``symmetric`` (the group,
-    each half's frame found before or ``None``, updated in place, and the search's seed),
-    each half's maps are symmetrised about its own map's axes before the FSC.  Returns the
-    maps, the maps without each group (empty lists without ``groups``), the FSC and the turn
-    (rad).  The second half's orientations ``q`` are turned with its map, in place."""
-    maps: list[NDArray] = []
-    without: list[list[NDArray]] = [[], []]
-    for half in (0, 1):
-        chosen = np.flatnonzero(halves == half)
-        options = {"shifts": shifts[chosen], "ctf": None if ctf is None else ctf[chosen],
-                   "pixel_size": pixel_size, "iterations": 15, "regularization": regularization,
-                   "client": client}
-        if groups is None:
-            maps.append(reconstruction.reconstruct(stacks.take(images, chosen), q[chosen],
-                                                   **options).data)
-        else:
-            whole, rest = reconstruction.leave_group_out(stacks.take(images, chosen), q[chosen],
-                                                         groups[chosen], **options)
-            maps.append(whole.data)
-            without[half] = [part.data for part in rest]
-    curve = resolution.fsc(maps[0], maps[1], pixel_size, mask=True)
-    turned = float("nan")
-    if align_halves:  # on the maps weighted by their FSC: what the halves agree on
-        turn = gold_standard.frame_between(*(gold_standard.filter_by_fsc(m, curve.values)
-                                             for m in maps))
-        maps[1] = scoring.rotate_map(maps[1], turn)
-        without[1] = [scoring.rotate_map(m, turn) for m in without[1]]
-        q[halves == 1] = rotations.canonical(turn.to_truth_frame(q[halves == 1]))
-        turned = float(rotations.geodesic_distance(turn.transform, [1.0, 0, 0, 0]))
-        curve = resolution.fsc(maps[0], maps[1], pixel_size, mask=True)
-    if symmetric is not None:
-        _symmetrize_halves(maps, without, curve, *symmetric)
-        curve = resolution.fsc(maps[0], maps[1], pixel_size, mask=True)
-    return ([gold_standard.filter_by_fsc(m, curve.values) for m in maps],
-            [[gold_standard.filter_by_fsc(m, curve.values) for m in half] for half in without],
-            curve, turned)
-
-
-def _symmetrize_halves(maps: list[NDArray], without: list[list[NDArray]],
-                       curve: "resolution.FSC", symmetry: str, frames: list, seed: int) -> None:
-    """Each half's map and maps without its groups, averaged over the group about the axes
-    found in that half's map alone, weighted by the FSC (the noise the halves do not share
-    would hide the axes); ``frames`` holds each half's last frame, the start of its next
-    search (a polish, not a search)."""
-    for half in (0, 1):
-        frames[half] = symmetry_frame.find_symmetry_frame(
-            gold_standard.filter_by_fsc(maps[half], curve.values), symmetry, seed=seed,
-            start=frames[half])
-        maps[half] = symmetry_frame.symmetrize(maps[half], symmetry, frames[half])
-        without[half] = [symmetry_frame.symmetrize(m, symmetry, frames[half])
-                         for m in without[half]]
 
 
 def _match_piece(piece: tuple, images: "NDArray | stacks.ImageStack", reference: NDArray,

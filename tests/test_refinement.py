@@ -55,7 +55,9 @@ def test_the_global_pass_rescues_images_the_local_grid_cannot_reach():
     options = dict(iterations=3, pixel_size=volume.voxel_size, seed=0)
     local = refinement.refine(images, start, global_iterations=0, rescue_candidates=0, **options)
     both = refinement.refine(images, start, global_iterations=2, rescue_candidates=0, **options)
-    rescued = refinement.refine(images, start, global_iterations=0, **options)
+    snapshots = []
+    rescued = refinement.refine(images, start, global_iterations=0, **options,
+                                callback=lambda _, q_now, __: snapshots.append(q_now.copy()) or {})
     errors_local = alignment.align_physical(local.quaternions, q).errors
     errors_both = alignment.align_physical(both.quaternions, q).errors
     errors_rescued = alignment.align_physical(rescued.quaternions, q).errors
@@ -68,6 +70,15 @@ def test_the_global_pass_rescues_images_the_local_grid_cannot_reach():
     assert [entry["global"] for entry in both.history[:2]] == [1.0, 1.0]
     assert [entry["rescue"] for entry in rescued.history].count(1.0) == 1
     assert not any(entry["rescue"] for entry in local.history)
+    # The polish matches only the images the rescue moved beyond the local grid (about the
+    # hundred far ones); the others end exactly where the rescue left them.
+    after = [entry["rescue"] for entry in rescued.history].index(1.0)
+    polish = [entry for entry in rescued.history[after + 1:] if entry["polish"]]
+    assert polish and all(entry["matched"] == polish[0]["matched"] for entry in polish)
+    assert 80 <= polish[0]["matched"] <= 130
+    changed = rotations.geodesic_distance(rescued.quaternions, snapshots[after]) > 0
+    assert np.sum(changed) <= polish[0]["matched"]
+    assert np.sum(changed[far]) >= 0.8 * np.sum(changed)
 
 
 def test_the_halves_never_see_each_other(problem, monkeypatch):
@@ -278,13 +289,24 @@ def test_the_plateau_rule_reads_the_hard_local_iterations_of_the_phase():
     assert refinement._plateaued(rescued + _entries([3.31, 3.30], "ll"), 2, 0.01)
 
 
-def test_refinement_stops_on_a_plateau_only_while_the_images_jitter(problem):
+def test_refinement_stops_on_a_plateau_only_where_the_fsc_could_show_a_gain():
     """Wired into refine: a rule that always finds a plateau stops the local iterations after
-    the second hard one when any move counts as jitter, and never when none does."""
-    images, _, _, start = problem
+    the second hard one when any move counts as jitter; when none does, it stops noisy images
+    (their FSC falls below 0.143 inside the box) but not noiseless ones of a protein (its FSC
+    stays above 0.143 to the box's edge, where it cannot show what a finer grid gains)."""
+    volume = volumes.resolve("4ake", 32)
+    q = rotations.sample_uniform(200, seed=7)
+    images = projection.project(volume.data, q, pixel_size=volume.voxel_size)
+    start = rotations.multiply(rotations.axis_angle_to_quaternion(
+        np.random.default_rng(1).standard_normal((200, 3)), 0.1), q)
     options = dict(iterations=5, soft_iterations=1, global_iterations=0, rescue_candidates=0,
-                   plateau=1, plateau_gain=1.0)
+                   plateau=1, plateau_gain=1.0, pixel_size=volume.voxel_size)
     stopped = refinement.refine(images, start, plateau_jitter=0.0, **options)
     assert [entry["soft"] for entry in stopped.history] == [1.0, 0.0, 0.0]
     ran = refinement.refine(images, start, plateau_jitter=1e9, **options)
     assert len(ran.history) == 5
+    assert all(entry["fsc_reaches_edge"] for entry in ran.history)
+    noisy, _ = projection.add_noise(images, 0.25, seed=5)
+    resolved = refinement.refine(noisy, start, plateau_jitter=1e9, **options)
+    assert not any(entry["fsc_reaches_edge"] for entry in resolved.history)
+    assert [entry["soft"] for entry in resolved.history] == [1.0, 0.0, 0.0]
