@@ -211,9 +211,10 @@ def refine(
         grid's reach, and only those, against the rescue's own references: no new maps, the
         other images stay where the local iterations left them, and a moved image's own
         noise sits in those maps at its old, far orientation.  (Polishing every image
-        against new maps each time cost three full iterations, a quarter of the refinement
-        at SNR 1, and restarted the converged images from a grid coarser than the one they
-        had ended on.)  The first
+        against new maps each time cost three full iterations, 217 of the 1,130 s of 4AKE's
+        refinement at SNR 1 with 5,000 images, and restarted the converged images from a grid
+        coarser than the one they had ended on: the error went 0.0102 rad after the rescue,
+        then 0.0105, 0.0102, 0.0104.)  The first
         global passes match against blurred maps, where some views look like others (a
         pseudo-symmetry): a few per cent of the images end in the wrong basin, too far for
         the local grid (2ZMM at SNR 1/16, 5,000 images: 3.2 % more than 0.5 rad off; one
