@@ -171,8 +171,7 @@ def half_references(images: "NDArray | stacks.ImageStack", q: FloatArray, shifts
     curve = resolution.fsc(maps[0], maps[1], pixel_size, mask=True)
     turned = float("nan")
     if align_halves:  # on the maps weighted by their FSC: what the halves agree on
-        turn = frame_between(*(filter_by_fsc(m, curve.values)
-                                             for m in maps))
+        turn = frame_between(*(filter_by_fsc(m, curve.values) for m in maps))
         maps[1] = scoring.rotate_map(maps[1], turn)
         without[1] = [scoring.rotate_map(m, turn) for m in without[1]]
         q[halves == 1] = rotations.canonical(turn.to_truth_frame(q[halves == 1]))

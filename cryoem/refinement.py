@@ -211,11 +211,11 @@ def refine(
         grid's reach, and only those, against the rescue's own references: no new maps, the
         other images keep the poses the local iterations gave them (not the rescue's small
         moves on its low band: at SNR 1 they took 4AKE's error from 0.0114 to 0.0124 rad), and
-        a moved image's own noise sits in those maps at its old, far orientation.  (Polishing every image
-        against new maps each time cost three full iterations, 217 of the 1,130 s of 4AKE's
-        refinement at SNR 1 with 5,000 images, and restarted the converged images from a grid
-        coarser than the one they had ended on: the error went 0.0102 rad after the rescue,
-        then 0.0105, 0.0102, 0.0104.)  The first
+        a moved image's own noise sits in those maps at its old, far orientation.  (Polishing
+        every image against new maps each time cost three full iterations, 217 of the 1,130 s
+        of 4AKE's refinement at SNR 1 with 5,000 images, and restarted the converged images
+        from a grid coarser than the one they had ended on: the error went 0.0102 rad after
+        the rescue, then 0.0105, 0.0102, 0.0104.)  The first
         global passes match against blurred maps, where some views look like others (a
         pseudo-symmetry): a few per cent of the images end in the wrong basin, too far for
         the local grid (2ZMM at SNR 1/16, 5,000 images: 3.2 % more than 0.5 rad off; one
@@ -336,7 +336,7 @@ def refine(
                     break
 
     total = iterations - first + (rescue_iterations + 1 if rescue_candidates else 0)
-    polishing = np.arange(n)  # the images the current iteration matches
+    polishing = np.arange(n)  # the images the polish matches: set by the rescue
     for iteration, kind in progress_bar(schedule(), total=total, enable=progress,
                                         desc="refining"):
         began = time.perf_counter()
@@ -362,7 +362,8 @@ def refine(
                                   rescue_radius if kind == "rescue" else global_radius))
         pass_grid = rescue_grid if kind == "rescue" else grid
         new_q, new_shifts = q.copy(), current_shifts.copy()
-        scores, previous = np.full(n, np.nan), correlations.copy()
+        scores = np.full(n, np.nan)
+        previous = correlations.copy() if kind == "rescue" else None  # restored where one stays
         common = {"band": band, "pixel_size": pixel_size, "offsets": candidate_offsets(step),
                   "max_shift": max_shift, "batch": batch}
         for half, chosen, reference in _matched_sets(halves, groups, maps, without):
