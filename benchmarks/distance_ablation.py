@@ -79,6 +79,9 @@ LEVERS: dict[str, tuple[str, dict[str, Any]]] = {
                         {**_COSINE, "batch_size": 128}),
     "cosine_wide": ("cosine, 1.5 times the filters", {**_COSINE, "width": 1.5}),
     "cosine_wide2": ("cosine, twice the filters", {**_COSINE, "width": 2.0}),
+    "cosine_wide_x2": ("two cosine_wide networks (seeds s, s+1), each trained for half the "
+                       "budget; their distances averaged (cryoem.ensemble)",
+                       {**_COSINE, "width": 1.5, "members": 2}),
     "cosine_wide_in24": ("cosine_wide downsampled to 24 px (about half the convolutions' cost)",
                          {**_COSINE, "width": 1.5, "input_size": 24}),
     "cosine_wide2_in24": ("cosine_wide2 downsampled to 24 px (about cosine_wide's cost)",
@@ -124,6 +127,7 @@ def training_config(args: argparse.Namespace, lever: str) -> Any:
     from cryoem import training
 
     settings = dict(LEVERS[lever][1])
+    settings.pop("members", None)  # run_lever splits the budget among an ensemble's members
     high = settings.pop("snr_high", args.snr)
     snr_range = None if math.isinf(args.snr) else (args.snr, max(high, args.snr))
     common = dict(mode="rendered", epochs=MAX_EPOCHS, max_seconds=args.budget_seconds,
@@ -136,11 +140,20 @@ def run_lever(args: argparse.Namespace, data_path: Path, lever: str, model_dir: 
               ) -> dict[str, Any]:
     """Train the lever's model (fresh, or reuse a finished one: ``TRAINING_RECORD``), then
     score its first guess."""
-    from cryoem import datasets, distance, training
+    from cryoem import datasets, distance, ensemble
 
     data = datasets.load(data_path)
-    trained = trained_once(model_dir, TRAINING_RECORD, lambda: (
-        training.train([data], model_dir, training_config(args, lever), verbose=0), {}))
+    members = LEVERS[lever][1].get("members", 1)
+
+    def train() -> tuple[dict[str, list[float]], dict[str, Any]]:
+        histories = ensemble.train_ensemble([data], model_dir, training_config(args, lever),
+                                            members, verbose=0)
+        joined = {key: [v for h in histories for v in h.get(key, [])]  # epochs of all members
+                  for key in ("loss", "val_loss")}
+        return joined, {"members": members,
+                        "member_epochs": [len(h.get("loss", [])) for h in histories]}
+
+    trained = trained_once(model_dir, TRAINING_RECORD, train)
     estimator = distance.LearnedDistance(model_dir, turns=args.test_turns).fit(data)
     return {"lever": lever, "what": LEVERS[lever][0], "training": SUPERVISION,
             "budget_seconds": args.budget_seconds, "test_turns": args.test_turns, **trained,

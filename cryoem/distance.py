@@ -258,7 +258,10 @@ class LearnedDistance(Estimator):
         0.178 rad² and the first guess from 0.394 to 0.355 rad (O(4)), for four times the
         embedding (seconds; ``benchmarks/distance_ablation.py --test-turns`` measures it per
         lever).  The embedding graph for large sets (:mod:`cryoem.embedding_graph`) uses one
-        embedding per image, without turns.
+        embedding per image, without turns (and an ensemble's first member only).
+
+    ``model_dir`` may hold an ensemble (:mod:`cryoem.ensemble`): the distance of a pair is then
+    the mean over every member and every turn.
     """
 
     name = "learned"
@@ -266,11 +269,18 @@ class LearnedDistance(Estimator):
     def __init__(self, model_dir: str | os.PathLike, batch_size: int = 256,
                  turns: int = 4) -> None:
         from . import siamese
+        from .ensemble import member_directories
 
         if turns not in (1, 2, 4):
             raise ValueError(f"turns must be 1, 2 or 4, got {turns}")
         self.model_dir = Path(model_dir)
-        self.embedding, self.config = siamese.load_embedding(model_dir)
+        loaded = [siamese.load_embedding(d) for d in member_directories(model_dir)]
+        self.members = [embedding for embedding, _ in loaded]
+        self.embedding, self.config = loaded[0]
+        sizes = {config["image_size"] for _, config in loaded}
+        if len(sizes) != 1:
+            raise ValueError(f"{model_dir}: the ensemble's members take images of different "
+                             f"sizes {sorted(sizes)}")
         self.batch_size = batch_size
         self.turns = turns
 
@@ -293,8 +303,9 @@ class LearnedDistance(Estimator):
                           stacklevel=2)
         return self
 
-    def embed(self, images: NDArray) -> FloatArray:
-        """Unit feature vectors ``(N, D)`` of images ``(N, L, L)``.
+    def embed(self, images: NDArray, member: int = 0) -> FloatArray:
+        """Unit feature vectors ``(N, D)`` of images ``(N, L, L)`` by one member of an ensemble
+        (:mod:`cryoem.ensemble`; the model itself when it is not one).
 
         A model with a contract (``--model pretrained``) takes images of any
         square size: they are Fourier-resampled to its ``image_size`` (same
@@ -312,7 +323,7 @@ class LearnedDistance(Estimator):
                 f"the model in {self.model_dir} takes {size}×{size} images, "
                 f"got shape {images.shape[1:]}: generate the data at --size {size} "
                 "or train a model at this size")
-        features = self.embedding.predict(images, batch_size=self.batch_size, verbose=0)
+        features = self.members[member].predict(images, batch_size=self.batch_size, verbose=0)
         features = np.asarray(features, dtype=np.float64)
         return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
@@ -323,12 +334,13 @@ class LearnedDistance(Estimator):
         return 2 * np.arccos(np.clip(np.abs(cosine), EPSILON, 1 - EPSILON))
 
     def turned_features(self, images: NDArray) -> list[FloatArray]:
-        """The unit features of the images turned by each of the test-time turns."""
+        """The unit features of the images turned by each of the test-time turns, by each
+        member of an ensemble (every member's turns, member after member)."""
         from .training_data import quarter_turn
 
         images = np.asarray(images, dtype=np.float32)
-        return [self.embed(quarter_turn(images, k * 4 // self.turns))
-                for k in range(self.turns)]
+        return [self.embed(quarter_turn(images, k * 4 // self.turns), member)
+                for member in range(len(self.members)) for k in range(self.turns)]
 
     def matrix(self, data: Dataset, indices: ArrayLike | None = None) -> FloatArray:
         turned = self.turned_features(data.projections[_select(data, indices)])
