@@ -125,11 +125,15 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a finished model in --out (an interrupted run resumes)")
+    parser.add_argument("--members", type=int, default=1, metavar="K",
+                        help="train an ensemble of K networks (seeds SEED, SEED+1, ...) that "
+                             "share --epochs (and the budget), in --out/members/; their "
+                             "distances are averaged (default: 1, one network)")
 
 
 def run_train(args: argparse.Namespace) -> int:
     """Train the Siamese distance network on projections."""
-    from .. import datasets, devices, siamese, training
+    from .. import datasets, devices, ensemble, siamese, training
 
     siamese.configure_threads(args.threads)
     strategy = devices.make_strategy(args.strategy, args.logical_cpus)  # before TF starts
@@ -153,11 +157,20 @@ def run_train(args: argparse.Namespace) -> int:
         turns=args.turns, schedule=args.schedule,
     )
     start = time.perf_counter()
-    history = training.train(data, args.out, config, overwrite=args.overwrite, strategy=strategy)
-    best = min(history.get("val_loss", [float("nan")]))
-    print(f"trained {args.arch} network for {len(history['loss'])} epochs in "
-          f"{time.perf_counter() - start:.0f} s: best validation L_DE {best:.4f} rad²; "
-          f"model in {args.out}")
+    if args.members == 1:
+        histories = [training.train(data, args.out, config, overwrite=args.overwrite,
+                                    strategy=strategy)]
+    elif strategy is not None:
+        raise SystemExit("error: --members trains one network after another: use it without "
+                         "--strategy")
+    else:
+        histories = ensemble.train_ensemble(data, args.out, config, args.members,
+                                            overwrite=args.overwrite)
+    epochs = sum(len(h.get("loss", [])) for h in histories)
+    best = min((v for h in histories for v in h.get("val_loss", [])), default=float("nan"))
+    what = f"{args.members} {args.arch} networks" if args.members > 1 else f"{args.arch} network"
+    print(f"trained {what} for {epochs} epochs in {time.perf_counter() - start:.0f} s: best "
+          f"validation L_DE {best:.4f} rad²; model in {args.out}")
     return 0
 
 
