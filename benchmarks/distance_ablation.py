@@ -81,6 +81,8 @@ LEVERS: dict[str, tuple[str, dict[str, Any]]] = {
     "cosine_wide2": ("cosine, twice the filters", {**_COSINE, "width": 2.0}),
     "cosine_wide_batch128": ("cosine_wide, 128 images a step (4 times the pairs, twice the "
                              "images)", {**_COSINE, "width": 1.5, "batch_size": 128}),
+    "cosine_wide_batch256": ("cosine_wide, 256 images a step (16 times the pairs, 4 times the "
+                             "images)", {**_COSINE, "width": 1.5, "batch_size": 256}),
     "cosine_wide_x2": ("two cosine_wide networks (seeds s, s+1), each trained for half the "
                        "budget; their distances averaged (cryoem.ensemble)",
                        {**_COSINE, "width": 1.5, "members": 2}),
