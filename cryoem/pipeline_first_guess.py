@@ -40,12 +40,16 @@ TRAIN_SECONDS = (300.0, 1800.0)
 #: the first guess 0.343 rad (O(4)) with turns, 0.324 with the cosine, 0.292 with it and
 #: 1.5 times the filters; the pipeline with it (44306e0, ``benchmarks/pipeline.py --snr 1/16``):
 #: 360 epochs in 1,644 s, first guess 0.264 rad (0.355 before), 0.238 after refinement.
-LOW_SNR_NETWORK = {"width": 1.5, "schedule": "cosine"}
+#: And 128 images a step (four times the pairs): 900 s each on another 2-core CPU
+#: (``distance_ablation.py --levers cosine_wide cosine_wide_batch128 cosine_wide_batch256``,
+#: 486299d-31bc439), the first guess 0.342 rad with 64 images (139 epochs), 0.295 with 128
+#: (94), 0.299 with 256 (51).
+LOW_SNR_NETWORK = {"width": 1.5, "schedule": "cosine", "batch_size": 128}
 #: The training's epochs at most when ``epochs`` is None: ``EPOCHS[0]`` at SNR ≥
-#: ``CURRICULUM_BELOW``, ``EPOCHS[1]`` below (about 26 minutes of the wider network on a
-#: 2-core CPU, inside ``TRAIN_SECONDS[1]``: the count, not the clock, ends the run, so a rerun
-#: trains the same model).
-EPOCHS = (200, 360)
+#: ``CURRICULUM_BELOW``, ``EPOCHS[1]`` below (180 epochs of 128 images: the images of 360 of 64,
+#: about 29 minutes of the wider network on the slower of two 2-core CPUs, inside
+#: ``TRAIN_SECONDS[1]``: the count, not the clock, ends the run, so a rerun trains the same model).
+EPOCHS = (200, 180)
 
 
 def training_budget(train_seconds: float | str | None, snr: float) -> float | None:
