@@ -131,11 +131,14 @@ def test_the_training_budget_grows_as_the_snr_falls():
         parser.parse_args(["pipeline", "--train-seconds", "0"])
 
 
-def test_the_epochs_grow_as_the_snr_falls_unless_given():
-    from cryoem.pipeline_first_guess import training_epochs
+def test_the_training_sees_more_images_as_the_snr_falls_unless_given():
+    from cryoem.pipeline_first_guess import LOW_SNR_NETWORK, training_epochs
+    from cryoem.training import TrainingConfig
 
     noiseless, snr_1, snr_16 = (training_epochs(None, snr) for snr in (np.inf, 1.0, 1 / 16))
-    assert noiseless == snr_1 == 200 and snr_16 > snr_1
+    assert noiseless == snr_1 == 200
+    # below SNR 1 fewer epochs of larger batches: more images in all
+    assert snr_16 * LOW_SNR_NETWORK["batch_size"] > snr_1 * TrainingConfig().batch_size
     assert training_epochs(7, 1 / 16) == 7
     with pytest.raises(ValueError, match="epochs"):
         training_epochs(0, 1.0)
