@@ -4,8 +4,12 @@ At SNR 1/16 most of a learned distance's error belongs to each image, not to eac
 whose embedding is off moves all its distances together, and no weighting of pairs averages
 that away.  Networks trained from other initialisations on other renders err differently on the
 same image, so the mean of their distances (:class:`cryoem.distance.LearnedDistance` averages
-over every member and test-time turn) is what averaging can still gain for a given training
-time: :func:`train_ensemble` splits one budget (epochs and seconds) among the members.
+over every member and test-time turn) might average it away; :func:`train_ensemble` splits one
+budget (epochs and seconds) among the members.  Measured at SNR 1/16 on a 2-core CPU, it lost:
+two networks of 450 s each gave a first guess of 0.507 rad (O(4)) where one of 900 s gave 0.342
+(``benchmarks/distance_ablation.py --levers cosine_wide cosine_wide_x2``, 486299d): the
+network's error falls faster with epochs than averaging removes it, so the pipeline trains one.
+Kept for budgets where each member converges, and so that the lever stays reproducible.
 
 An ensemble's folder holds ``config.json`` (the first member's, with ``members``: their
 number) and ``members/0``, ``members/1``, … each an ordinary model folder
