@@ -79,7 +79,8 @@ def test_pairs_and_their_distances_equal_the_dense_matrix():
     # The same numbers as LearnedDistance's dense matrix and pairs (embedding stubbed out).
     estimator = object.__new__(distance.LearnedDistance)
     estimator.turns = 1  # the graph embeds each image once
-    estimator.embed = lambda images: f[images[:, 0, 0].astype(int)] / np.linalg.norm(
+    estimator.members = [None]  # one network, not an ensemble
+    estimator.embed = lambda images, member=0: f[images[:, 0, 0].astype(int)] / np.linalg.norm(
         f[images[:, 0, 0].astype(int)], axis=1, keepdims=True)
     images = np.broadcast_to(np.arange(300.0)[:, None, None], (300, 2, 2))
     data = datasets.Dataset(projections=images, orientations=np.zeros((300, 4)), shifts=None,
