@@ -276,13 +276,18 @@ class LearnedDistance(Estimator):
         self.model_dir = Path(model_dir)
         loaded = [siamese.load_embedding(d) for d in member_directories(model_dir)]
         self.members = [embedding for embedding, _ in loaded]
-        self.embedding, self.config = loaded[0]
+        self.config = loaded[0][1]
         sizes = {config["image_size"] for _, config in loaded}
         if len(sizes) != 1:
             raise ValueError(f"{model_dir}: the ensemble's members take images of different "
                              f"sizes {sorted(sizes)}")
         self.batch_size = batch_size
         self.turns = turns
+
+    @property
+    def embedding(self) -> Any:
+        """The network (an ensemble's first member)."""
+        return self.members[0]
 
     @property
     def image_size(self) -> int:

@@ -42,8 +42,8 @@ TRAIN_SECONDS = (300.0, 1800.0)
 #: 360 epochs in 1,644 s, first guess 0.264 rad (0.355 before), 0.238 after refinement.
 #: And 128 images a step (four times the pairs): 900 s each on another 2-core CPU
 #: (``distance_ablation.py --levers cosine_wide cosine_wide_batch128 cosine_wide_batch256``,
-#: 486299d-31bc439), the first guess 0.342 rad with 64 images (139 epochs), 0.295 with 128
-#: (94), 0.299 with 256 (51); the pipeline with it (be1892d, ``benchmarks/pipeline.py --snr
+#: at 486299d, 31bc439 and ac7f5ca), the first guess 0.342 rad with 64 images (139 epochs),
+#: 0.295 with 128 (94), 0.299 with 256 (51); the pipeline with it (be1892d, ``benchmarks/pipeline.py --snr
 #: 1/16``): 180 epochs in 1,708 s, first guess 0.250 rad (0.264 before), 0.238 after refinement.
 LOW_SNR_NETWORK = {"width": 1.5, "schedule": "cosine", "batch_size": 128}
 #: The training's epochs at most when ``epochs`` is None: ``EPOCHS[0]`` at SNR ≥
