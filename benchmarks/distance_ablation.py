@@ -83,6 +83,14 @@ LEVERS: dict[str, tuple[str, dict[str, Any]]] = {
                              "images)", {**_COSINE, "width": 1.5, "batch_size": 128}),
     "cosine_wide_batch256": ("cosine_wide, 256 images a step (16 times the pairs, 4 times the "
                              "images)", {**_COSINE, "width": 1.5, "batch_size": 256}),
+    "cosine_wide_batch128_lr2": ("cosine_wide_batch128, twice the learning rate (2e-3: the "
+                                 "rate scaled with the batch)",
+                                 {**_COSINE, "width": 1.5, "batch_size": 128,
+                                  "learning_rate": 2e-3}),
+    "cosine_wide_batch128_seed1": ("cosine_wide_batch128, training seed 1 instead of 0 (its "
+                                   "weights and renders; the same test data): the spread "
+                                   "between trainings",
+                                   {**_COSINE, "width": 1.5, "batch_size": 128, "seed": 1}),
     "cosine_wide_x2": ("two cosine_wide networks (seeds s, s+1), each trained for half the "
                        "budget; their distances averaged (cryoem.ensemble)",
                        {**_COSINE, "width": 1.5, "members": 2}),
