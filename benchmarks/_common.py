@@ -479,11 +479,7 @@ def score_first_guess(data: Any, estimator: Any, *, recovery_steps: int = 2000,
                                       seed=seed)
     resolved = recovery.to_asymmetric_unit(frame.quaternions, symmetry)
     physical = alignment.align_physical(resolved, truth, symmetry)
-    # align_o4 is a local search: it can miss the O(4) transform the frame step found, so it
-    # starts from both the recovered and the resolved orientations (one O(4) class) and the
-    # lower error is kept
-    o4 = min(alignment.align_o4(q, truth, symmetry).mean
-             for q in (recovered.quaternions, resolved))
+    o4 = alignment.align_o4_from([recovered.quaternions, resolved], truth, symmetry).mean
     return {"l_de": l_de, "e_or_o4": o4,
             "e_or_frame": physical.mean, "e_or_frame_median": physical.median,
             "frame_confidence": frame.confidence,

@@ -220,7 +220,9 @@ def _resolve(run: Any) -> None:
     if reference is not None:  # only to score
         physical = alignment.align_physical(resolved, reference.orientations, symmetry)
         score = physical.mean
-        run.metrics.update(e_or_rad=physical.mean, e_or_median_rad=physical.median)
+        o4 = alignment.align_o4_from([q, resolved], reference.orientations, symmetry)
+        run.metrics.update(e_or_rad=physical.mean, e_or_median_rad=physical.median,
+                           e_or_o4_rad=o4.mean)
     recovery.save_orientations(run.path("orientations.h5"), resolved, indices,
                                l_or=attrs.get("l_or"), e_or_rad=score,
                                frame_confidence=frame.confidence,

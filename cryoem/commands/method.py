@@ -412,6 +412,6 @@ def _recovery_scores(from_distances: np.ndarray, final: np.ndarray, reference: R
 
     truth = reference.orientations
     physical = alignment.align_physical(final, truth, symmetry)
-    return {"e_or_o4_rad": alignment.align_o4(from_distances, truth, symmetry).mean,
+    return {"e_or_o4_rad": alignment.align_o4_from([from_distances, final], truth, symmetry).mean,
             "e_or_before_frame_rad": alignment.align_physical(from_distances, truth, symmetry).mean,
             "e_or_rad": physical.mean, "e_or_median_rad": physical.median}
