@@ -1,8 +1,9 @@
 """Rescore a finished pipeline run's paper's metric (O(4) E_OR) with ``align_o4_from``.
 
 Pipeline runs made before ``cryoem.alignment.align_o4_from`` scored ``e_or_o4`` by
-``align_o4`` from the recovered orientations alone, a local search that can stop in a local minimum (at SNR 1/16 with
-shifts: 1.56 rad where the resolved orientations, one O(4) class with them, give 0.32).
+``align_o4`` from the recovered orientations alone, a local search that can stop in a local
+minimum (at SNR 1/16 with shifts: 1.56 rad where the resolved orientations, one O(4) class
+with them, give 0.32).
 This reads the run's folder (``orientations_from_distances.h5``, ``orientations.h5``,
 ``data.h5``) and updates the benchmark JSON's ``metrics.e_or_o4_rad`` in place, keeping the
 old value and this command under ``metrics.e_or_o4_rescored``.
@@ -33,11 +34,11 @@ def main(argv: list[str] | None = None) -> int:
                                     symmetry).mean
     report = json.loads(args.json.read_text())
     metrics = report["metrics"]
+    record = provenance.collect(["python", "benchmarks/rescore_o4.py",
+                                 *(sys.argv[1:] if argv is None else argv)])
     metrics["e_or_o4_rescored"] = {
         "was": metrics["e_or_o4_rad"], "now": value,
-        "command": "python benchmarks/rescore_o4.py " + " ".join(sys.argv[1:] if argv is None
-                                                                 else argv),
-        "git_commit": provenance.collect().get("git_commit"),
+        "command": record["command"], "git_commit": record["git_commit"],
         "why": "align_o4 from the recovered orientations alone stopped in a local minimum; "
                "align_o4_from searches from them and from the resolved ones (one O(4) class)"}
     metrics["e_or_o4_rad"] = value

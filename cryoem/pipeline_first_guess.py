@@ -43,8 +43,9 @@ TRAIN_SECONDS = (300.0, 1800.0)
 #: And 128 images a step (four times the pairs): 900 s each on another 2-core CPU
 #: (``distance_ablation.py --levers cosine_wide cosine_wide_batch128 cosine_wide_batch256``,
 #: at 486299d, 31bc439 and ac7f5ca), the first guess 0.342 rad with 64 images (139 epochs),
-#: 0.295 with 128 (94), 0.299 with 256 (51); the pipeline with it (be1892d, ``benchmarks/pipeline.py --snr
-#: 1/16``): 180 epochs in 1,708 s, first guess 0.250 rad (0.264 before), 0.238 after refinement.
+#: 0.295 with 128 (94), 0.299 with 256 (51); the pipeline with it (be1892d,
+#: ``benchmarks/pipeline.py --snr 1/16``): 180 epochs in 1,708 s, first guess 0.250 rad (0.264
+#: before), 0.238 after refinement.
 #: Twice the learning rate (2e-3) won at 900 s (c4a5f24: L_DE 0.140 rad², 0.287 rad against
 #: 0.149 and 0.295; another training seed at 1e-3: 0.147 and 0.2945) but lost at the pipeline's
 #: 180 epochs (bb9832a: L_DE 0.128, first guess 0.261 rad against 0.123 and 0.250): kept at 1e-3.
