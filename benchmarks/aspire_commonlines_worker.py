@@ -17,6 +17,11 @@ What is timed (``seconds``): building ``aspire.source.ArrayImageSource`` and
 the common-lines matrix (every pair, every shift within ``max_shift``), the
 voting synchronisation matrix and its leading eigenvectors.
 
+``--downsample L`` and ``--whiten`` apply ASPIRE's downsampling and whitening first, and
+``--classes K --averages-out A.npy`` keep ASPIRE's K best classes, writing their averages
+and the images they are centred on (the start of an ab-initio map, as ASPIRE's own
+pipelines make it).
+
 ``--class-averages N_NBOR`` runs ASPIRE's ab-initio route instead: class averages
 first (``aspire.denoising.DefaultClassAvgSource(src, n_nbor=N_NBOR)``: rotationally
 invariant classification, selection, averaging; at least 300 images with its
@@ -66,6 +71,18 @@ def parse_args() -> argparse.Namespace:
                    help="set OMP/BLAS thread counts (before NumPy is imported)")
     p.add_argument("--class-averages", type=int, default=0, metavar="N_NBOR",
                    help="class averages of N_NBOR neighbours first (0: none, the default)")
+    p.add_argument("--downsample", type=int, default=0, metavar="L",
+                   help="ASPIRE's downsample to L px first (0: none)")
+    p.add_argument("--whiten", action="store_true",
+                   help="ASPIRE's whitening first (AnisotropicNoiseEstimator), as its ab-initio "
+                        "pipelines do")
+    p.add_argument("--classes", type=int, default=0, metavar="K",
+                   help="with --class-averages: keep ASPIRE's K best classes (its selection's "
+                        "first K, as its ab-initio pipeline does) and write the rotations in "
+                        "their order, not the images' (0: every class)")
+    p.add_argument("--averages-out", type=Path, default=None,
+                   help="with --classes: (K, L, L) .npy of the averages, and beside it "
+                        "*_images.npy: the image each is centred on")
     return p.parse_args()
 
 
@@ -92,21 +109,33 @@ def main() -> None:
             raise SystemExit(f"images must be (N, L, L), got {images.shape}")
         start = time.perf_counter()
         source = ArrayImageSource(images, pixel_size=args.pixel_size)
+        if args.downsample:
+            source = source.downsample(args.downsample)
+        if args.whiten:
+            from aspire.noise import AnisotropicNoiseEstimator
+
+            source = source.whiten(AnisotropicNoiseEstimator(source)).cache()
         order, averaging = None, 0.0
         if args.class_averages:
             source = DefaultClassAvgSource(source, n_nbor=args.class_averages)
-            source.images[:]  # classify, select and average now, to time it apart
             order = np.asarray(source.selection_indices)
-            if len(order) != len(images):
+            if args.classes:  # the best K: ASPIRE's selection puts them first
+                source, order = source[:args.classes], order[:args.classes]
+            averages = source.images[:].asnumpy()  # classify, select, average: timed apart
+            if not args.classes and len(order) != len(images):
                 raise SystemExit(f"class selection kept {len(order)} of {len(images)} classes")
             averaging = time.perf_counter() - start
         orientation = CLSyncVoting(source, n_theta=args.n_theta)
         orientation.estimate_rotations()
         rotations = np.asarray(orientation.rotations, dtype=np.float64)
-        if order is not None:  # average j is centred on image order[j]
+        if order is not None and not args.classes:  # average j is centred on image order[j]
             rotations = rotations[np.argsort(order)]
         seconds = time.perf_counter() - start
         np.save(rotations_path, rotations)
+        if args.classes and args.averages_out is not None:
+            averages_path = args.averages_out.resolve()
+            np.save(averages_path, averages.astype(np.float32))
+            np.save(averages_path.with_name(averages_path.stem + "_images.npy"), order)
 
     result = {
         "aspire_version": aspire.__version__,
@@ -115,8 +144,10 @@ def main() -> None:
                   + "aspire.abinitio.CLSyncVoting",
         "class_averages_n_nbor": args.class_averages or None,
         "class_average_seconds": averaging,
+        "classes_kept": int(len(rotations)),
         "n": int(images.shape[0]),
-        "L": int(images.shape[-1]),
+        "L": int(args.downsample or images.shape[-1]),
+        "whitened": args.whiten,
         "n_theta": args.n_theta,
         "n_rad": int(orientation.n_rad),
         "max_shift_px": int(orientation.max_shift),

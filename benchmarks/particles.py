@@ -16,7 +16,14 @@ orientations give.  The routes:
   the protein);
 - ``self-trained``: the distances route with a network trained on renderings of the
   pipeline's own ab initio map at the SNR measured on the images
-  (:mod:`cryoem.self_training`; the training time is in the row's time).
+  (:mod:`cryoem.self_training`; the training time is in the row's time);
+- ``aspire``: ASPIRE's ab initio (the peer, in its own environment, ``--aspire-python``) on
+  the same particles as the pipeline imports them, phase-flipped with their CTFs, then as
+  ASPIRE's simulated-data pipeline runs it (:data:`ASPIRE`: downsampled, whitened, class
+  averages, the best classes kept, ``CLSyncVoting``); the map of those averages at ASPIRE's
+  orientations is the pipeline's start (``--initial-map``: the initial-map route), refined
+  like every other.  Its first guess is scored on the images the kept classes are centred
+  on; its time includes ASPIRE's.
 
 Every route is then refined the same way (gold standard from a 30 Å start).  The run's
 ``truth_used`` must be empty.  Prints a table, writes JSON.
@@ -36,14 +43,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+import harness  # noqa: E402
 from _common import (carry_over_rows, machine_info, positive_snr, snr_label, snr_tag,  # noqa: E402
                      sweep_client, write_report)
 from cryoem.distributed import map_chunks
+from harness import DEFAULT_ASPIRE_PYTHON  # noqa: E402
 
 ROUTES = {"ab-initio": dict(route="ab-initio"),
           "ab-initio-declared": dict(route="ab-initio", declare_symmetry=True),
           "pretrained": dict(route="distances", model="pretrained"),
-          "self-trained": dict(route="distances", training="self")}
+          "self-trained": dict(route="distances", training="self"),
+          "aspire": dict(aspire=True)}
+#: ASPIRE's ab initio as its simulated-data example runs it (ASPIRE-Python's
+#: gallery/experiments/simulated_abinitio_pipeline.py: 10,000 images downsampled to 32 px,
+#: phase-flipped, whitened, 1,000 classes of 10 neighbours, CLSyncVoting with n_theta 180),
+#: with the same share of the images kept as classes (a tenth).
+ASPIRE = {"size": 32, "n_nbor": 10, "class_share": 0.1, "n_theta": 180}
 
 
 def simulate(folder: Path, volume: str, size: int, n: int, snr: float, seed: int) -> Path:
@@ -60,18 +75,27 @@ def simulate(folder: Path, volume: str, size: int, n: int, snr: float, seed: int
     return truth
 
 
-def run_route(folder: Path, truth: Path, route: str, size: int, seed: int) -> dict[str, Any]:
+def run_route(folder: Path, truth: Path, route: str, size: int, seed: int,
+              aspire_python: Path | None = None) -> dict[str, Any]:
     """The pipeline on the STAR, then its outputs scored against the truth."""
     from cryoem import alignment, datasets, pipeline, recovery, relion
 
     out = folder / route
     options = dict(ROUTES[route])
+    star = folder / "star" / relion.STAR_NAME
     # The user's prior, not a measurement: the group the built-in protein is known to have.
     declared = (datasets.load(truth, images=False).attrs.get("symmetry", "C1")
                 if options.pop("declare_symmetry", False) else None)
-    config = pipeline.PipelineConfig(particles=str(folder / "star" / relion.STAR_NAME),
-                                     size=size, seed=seed, symmetry=declared, **options)
     began = time.perf_counter()
+    peer: dict[str, Any] = {}
+    if options.pop("aspire", False):
+        peer = aspire_start(star, out / "aspire", size, aspire_python or DEFAULT_ASPIRE_PYTHON)
+        if "initial_map" not in peer:  # ASPIRE was not run, or failed: say why
+            return {"route": route, "failed": f"ASPIRE {peer['status']}: {peer['reason']}",
+                    "seconds": time.perf_counter() - began, "aspire": peer}
+        options["initial_map"] = peer["initial_map"]
+    config = pipeline.PipelineConfig(particles=str(star), size=size, seed=seed,
+                                     symmetry=declared, **options)
     try:
         metrics = pipeline.run(config, out, progress=False, report=lambda _: None)
     except RuntimeError as error:  # a route may stop (e.g. an undecidable frame): report it
@@ -79,16 +103,78 @@ def run_route(folder: Path, truth: Path, route: str, size: int, seed: int) -> di
                 "seconds": time.perf_counter() - began}
     seconds = time.perf_counter() - began
     data = datasets.load(truth)
-    first, _, _ = recovery.load_orientations(out / "orientations.h5")
-    scores = _score(out, truth, data, declared or "C1")
     symmetry = data.attrs.get("symmetry", "C1")
+    if peer:  # ASPIRE's orientations of the images its kept classes are centred on
+        first, scored = peer.pop("orientations"), peer["centred_on"]
+    else:
+        first, scored, _ = recovery.load_orientations(out / "orientations.h5")
+    scores = _score(out, truth, data, declared or "C1")
+    timings = {**({"aspire": peer["seconds"]} if peer else {}), **metrics["timings_s"]}
     return {"route": route, "truth_used": metrics["truth_used"], "symmetry": symmetry,
             "declared_symmetry": declared,
-            "first_guess_e_or_rad": alignment.align_physical(first, data.orientations,
+            "first_guess_e_or_rad": alignment.align_physical(first, data.orientations[scored],
                                                              symmetry).mean,
+            "first_guess_scored_on": len(scored),
             **scores, "halfmap_fsc0143_angstrom": metrics["resolution_halfmap_fsc0143_angstrom"],
             "halfmap_independence": metrics["halfmap_independence"],
-            "timings_s": metrics["timings_s"], "seconds": seconds}
+            "timings_s": timings, "seconds": seconds,
+            **({"aspire": {k: v for k, v in peer.items() if k != "centred_on"}} if peer else {})}
+
+
+def phase_flip(images: Any, ctf: Any, pixel_size: float) -> Any:
+    """Each image with its CTF's sign undone (times ``sign(CTF)`` in Fourier space), as
+    ASPIRE's ``phase_flip`` does before its ab initio; with our CTF, the one the images carry."""
+    import numpy as np
+
+    from cryoem import projection
+
+    images = np.asarray(images, dtype=np.float64)
+    n, size = images.shape[0], images.shape[-1]
+    frequencies = np.fft.fftfreq(size, d=pixel_size)
+    sy, sx = np.meshgrid(frequencies, frequencies, indexing="ij")  # images are [y, x]
+    sign = np.sign(projection.ctf_2d(ctf, sx.ravel(), sy.ravel())).reshape(n, size, size)
+    return np.real(np.fft.ifft2(np.fft.fft2(images) * sign)).astype(np.float32)
+
+
+def aspire_start(star: Path, work: Path, size: int, python: Path) -> dict[str, Any]:
+    """ASPIRE's ab-initio map of the particles (:data:`ASPIRE`), saved as the pipeline's start.
+
+    Returns the map's path (``initial_map``), ASPIRE's orientations (ours: the transpose of
+    its matrices) of the images its kept classes are centred on (``centred_on``), the
+    worker's record and the seconds, import and map included; or why it did not run.
+    """
+    import numpy as np
+
+    from cryoem import datasets, particles, reconstruction, rotations, volumes
+
+    began = time.perf_counter()
+    work.mkdir(parents=True, exist_ok=True)
+    imported = work / "particles.h5"  # as the pipeline imports them: the same images
+    particles.import_relion(star, imported, size=size, overwrite=True)
+    data = datasets.load(imported)
+    np.save(work / "images.npy", phase_flip(data.projections, data.ctf, data.pixel_size))
+    classes = max(1, round(ASPIRE["class_share"] * len(data)))
+    outcome = harness.run_worker(
+        python, Path(__file__).with_name("aspire_commonlines_worker.py"),
+        ["--images", str(work / "images.npy"), "--rotations-out", str(work / "rotations.npy"),
+         "--pixel-size", str(data.pixel_size), "--downsample", str(ASPIRE["size"]), "--whiten",
+         "--class-averages", str(ASPIRE["n_nbor"]), "--classes", str(classes),
+         "--averages-out", str(work / "averages.npy"), "--n-theta", str(ASPIRE["n_theta"])],
+        work / "aspire.json", None, 3 * 3600.0)
+    if isinstance(outcome, dict):
+        return outcome
+    record, _ = outcome
+    averages = np.load(work / "averages.npy")
+    centred_on = np.load(work / "averages_images.npy")
+    # ASPIRE's R maps the image frame into the volume: ours is its transpose.
+    q = rotations.matrix_to_quaternion(np.swapaxes(np.load(work / "rotations.npy"), -1, -2))
+    pixel = data.pixel_size * size / averages.shape[-1]
+    start = reconstruction.reconstruct(averages, q, pixel_size=pixel).data
+    path = volumes.save_map(volumes.Volume(start, pixel, "ASPIRE ab initio"),
+                            work / "initial_map.mrc")
+    return {"initial_map": str(path), "orientations": q, "centred_on": centred_on,
+            "classes": classes, "settings": ASPIRE, "worker": record,
+            "seconds": time.perf_counter() - began}
 
 
 def _score(out: Path, truth: Path, data: Any, declared: str) -> dict[str, Any]:
@@ -120,7 +206,8 @@ def run_case(case: tuple[str, float], settings: dict[str, Any]) -> list[dict[str
     rows = []
     for route in settings["routes"]:
         row = {"volume": volume, "snr": snr, "n": settings["n"],
-               **run_route(folder, truth, route, settings["size"], settings["seed"])}
+               **run_route(folder, truth, route, settings["size"], settings["seed"],
+                           settings.get("aspire_python"))}
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "timings_s"}, default=str),
               flush=True)
@@ -139,12 +226,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", type=Path, default=Path("data/benchmarks/particles"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/particles.json"))
+    p.add_argument("--aspire-python", type=Path, default=DEFAULT_ASPIRE_PYTHON,
+                   help="the Python of ASPIRE's own environment (the aspire route)")
     p.add_argument("--dask-scheduler", default=None, metavar="ADDRESS|local[:N]",
                    help="run each protein × SNR as a task on Dask (default: one after another)")
     args = p.parse_args(argv)
 
     cases = [(volume, snr) for volume in args.volumes for snr in args.snr]
-    settings = {key: getattr(args, key) for key in ("routes", "n", "size", "seed", "work_dir")}
+    settings = {key: getattr(args, key)
+                for key in ("routes", "n", "size", "seed", "work_dir", "aspire_python")}
     with sweep_client(args.dask_scheduler) as client:  # one task per protein and SNR
         results = map_chunks(run_case, cases, client=client, shared={"settings": settings},
                              desc="protein × SNR", progress=client is not None)
@@ -171,7 +261,9 @@ def table(rows: list[dict[str, Any]]) -> str:
             reason = row["failed"].split(" (finished stages")[0]  # the stage and its error
             lines.append(head + f"| stopped: {reason} | | | | | {row['seconds']:.0f} |")
             continue
-        lines.append(head + f"| {row['first_guess_e_or_rad']:.3f} | {row['e_or_rad']:.3f} / "
+        first = f"{row['first_guess_e_or_rad']:.3f}" + (
+            f" (its {row['first_guess_scored_on']} classes' images)" if "aspire" in row else "")
+        lines.append(head + f"| {first} | {row['e_or_rad']:.3f} / "
                             f"{row['e_or_median_rad']:.3f} | {row['fsc05_angstrom']:.2f} | "
                             f"{row['fsc05_true_orientations_angstrom']:.2f} | "
                             f"{row['halfmap_fsc0143_angstrom']:.2f} | {_seconds(row):.0f} |")

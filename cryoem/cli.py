@@ -44,9 +44,14 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-shift", type=float, default=d.max_shift, metavar="PX")
     parser.add_argument("--route", choices=ROUTES, default=None,
                         help="the first guess: distances (learned or other, then recovery and "
-                             "the frame step) or ab-initio (from the images alone: no "
-                             "distances, no training, no truth) (default: ab-initio with "
+                             "the frame step), ab-initio (from the images alone: no "
+                             "distances, no training, no truth) or initial-map (--initial-map) "
+                             "(default: initial-map with --initial-map, ab-initio with "
                              "--particles, distances otherwise)")
+    parser.add_argument("--initial-map", default=None, metavar="MAP",
+                        help="start the refinement from this MRC map (another program's ab "
+                             "initio, a homologue; any box and pixel size) instead of a first "
+                             "guess: the initial-map route")
     parser.add_argument("--estimator", choices=ESTIMATORS, default=d.estimator)
     parser.add_argument("--model", default=None, metavar="MODEL_DIR",
                         help="trained model (skips training), or `pretrained`: the general "
@@ -120,7 +125,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     config = pipeline.PipelineConfig(
         volume=args.volume, n_projections=args.n_projections, test_size=args.test_size,
         size=args.size, snr=args.snr, max_shift=args.max_shift, route=args.route,
-        estimator=args.estimator,
+        initial_map=args.initial_map, estimator=args.estimator,
         model=args.model, training=args.training, particles=args.particles, datadir=args.datadir,
         reference_poses=args.reference_poses, symmetry=args.symmetry, epochs=args.epochs, train_seconds=args.train_seconds,
         sigma2=args.sigma2, steps=args.steps, refine=not args.no_refine,

@@ -3,10 +3,12 @@
 Two routes make the first guess (``route``): ``"distances"`` (train, estimate
 distances, recover, resolve the frame: the paper's method) and
 ``"ab-initio"`` (:mod:`cryoem.ab_initio`: from the images alone, no distances,
-no training).  Both then go through the same gold-standard refinement: a map
-of the first guess, low-passed to ``initial_resolution`` Å, is the common
-start; from there each half of the images is refined against its own map only,
-so the half maps are independent.
+no training); a third, ``"initial-map"``, takes a map the user gives instead
+(``initial_map``: another program's ab initio, a homologue's map).  All then go
+through the same gold-standard refinement: a map of the first guess (or the
+given map), low-passed to ``initial_resolution`` Å, is the common start; from
+there each half of the images is refined against its own map only, so the half
+maps are independent.
 
 :func:`run` executes the stages in order into one folder and records, after
 each stage, what it finished (``pipeline.json``): a run that fails part-way
@@ -58,14 +60,16 @@ from typing import Any, Callable
 import numpy as np
 
 from . import provenance
-from .pipeline_first_guess import (TRAINING_TRUTH, _ab_initio, _distances,  # noqa: F401
-                                   _physical_error, _recover, _resolve, _train)
+from .pipeline_first_guess import (INITIAL_MAP, TRAINING_TRUTH, _ab_initio,  # noqa: F401
+                                   _distances, _initial_map, _physical_error, _recover,
+                                   _resolve, _train)
 from .pipeline_report import METRIC_KEYS, summary, write_json, write_metrics  # noqa: F401
 
 __all__ = ["PipelineConfig", "run", "STAGES", "ROUTES", "METRIC_KEYS"]
 
-#: First-guess routes: learned (or other) distances, or ab initio from the images alone.
-ROUTES = ("distances", "ab-initio")
+#: First-guess routes: learned (or other) distances, ab initio from the images alone, or a
+#: map the user gives as the refinement's start.
+ROUTES = ("distances", "ab-initio", "initial-map")
 
 
 @dataclass
@@ -78,9 +82,11 @@ class PipelineConfig:
     size: int = 64
     snr: float = float("inf")
     max_shift: float = 0.0
-    # The first guess: "distances" or "ab-initio" (images alone); None: ab-initio with
-    # particles (the distances route would need a model trained without them), else distances
+    # The first guess: "distances", "ab-initio" (images alone) or "initial-map"; None:
+    # initial-map with initial_map, ab-initio with particles (the distances route would need a
+    # model trained without them), else distances
     route: str | None = None
+    initial_map: str | None = None  # an MRC map to start the refinement from (any box)
     estimator: str = "learned"
     model: str | None = None
     training: str = "rendered"  # "rendered": supervised on the true map; "fixed": the paper's
@@ -103,7 +109,14 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         if self.route is None:
-            self.route = "ab-initio" if self.particles is not None else "distances"
+            self.route = ("initial-map" if self.initial_map is not None
+                          else "ab-initio" if self.particles is not None else "distances")
+        if (self.route == "initial-map") != (self.initial_map is not None):
+            raise ValueError("the initial-map route and an initial map (--initial-map MAP) go "
+                             "together")
+        if self.route == "initial-map" and not (self.refine and self.initial_resolution):
+            raise ValueError("a given map is the refinement's start: it needs the refinement "
+                             "and an --initial-resolution to low-pass it to")
         if self.symmetry is not None and self.particles is None:
             raise ValueError("symmetry is for --particles; a simulation takes its volume's")
         if self.route not in ROUTES:
@@ -229,15 +242,22 @@ def _import_particles(run: _Run) -> None:
 
 
 def _refine(run: _Run) -> None:
-    from . import gold_standard, plots, recovery, refinement
+    from . import gold_standard, plots, recovery, refinement, volumes
 
     if not run.config.refine:
         return
     data = run.data(images=False)
-    q, indices, attrs = recovery.load_orientations(run.path("orientations.h5"))
+    if run.config.route == "initial-map":  # the given map is the start: no first guess
+        indices = run.working_indices(data)
+        q, attrs = np.tile([1.0, 0.0, 0.0, 0.0], (len(indices), 1)), {}
+    else:
+        q, indices, attrs = recovery.load_orientations(run.path("orientations.h5"))
     images, ctf = run.images(indices), run.ctf(data, indices, "refine")
-    start = (None if run.config.initial_resolution is None else gold_standard.start_map(
-        images, q, attrs.get("shifts"), ctf, data.pixel_size, run.client))
+    if run.config.route == "initial-map":
+        start = volumes.load_map(run.path(INITIAL_MAP)).data
+    else:
+        start = (None if run.config.initial_resolution is None else gold_standard.start_map(
+            images, q, attrs.get("shifts"), ctf, data.pixel_size, run.client))
     result = refinement.refine(
         images, q, ctf=ctf,
         pixel_size=data.pixel_size, iterations=run.config.refine_iterations,
@@ -402,6 +422,7 @@ STAGES: tuple[tuple[str, Callable[[_Run], None]], ...] = (
     ("recover", _recover),
     ("resolve", _resolve),
     ("ab_initio", _ab_initio),
+    ("initial_map", _initial_map),
     ("refine", _refine),
     ("reconstruct", _reconstruct),
     ("export", _export),

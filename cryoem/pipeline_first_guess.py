@@ -12,6 +12,9 @@ from typing import Any
 
 import numpy as np
 
+#: The given map (``PipelineConfig.initial_map``) on the images' grid, as the refinement
+#: starts from it (the ``initial-map`` route).
+INITIAL_MAP = "initial_map.mrc"
 #: What the training modes read of the ground truth (recorded under ``truth_used["train"]``).
 TRAINING_TRUTH = {
     "rendered": ["volume", "orientations", "snr", "max_shift", "signal_variance"],
@@ -259,6 +262,30 @@ def _ab_initio(run: Any) -> None:
                                           "to the same images)")
     plots.save(plots.orientation_coverage(result.quaternions, "ab initio viewing directions"),
                run.path("figures/orientations.png"))
+
+
+def _initial_map(run: Any) -> None:
+    """The ``initial-map`` route: the user's map put on the images' grid (its pixel size and
+    box, :func:`cryoem.volumes.fit_to_box`), for the refinement to start from; the images get
+    no first guess of their own (the refinement's start searches all orientations)."""
+    from . import plots, volumes
+
+    if run.config.route != "initial-map":
+        return
+    data = run.data(images=False)
+    given = volumes.load_map(run.config.initial_map)
+    fitted = volumes.fit_to_box(given, data.size, data.pixel_size)
+    if not np.any(fitted):
+        raise ValueError(f"{run.config.initial_map}: the map is empty inside the images' box "
+                         f"({data.size} px of {data.pixel_size:g} Å)")
+    volumes.save_map(volumes.Volume(fitted, data.pixel_size, "initial map",
+                                    source=str(run.config.initial_map)), run.path(INITIAL_MAP))
+    run.metrics["initial_map"] = {"path": str(run.config.initial_map),
+                                  "voxel_size_angstrom": given.voxel_size,
+                                  "size": list(given.data.shape)}
+    plots.save(plots.volume_slices(fitted, data.pixel_size,
+                                   title="initial map (before the start's low-pass)"),
+               run.path("figures/initial_map.png"))
 
 
 def _physical_error(run: Any, data: Any, indices: np.ndarray, q: np.ndarray) -> Any:

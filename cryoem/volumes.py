@@ -45,6 +45,7 @@ __all__ = [
     "center",
     "resample",
     "fourier_resample",
+    "fit_to_box",
     "spherical_mask",
     "lowpass_nyquist",
     "lowpass",
@@ -316,6 +317,31 @@ def resample(data: ArrayLike, size: int) -> NDArray[np.float32]:
     if data.ndim != 3 or len(set(data.shape)) != 1:
         raise ValueError(f"resample needs a cubic map, got shape {data.shape}")
     return fourier_resample(data, size)
+
+
+def fit_to_box(volume: Volume, size: int, pixel_size: float) -> NDArray[np.float32]:
+    """A map put on another grid: resampled to ``pixel_size`` Å, then cropped or zero-padded
+    about its centre to ``size``³ voxels (for instance a map from another program, to start
+    a refinement of images of that box and pixel size).
+
+    The new edge is rounded to whole voxels, so the pixel size it ends with may differ from
+    ``pixel_size`` by up to half a voxel over the box; the returned array is taken to have
+    ``pixel_size``.
+
+    Raises
+    ------
+    ValueError
+        If the map would cover fewer than 2 voxels at ``pixel_size``.
+    """
+    data = pad_to_cube(volume.data)  # a non-cubic map: padded to its longest edge first
+    edge = int(round(data.shape[0] * volume.voxel_size / pixel_size))
+    if edge < 2:
+        raise ValueError(f"{volume.source or volume.name}: a {data.shape[0]}-voxel map of "
+                         f"{volume.voxel_size:g} Å covers {edge} voxel(s) of {pixel_size:g} Å")
+    # Resampled with the centre voxel (L // 2) at the origin, so it stays the centre.
+    centred = np.roll(data, -(data.shape[0] // 2), axis=(0, 1, 2))
+    resampled = np.roll(fourier_resample(centred, edge), edge // 2, axis=(0, 1, 2))
+    return pad_to_cube(resampled, size)
 
 
 def spherical_mask(size: int, radius: float | None = None, edge: float = 3.0) -> NDArray[np.float32]:

@@ -70,3 +70,40 @@ def test_the_snr_measured_on_the_background_matches_the_simulation(tmp_path):
             __import__("pytest").approx(snr, rel=0.1)
     clean = datasets.generate(protein, 50, tmp_path / "clean.h5", test_size=50)
     assert self_training.estimate_snr(datasets.load(clean).projections) == float("inf")
+
+
+def test_a_given_map_starts_the_refinement_of_particles_without_angles(tmp_path):
+    import pytest
+
+    from cryoem import pipeline
+
+    with pytest.raises(ValueError, match="go together"):
+        pipeline.PipelineConfig(particles="p.star", route="initial-map")
+    with pytest.raises(ValueError, match="go together"):
+        pipeline.PipelineConfig(particles="p.star", route="ab-initio", initial_map="m.mrc")
+    with pytest.raises(ValueError, match="needs the refinement"):
+        pipeline.PipelineConfig(particles="p.star", initial_map="m.mrc", refine=False)
+    assert pipeline.PipelineConfig(particles="p.star", initial_map="m.mrc").route == "initial-map"
+
+    truth = datasets.generate(volumes.resolve("4ake", 32), 200, tmp_path / "truth.h5", ctf=True,
+                              max_shift=1.0, test_size=200, seed=1)
+    star = relion.export_relion(datasets.load(truth), tmp_path / "star", poses=False)
+    # The start: the protein's map on another grid (48 voxels of a smaller pixel size, the
+    # same physical box), as another program would write it; the run low-passes it to 30 Å.
+    given = volumes.resolve("4ake", 48)
+    volumes.save_map(given, tmp_path / "start.mrc")
+    out = tmp_path / "run"
+    assert cli.main(["pipeline", "--particles", str(star), "--initial-map",
+                     str(tmp_path / "start.mrc"), "--size", "32", "--refine-iterations", "2",
+                     "--out", str(out), "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["route"] == "initial-map" and metrics["truth_used"] == {}
+    assert metrics["halfmap_independence"].startswith("independent")
+    assert volumes.load_map(out / "initial_map.mrc").data.shape == (32, 32, 32)
+    assert (out / "figures" / "initial_map.png").exists()
+    scores = tmp_path / "score.json"
+    assert cli.main(["score", str(out / "particles.star"), "--truth", str(truth),
+                     "--json", str(scores)]) == 0
+    score = json.loads(scores.read_text())
+    assert score["matched"] == 200
+    assert score["e_or_rad"] < 0.12 and score["within_0.1_rad"] > 0.8

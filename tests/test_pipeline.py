@@ -77,7 +77,7 @@ def test_an_interrupted_run_resumes_to_the_same_metrics(finished, tmp_path, monk
         pipeline.run(tiny_config(), tmp_path, progress=False, report=lambda _: None)
     record = json.loads((tmp_path / "pipeline.json").read_text())
     assert record["finished"] == ["generate", "train", "distances", "recover", "resolve", "ab_initio",
-                                  "refine"]
+                                  "initial_map", "refine"]
     assert record["failed"]["stage"] == "reconstruct"
     refined = (tmp_path / "orientations_refined.h5").read_bytes()
     monkeypatch.setattr(pipeline, "STAGES", tuple(original.items()))

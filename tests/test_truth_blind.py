@@ -108,14 +108,17 @@ def test_reconstruction_and_export_ignore_the_truth(stage_outputs):
     np.testing.assert_allclose(b, a, atol=1e-4)
 
 
-@pytest.mark.parametrize("route", ["distances", "ab-initio"])
+@pytest.mark.parametrize("route", ["distances", "ab-initio", "initial-map"])
 def test_the_pipeline_from_particles_ignores_the_truth(copies, tmp_path, route):
-    """The whole pipeline started from each copy (distances: with the shipped model): same
-    outputs."""
+    """The whole pipeline started from each copy (distances: with the shipped model;
+    initial-map: from a map given on another grid): same outputs."""
+    given = None
+    if route == "initial-map":
+        given = str(volumes.save_map(volumes.resolve("phantom", 24), tmp_path / "given.mrc"))
     results = {}
     for data in copies:
         config = pipeline.PipelineConfig(particles=str(data), route=route, model="pretrained",
-                                         steps=150, refine_iterations=2)
+                                         initial_map=given, steps=150, refine_iterations=2)
         folder = tmp_path / data.stem
         try:
             metrics = pipeline.run(config, folder, progress=False, report=lambda _: None)

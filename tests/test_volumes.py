@@ -245,6 +245,31 @@ def test_resample_keeps_a_band_limited_blob():
     np.testing.assert_allclose(volumes.resample(small, 24), small)
 
 
+def _gaussian(size: int, spacing: float, sigma: float, offset=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """A Gaussian of ``sigma`` Å centred on voxel ``size // 2`` (plus ``offset`` Å), sampled
+    every ``spacing`` Å: the analytic reference."""
+    axis = (np.arange(size) - size // 2) * spacing
+    z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
+    dz, dy, dx = offset
+    return np.exp(-((z - dz) ** 2 + (y - dy) ** 2 + (x - dx) ** 2) / (2 * sigma**2))
+
+
+def test_fit_to_box_puts_a_map_on_another_grid():
+    # A 2 Å map of a 24 Å box, off-centre, onto a 40-voxel grid of 1 Å: the same Gaussian,
+    # sampled at 1 Å, centred where it was (band-limited: sigma 4 Å against 2 Å voxels).
+    offset = (2.0, -4.0, 6.0)
+    given = volumes.Volume(_gaussian(24, 2.0, 4.0, offset).astype(np.float32), voxel_size=2.0)
+    fitted = volumes.fit_to_box(given, 40, 1.0)
+    assert fitted.shape == (40, 40, 40)
+    np.testing.assert_allclose(fitted, _gaussian(40, 1.0, 4.0, offset), atol=2e-3)
+    # Coarser, odd and cropped: a 1 Å map of 63 voxels onto 3 Å (21 voxels) and 16 voxels.
+    given = volumes.Volume(_gaussian(63, 1.0, 5.0).astype(np.float32), voxel_size=1.0)
+    np.testing.assert_allclose(volumes.fit_to_box(given, 16, 3.0), _gaussian(16, 3.0, 5.0),
+                               atol=2e-3)
+    with pytest.raises(ValueError, match="covers 0 voxel"):
+        volumes.fit_to_box(volumes.Volume(np.ones((4, 4, 4), np.float32), 1.0), 8, 20.0)
+
+
 def test_pad_center_mask_normalize():
     data = np.zeros((10, 14, 12), dtype=np.float32)
     data[2, 3, 4] = 5.0
