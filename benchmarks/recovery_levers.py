@@ -2,22 +2,25 @@
 
 The first guess's error at low SNR is set by the distances the network gives, and by how
 recovery weighs them.  This reads finished ``cryoem pipeline`` runs (``distances.h5``: the
-learned distances of the test images; ``data.h5``: their true orientations, read only to
-score) and recovers orientations from the same distances with each lever, scoring each by the
-paper's metric (``e_or_o4``, ``alignment.align_o4``) and ``L_OR``:
+learned distances of the test images; ``data.h5``: their images, and their true orientations
+read only to score) and recovers orientations from the same distances with each lever, then
+resolves the frame as the pipeline does (``commonlines.resolve_frame``), scoring each by the
+paper's metric (``e_or_o4``, ``alignment.align_o4_from`` the recovered and the resolved
+orientations), ``L_OR`` and the physical error after the frame step:
 
-- ``least-squares``: what the pipeline does (``recovery.recover`` defaults);
+- ``least-squares``: ``recovery.recover``'s defaults (the pipeline's before ``e715526``);
 - ``far-0.3``, ``far-0.1``: the pairs whose *estimated* distance exceeds 1.5 rad (1.0 rad)
   weigh 0.3 (0.1): recovery from the trusted, small distances;
 - ``cauchy-0.3``, ``cauchy-0.15``: two more descents, each pair weighed by
-  ``1 / (1 + (r / c)²)`` (``recover(robust=c)``): pairs the others contradict count less;
+  ``1 / (1 + (r / c)²)`` (``recover(robust=c)``): pairs the others contradict count less
+  (``cauchy-0.3``: the pipeline's since it was measured here);
 - ``cauchy-0.3-far-0.3``: both.
 
 A run's distances were made by its training, supervised on the true map (the paper's
 setting, an upper bound) unless its ``metrics.json`` says otherwise; the table names each
 run's commit and truth use.
 
-    python benchmarks/recovery_levers.py RUN_DIR [RUN_DIR ...] [--out JSON]
+    python benchmarks/recovery_levers.py RUN_DIR [RUN_DIR ...] [--levers ...] [--out JSON]
 """
 
 from __future__ import annotations
@@ -42,10 +45,11 @@ LEVERS: dict[str, dict[str, Any]] = {
 
 def run_levers(run: Path, levers: list[str]) -> list[dict[str, Any]]:
     """Every lever on one run's distances, scored against its truth."""
-    from cryoem import alignment, datasets, distance, recovery
+    from cryoem import alignment, commonlines, datasets, distance, recovery
 
     matrix, indices, _ = distance.load_matrix(run / "distances.h5")
-    data = datasets.load(run / "data.h5", images=False)
+    data = datasets.load(run / "data.h5")
+    images = data.projections[indices]
     symmetry = data.attrs.get("symmetry", "C1")
     truth = data.orientations[indices]
     metrics = json.loads((run / "metrics.json").read_text())
@@ -58,19 +62,24 @@ def run_levers(run: Path, levers: list[str]) -> list[dict[str, Any]]:
         began = time.perf_counter()
         result = recovery.recover(matrix, symmetry=symmetry, **LEVERS[name])
         seconds = time.perf_counter() - began
-        o4 = alignment.align_o4(result.quaternions, truth, symmetry)
+        frame = commonlines.resolve_frame(images, result.quaternions, seed=0)
+        resolved = recovery.to_asymmetric_unit(frame.quaternions, symmetry)
+        o4 = alignment.align_o4_from([result.quaternions, resolved], truth, symmetry)
+        physical = alignment.align_physical(resolved, truth, symmetry)
         rows.append({**about, "lever": name, "options": LEVERS[name],
                      "l_or": result.final_loss, "e_or_o4_rad": o4.mean,
-                     "e_or_o4_median_rad": o4.median, "seconds": seconds})
-        print(f"{run.name} {name}: e_or_o4 {o4.mean:.4f} rad, L_OR {result.final_loss:.4f}, "
-              f"{seconds:.0f} s", flush=True)
+                     "e_or_o4_median_rad": o4.median, "e_or_rad": physical.mean,
+                     "frame_confidence": frame.confidence, "seconds": seconds})
+        print(f"{run.name} {name}: e_or_o4 {o4.mean:.4f} rad, physical {physical.mean:.4f}, "
+              f"L_OR {result.final_loss:.4f}, {seconds:.0f} s", flush=True)
     return rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: run × lever → first guess O(4) (and its change), L_OR, seconds."""
     lines = ["| run (commit, SNR, shifts) | L_DE (rad²) | lever | first guess O(4) mean / median "
-             "(rad) | change | L_OR (rad²) | seconds |", "|---|---|---|---|---|---|---|"]
+             "(rad) | change | physical after the frame step (rad) | L_OR (rad²) "
+             "| recovery seconds |", "|---|---|---|---|---|---|---|---|"]
     base = {row["run"]: row["e_or_o4_rad"] for row in rows if row["lever"] == "least-squares"}
     for row in rows:
         shift = f"≤ {row['max_shift']:g} px" if row["max_shift"] else "none"
@@ -79,7 +88,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {Path(row['run']).parent.name}/{Path(row['run']).name} "
                      f"(`{row['run_commit'][:7]}`, {snr_label(float(row['snr']))}, {shift}) "
                      f"| {row['l_de_test']:.3f} | {row['lever']} | {row['e_or_o4_rad']:.4f} / "
-                     f"{row['e_or_o4_median_rad']:.4f} | {change} | {row['l_or']:.4f} "
+                     f"{row['e_or_o4_median_rad']:.4f} | {change} | {row['e_or_rad']:.4f} "
+                     f"| {row['l_or']:.4f} "
                      f"| {row['seconds']:.0f} |")
     return "\n".join(lines)
 

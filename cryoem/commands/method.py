@@ -321,6 +321,10 @@ def add_recover_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-distance", type=float, default=None,
                         help="down-weight pairs whose estimated distance exceeds this (rad)")
     parser.add_argument("--restarts", type=int, default=1)
+    parser.add_argument("--robust", type=float, default=None, metavar="RAD",
+                        help="distance matrix: Cauchy rounds after the descent, residual scale "
+                             "RAD (pairs the others contradict count less; the pipeline uses "
+                             "0.3); default: plain least squares")
     parser.add_argument("--landmarks", type=int, default=1000,
                         help="embeddings file: points recovered densely first (default: 1000)")
     parser.add_argument("--random-per-point", type=int, default=20,
@@ -354,9 +358,9 @@ def run_recover(args: argparse.Namespace) -> int:
         matrix = estimator.fit(data).matrix(data, indices)
     symmetry = data.attrs.get("symmetry", "C1")
     if sparse:
-        if args.init != "spectral" or args.restarts != 1:
+        if args.init != "spectral" or args.restarts != 1 or args.robust is not None:
             raise ValueError("an embeddings file starts from its landmarks' spectral recovery: "
-                             "--init and --restarts apply to a distance matrix only")
+                             "--init, --restarts and --robust apply to a distance matrix only")
         result = embedding_graph.recover_from_embeddings(
             embeddings.features, random_per_point=args.random_per_point,
             landmarks=args.landmarks, seed=args.seed, graph=embeddings.graph, steps=args.steps,
@@ -366,7 +370,8 @@ def run_recover(args: argparse.Namespace) -> int:
         result = recovery.recover(matrix, init=args.init, steps=args.steps,
                                   learning_rate=args.learning_rate,
                                   max_distance=args.max_distance, restarts=args.restarts,
-                                  symmetry=symmetry, seed=args.seed, progress=not args.quiet)
+                                  robust=args.robust, symmetry=symmetry, seed=args.seed,
+                                  progress=not args.quiet)
     orientations, frame = result.quaternions, None
     if not args.no_resolve_frame:
         frame = commonlines.resolve_frame(data.projections[indices], result.quaternions,
