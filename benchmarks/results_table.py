@@ -29,6 +29,7 @@ tables that compare with the paper and the peers in ``peer_tables.py``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -243,6 +244,18 @@ def generalisation_lever_rows(data: dict[str, Any]) -> list[str]:
     return markdown(data)
 
 
+def recovery_lever_rows(data: dict[str, Any]) -> list[str]:
+    """The same learned distances, other recoveries (``benchmarks/recovery_levers.py``)."""
+    from recovery_levers import table
+
+    rows = data.get("rows") or []
+    truth = sorted({json.dumps(row.get("truth_used")) for row in rows})
+    return ["The learned distances of finished `cryoem pipeline` runs (each run's training read "
+            f"the truth: {', '.join(truth) or '—'}: {SUPERVISED}), recovered again with each "
+            "lever and put through the same frame step; recovery and the frame step read no "
+            "truth, the scores do.", "", table(rows)]
+
+
 def scale_rows(data: dict[str, Any]) -> list[str]:
     """Beyond one machine: the table and projection ``benchmarks/scale.py`` writes."""
     from scale import markdown
@@ -289,6 +302,8 @@ SECTIONS: list[Section] = [
             "distance_ablation.py --max-shift 2 --levers turns curriculum --budget-seconds "
             "900 --out benchmarks/results/distance_ablation_shifts.json",
             "distance_ablation_shifts.json", ablation_rows),
+    Section("Recovery levers on the same learned distances", "recovery_levers.py",
+            "recovery_levers.json", recovery_lever_rows),
     Section("Projection", "projection.py", "projection.json", projection_rows),
     Section("Distance learning", "distance_learning.py", "distance_learning.json", distance_rows),
     Section("Orientation recovery", "orientation_recovery.py", "orientation_recovery.json",

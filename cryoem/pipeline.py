@@ -38,7 +38,8 @@ pretrained``) or the ab-initio route.
 
 Outputs in the folder: ``data.h5`` (dataset), ``model/`` (trained network),
 ``distances.h5``, ``orientations_from_distances.h5``, ``orientations.h5``
-(the first guess: frame resolved, or ab initio), ``orientations_refined.h5`` (final, with estimated shifts),
+(the first guess: frame resolved, or ab initio), ``initial_map.mrc`` (the given map on the
+images' grid, the initial-map route), ``orientations_refined.h5`` (final, with estimated shifts),
 ``map.mrc`` and ``map_half1.mrc``/``map_half2.mrc`` (in the estimate's own
 frame, as the RELION export), and for scoring only ``map_aligned_to_truth.mrc``
 (the same reconstruction with the orientations put in the truth's frame and

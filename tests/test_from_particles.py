@@ -7,6 +7,14 @@ import starfile
 from cryoem import cli, datasets, relion, volumes
 
 
+def _scored(out, truth, tmp_path):
+    """``cryoem score`` of a run's particles.star against the truth, as its JSON."""
+    scores = tmp_path / "score.json"
+    assert cli.main(["score", str(out / "particles.star"), "--truth", str(truth),
+                     "--json", str(scores)]) == 0
+    return json.loads(scores.read_text())
+
+
 def test_a_star_without_angles_comes_back_with_poses_that_score_well(tmp_path):
     truth = datasets.generate(volumes.resolve("4ake", 32), 300, tmp_path / "truth.h5", ctf=True,
                               max_shift=1.0, test_size=300, seed=0)
@@ -31,10 +39,7 @@ def test_a_star_without_angles_comes_back_with_poses_that_score_well(tmp_path):
     assert list(written["rlnImageName"]) == list(given["rlnImageName"])  # the input's order
     assert {"rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst"} <= set(written)
 
-    scores = tmp_path / "score.json"
-    assert cli.main(["score", str(out / "particles.star"), "--truth", str(truth),
-                     "--json", str(scores)]) == 0
-    score = json.loads(scores.read_text())
+    score = _scored(out, truth, tmp_path)
     assert score["matched"] == 300
     # Measured 0.05 rad (median 0.035) at this size; random orientations are ~2 rad off.
     assert score["e_or_rad"] < 0.12 and score["within_0.1_rad"] > 0.8
@@ -101,9 +106,6 @@ def test_a_given_map_starts_the_refinement_of_particles_without_angles(tmp_path)
     assert metrics["halfmap_independence"].startswith("independent")
     assert volumes.load_map(out / "initial_map.mrc").data.shape == (32, 32, 32)
     assert (out / "figures" / "initial_map.png").exists()
-    scores = tmp_path / "score.json"
-    assert cli.main(["score", str(out / "particles.star"), "--truth", str(truth),
-                     "--json", str(scores)]) == 0
-    score = json.loads(scores.read_text())
+    score = _scored(out, truth, tmp_path)
     assert score["matched"] == 200
     assert score["e_or_rad"] < 0.12 and score["within_0.1_rad"] > 0.8
