@@ -94,6 +94,7 @@ def main() -> None:
     images_path = args.images.resolve()
     rotations_path = args.rotations_out.resolve()
     out_path = args.out.resolve()
+    averages_path = args.averages_out.resolve() if args.averages_out is not None else None
     # ASPIRE writes a logs/ folder into the working directory on import.
     with tempfile.TemporaryDirectory(prefix="aspire_cl_worker_") as scratch:
         os.chdir(scratch)
@@ -132,8 +133,7 @@ def main() -> None:
             rotations = rotations[np.argsort(order)]
         seconds = time.perf_counter() - start
         np.save(rotations_path, rotations)
-        if args.classes and args.averages_out is not None:
-            averages_path = args.averages_out.resolve()
+        if args.classes and averages_path is not None:  # resolved before the chdir
             np.save(averages_path, averages.astype(np.float32))
             np.save(averages_path.with_name(averages_path.stem + "_images.npy"), order)
 
