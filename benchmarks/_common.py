@@ -460,28 +460,41 @@ def score_first_guess(data: Any, estimator: Any, *, recovery_steps: int = 2000,
                       seed: int = 0) -> dict[str, Any]:
     """Distances on the test split → recovery → frame; scored against the truth.
 
-    Returns ``l_de`` (rad², test pairs), ``e_or_o4`` (the paper's O(4)-aligned E_OR after
-    ``recovery.recover``), ``e_or_frame`` and ``e_or_frame_median`` (physical, after
-    ``commonlines.resolve_frame``), ``frame_confidence`` and the seconds of each part.
+    Returns ``l_de`` (rad², test pairs) and :func:`score_recovery`'s scores (its
+    ``recovery_seconds`` include the distances).
+    """
+    test = data.split["test"]
+    start = time.perf_counter()
+    matrix, l_de = scored_distances(data, estimator)
+    distance_seconds = time.perf_counter() - start
+    scores = score_recovery(matrix, data.projections[test], data.orientations[test],
+                            data.attrs.get("symmetry", "C1"), seed=seed, steps=recovery_steps)
+    scores["recovery_seconds"] += distance_seconds
+    return {"l_de": l_de, **scores}
+
+
+def score_recovery(matrix: Any, images: Any, truth: Any, symmetry: str = "C1", *,
+                   seed: int = 0, **recovery_options: Any) -> dict[str, Any]:
+    """A distance matrix → ``recovery.recover`` (with ``recovery_options``) → the frame step
+    (``commonlines.resolve_frame`` on ``images``); scored against ``truth``.
+
+    Returns ``e_or_o4`` and ``e_or_o4_median`` (the paper's O(4)-aligned E_OR, searched from
+    the recovered and the resolved orientations), ``e_or_frame`` and ``e_or_frame_median``
+    (physical, after the frame step), ``frame_confidence``, ``l_or`` and the seconds of each
+    part.
     """
     from cryoem import alignment, commonlines, recovery
 
-    test = data.split["test"]
-    symmetry = data.attrs.get("symmetry", "C1")
-    truth = data.orientations[test]
     start = time.perf_counter()
-    matrix, l_de = scored_distances(data, estimator)
-    recovered = recovery.recover(matrix, steps=recovery_steps, symmetry=symmetry,
-                                 seed=seed)
+    recovered = recovery.recover(matrix, symmetry=symmetry, seed=seed, **recovery_options)
     recovery_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    frame = commonlines.resolve_frame(data.projections[test], recovered.quaternions,
-                                      seed=seed)
+    frame = commonlines.resolve_frame(images, recovered.quaternions, seed=seed)
     resolved = recovery.to_asymmetric_unit(frame.quaternions, symmetry)
     physical = alignment.align_physical(resolved, truth, symmetry)
-    o4 = alignment.align_o4_from([recovered.quaternions, resolved], truth, symmetry).mean
-    return {"l_de": l_de, "e_or_o4": o4,
+    o4 = alignment.align_o4_from([recovered.quaternions, resolved], truth, symmetry)
+    return {"e_or_o4": o4.mean, "e_or_o4_median": o4.median,
             "e_or_frame": physical.mean, "e_or_frame_median": physical.median,
-            "frame_confidence": frame.confidence,
+            "frame_confidence": frame.confidence, "l_or": recovered.final_loss,
             "recovery_seconds": recovery_seconds,
             "frame_seconds": time.perf_counter() - start}

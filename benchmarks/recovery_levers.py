@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
-from _common import machine_info, snr_label, write_report
+from _common import machine_info, score_recovery, snr_label, write_report
 
 LEVERS: dict[str, dict[str, Any]] = {
     "least-squares": {},
@@ -45,13 +44,10 @@ LEVERS: dict[str, dict[str, Any]] = {
 
 def run_levers(run: Path, levers: list[str]) -> list[dict[str, Any]]:
     """Every lever on one run's distances, scored against its truth."""
-    from cryoem import alignment, commonlines, datasets, distance, recovery
+    from cryoem import datasets, distance
 
     matrix, indices, _ = distance.load_matrix(run / "distances.h5")
     data = datasets.load(run / "data.h5")
-    images = data.projections[indices]
-    symmetry = data.attrs.get("symmetry", "C1")
-    truth = data.orientations[indices]
     metrics = json.loads((run / "metrics.json").read_text())
     about = {"run": str(run), "run_commit": metrics["provenance"]["git_commit"],
              "snr": metrics["snr"], "max_shift": data.attrs.get("max_shift", 0.0),
@@ -59,19 +55,17 @@ def run_levers(run: Path, levers: list[str]) -> list[dict[str, Any]]:
              "pipeline_e_or_o4_rad": metrics.get("e_or_o4_rad")}
     rows = []
     for name in levers:
-        began = time.perf_counter()
-        result = recovery.recover(matrix, symmetry=symmetry, **LEVERS[name])
-        seconds = time.perf_counter() - began
-        frame = commonlines.resolve_frame(images, result.quaternions, seed=0)
-        resolved = recovery.to_asymmetric_unit(frame.quaternions, symmetry)
-        o4 = alignment.align_o4_from([result.quaternions, resolved], truth, symmetry)
-        physical = alignment.align_physical(resolved, truth, symmetry)
+        scores = score_recovery(matrix, data.projections[indices], data.orientations[indices],
+                                data.attrs.get("symmetry", "C1"), **LEVERS[name])
         rows.append({**about, "lever": name, "options": LEVERS[name],
-                     "l_or": result.final_loss, "e_or_o4_rad": o4.mean,
-                     "e_or_o4_median_rad": o4.median, "e_or_rad": physical.mean,
-                     "frame_confidence": frame.confidence, "seconds": seconds})
-        print(f"{run.name} {name}: e_or_o4 {o4.mean:.4f} rad, physical {physical.mean:.4f}, "
-              f"L_OR {result.final_loss:.4f}, {seconds:.0f} s", flush=True)
+                     "l_or": scores["l_or"], "e_or_o4_rad": scores["e_or_o4"],
+                     "e_or_o4_median_rad": scores["e_or_o4_median"],
+                     "e_or_rad": scores["e_or_frame"],
+                     "frame_confidence": scores["frame_confidence"],
+                     "seconds": scores["recovery_seconds"]})
+        print(f"{run.name} {name}: e_or_o4 {scores['e_or_o4']:.4f} rad, physical "
+              f"{scores['e_or_frame']:.4f}, L_OR {scores['l_or']:.4f}, "
+              f"{scores['recovery_seconds']:.0f} s", flush=True)
     return rows
 
 

@@ -243,14 +243,16 @@ def recover(
     for restart in range(restarts):
         start = time.perf_counter()
         q0, residual = _initial(len(d), init, d, seed + restart)
-        initial_loss = loss(q0, d, _dense(weights, rows, cols, len(d)), symmetry)
+        dense_weights = _dense(weights, rows, cols, len(d))
+        initial_loss = loss(q0, d, dense_weights, symmetry)
         q, history = (_descend(q0, rows, cols, targets, weights, steps, learning_rate, tolerance,
                                patience, progress, symmetry) if steps > 0 else (q0, []))
         robust_loss = None
         if robust is not None and steps > 0:
-            q, history, robust_loss = _reweighted(
-                q, rows, cols, targets, weights, history, robust, robust_rounds, steps,
-                learning_rate / 3, tolerance, patience, progress, symmetry)
+            q, history = _reweighted(q, rows, cols, targets, weights, history, robust,
+                                     robust_rounds, steps, learning_rate / 3, tolerance,
+                                     patience, progress, symmetry)
+            robust_loss = loss(q, d, dense_weights, symmetry)
         result = RecoveryResult(q, history, initial_loss, residual, len(history),
                                 time.perf_counter() - start, robust_loss)
         if best is None or result.final_loss < best.final_loss:
@@ -262,22 +264,20 @@ def recover(
 def _reweighted(q: FloatArray, rows: NDArray[np.int64], cols: NDArray[np.int64],
                 targets: FloatArray, weights: FloatArray, history: list[float], scale: float,
                 rounds: int, steps: int, learning_rate: float, tolerance: float, patience: int,
-                progress: bool, symmetry: str) -> tuple[FloatArray, list[float], float]:
+                progress: bool, symmetry: str) -> tuple[FloatArray, list[float]]:
     """:func:`recover`'s ``robust`` rounds (Adam from ``learning_rate``: a third of the first
-    descent's, as each round starts at a minimum): the orientations, the history with each
-    round's (weighted) losses, and the plain L_OR where they ended."""
+    descent's, as each round starts at a minimum): the orientations and the history with each
+    round's (weighted) losses."""
     if not scale > 0:
         raise ValueError(f"robust must be a positive residual scale (rad), got {scale}")
     group = rotations.point_group(symmetry)
-    plain = weights / weights.sum()
     for _ in range(rounds):
         residual = rotations.symmetric_distance_matrix(q, group)[rows, cols] - targets
         q, steps_taken = _descend(q, rows, cols, targets,
                                   weights / (1.0 + (residual / scale) ** 2), steps,
                                   learning_rate, tolerance, patience, progress, symmetry)
         history = history + steps_taken
-    after = rotations.symmetric_distance_matrix(q, group)[rows, cols] - targets
-    return q, history, float(np.sum(plain * after**2))
+    return q, history
 
 
 def _dense(weights: FloatArray, rows: NDArray, cols: NDArray, n: int) -> FloatArray:
