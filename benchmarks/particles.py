@@ -12,6 +12,8 @@ orientations give.  The routes:
 - ``ab-initio-declared``: the same with the protein's point group declared
   (``--symmetry``, as a user who knows it would: imposed on refinement's references and on
   the map); the map of the true orientations then imposes it too, like for like;
+- ``ab-initio-masked``: the same with the refinement's references masked around the
+  particle (``--mask-references``: each half's mask from its own map);
 - ``pretrained``: the distances route with the shipped general model (no training on
   the protein);
 - ``self-trained``: the distances route with a network trained on renderings of the
@@ -51,6 +53,7 @@ from harness import DEFAULT_ASPIRE_PYTHON  # noqa: E402
 
 ROUTES = {"ab-initio": dict(route="ab-initio"),
           "ab-initio-declared": dict(route="ab-initio", declare_symmetry=True),
+          "ab-initio-masked": dict(route="ab-initio", mask_references=True),
           "pretrained": dict(route="distances", model="pretrained"),
           "self-trained": dict(route="distances", training="self"),
           "aspire": dict(aspire=True)}

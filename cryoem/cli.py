@@ -87,6 +87,9 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-refine", action="store_true",
                         help="skip the local refinement (which also estimates the shifts)")
     parser.add_argument("--refine-iterations", type=int, default=d.refine_iterations)
+    parser.add_argument("--mask-references", action="store_true",
+                        help="mask the refinement's references around the particle, each half's "
+                             "from its own map (a dynamic mask: no solvent noise in them)")
     parser.add_argument("--initial-resolution", type=_angstrom_or_none,
                         default=d.initial_resolution, metavar="ANGSTROM",
                         help="the refinement's start is low-passed to this before the halves "
@@ -130,7 +133,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
         reference_poses=args.reference_poses, symmetry=args.symmetry, epochs=args.epochs, train_seconds=args.train_seconds,
         sigma2=args.sigma2, steps=args.steps, refine=not args.no_refine,
         refine_iterations=args.refine_iterations, initial_resolution=args.initial_resolution,
-        seed=args.seed)
+        mask_references=args.mask_references, seed=args.seed)
     with distributed.connect(args.dask_scheduler) as client:
         metrics = pipeline.run(config, args.out, progress=not args.quiet, client=client)
     print(f"\nresults in {args.out} (metrics.json, maps, figures/, relion/)")

@@ -11,6 +11,8 @@ module holds what makes that work:
 - :func:`frame_between`: the rotation that turns one half's map onto the other's, the one
   thing (three numbers) the halves share besides their FSC curve;
 - :func:`filter_by_fsc`: each half map weighted, shell by shell, by the halves' agreement;
+- :func:`shape_mask`: a soft mask around what one half's own map holds (a dynamic mask), so
+  that its references carry no noise from the solvent;
 - :func:`half_references`: each iteration's references, each half's map (and its maps
   without each leave-out group) from its own images alone, turned into one frame, filtered;
 - :func:`independence`: what a user is told about the half maps.
@@ -27,7 +29,7 @@ from . import (alignment, projection, reconstruction, resolution, rotations, sco
                symmetry_frame, volumes)
 
 __all__ = ["start_map", "start_resolution", "start_half", "frame_between", "filter_by_fsc",
-           "half_references", "independence"]
+           "shape_mask", "half_references", "independence"]
 
 FloatArray = NDArray[np.float64]
 
@@ -140,11 +142,30 @@ def start_half(piece: tuple[int, NDArray[np.int64]], images: "NDArray | stacks.I
     return result.quaternions, result.shifts * scale
 
 
+def shape_mask(volume: NDArray, pixel_size: float, lowpass: float = 15.0,
+               threshold: float = 0.2, near: float = 6.0, soft: float = 12.0) -> NDArray:
+    """A soft mask around a map's particle, made from that map alone (as cryoSPARC's dynamic
+    masks): the map low-passed to ``lowpass`` Å, kept where it exceeds ``threshold`` times its
+    maximum, widened by ``near`` Å, then a cosine edge ``soft`` Å wide.  1 inside, 0 far
+    outside; all ones for an empty map."""
+    from scipy import ndimage
+
+    smooth = volumes.lowpass(volume, pixel_size, max(lowpass, 2 * pixel_size))
+    peak = float(np.max(smooth))
+    if peak <= 0:
+        return np.ones_like(volume, dtype=np.float32)
+    # Distance (Å) of each voxel from the nearest one above the threshold (EDT: SciPy's).
+    distance = ndimage.distance_transform_edt(smooth < threshold * peak) * pixel_size
+    ramp = np.clip((distance - near) / soft, 0.0, 1.0)
+    return (0.5 + 0.5 * np.cos(np.pi * ramp)).astype(np.float32)
+
+
 def half_references(images: "NDArray | stacks.ImageStack", q: FloatArray, shifts: FloatArray,
                      ctf: "projection.CTFParameters | None", halves: NDArray[np.int64],
                      groups: NDArray[np.int64] | None, pixel_size: float,
                      regularization: float, align_halves: bool, client: Any,
                      symmetric: tuple[str, list, int] | None = None,
+                     masked: bool = False,
                      ) -> tuple[list[NDArray], list[list[NDArray]], "resolution.FSC", float]:
     """Each half's map from its own images, the second turned onto the first (when
     ``align_halves``), both filtered by their FSC; with ``groups``, also each half's maps
@@ -152,7 +173,9 @@ def half_references(images: "NDArray | stacks.ImageStack", q: FloatArray, shifts
     each half's frame found before or ``None``, updated in place, and the search's seed),
     each half's maps are symmetrised about its own map's axes before the FSC.  Returns the
     maps, the maps without each group (empty lists without ``groups``), the FSC and the turn
-    (rad).  The second half's orientations ``q`` are turned with its map, in place."""
+    (rad).  The second half's orientations ``q`` are turned with its map, in place.  With
+    ``masked``, each half's filtered maps are multiplied by the :func:`shape_mask` of its own
+    filtered map (the FSC, measured before, is not changed by it)."""
     maps: list[NDArray] = []
     without: list[list[NDArray]] = [[], []]
     for half in (0, 1):
@@ -180,9 +203,14 @@ def half_references(images: "NDArray | stacks.ImageStack", q: FloatArray, shifts
     if symmetric is not None:
         _symmetrize_halves(maps, without, curve, *symmetric)
         curve = resolution.fsc(maps[0], maps[1], pixel_size, mask=True)
-    return ([filter_by_fsc(m, curve.values) for m in maps],
-            [[filter_by_fsc(m, curve.values) for m in half] for half in without],
-            curve, turned)
+    filtered = [filter_by_fsc(m, curve.values) for m in maps]
+    without = [[filter_by_fsc(m, curve.values) for m in half] for half in without]
+    if masked:
+        for half in (0, 1):
+            mask = shape_mask(filtered[half], pixel_size)
+            filtered[half] = filtered[half] * mask
+            without[half] = [m * mask for m in without[half]]
+    return filtered, without, curve, turned
 
 
 def _symmetrize_halves(maps: list[NDArray], without: list[list[NDArray]],

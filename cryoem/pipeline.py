@@ -103,6 +103,7 @@ class PipelineConfig:
     steps: int = 2000
     refine: bool = True
     refine_iterations: int = 10
+    mask_references: bool = False  # refinement's references masked around the particle
     # Å: the gold-standard start's low-pass; None: the halves start from the first guess's
     # orientations (not independent: for tiny phantoms, whose 30 Å map is featureless)
     initial_resolution: float | None = 30.0
@@ -249,8 +250,7 @@ def _refine(run: _Run) -> None:
         return
     data = run.data(images=False)
     if run.config.route == "initial-map":  # the given map is the start: no first guess
-        indices = run.working_indices(data)
-        q, attrs = np.tile([1.0, 0.0, 0.0, 0.0], (len(indices), 1)), {}
+        indices, q, attrs = run.working_indices(data), None, {}
     else:
         q, indices, attrs = recovery.load_orientations(run.path("orientations.h5"))
     images, ctf = run.images(indices), run.ctf(data, indices, "refine")
@@ -263,8 +263,8 @@ def _refine(run: _Run) -> None:
         images, q, ctf=ctf,
         pixel_size=data.pixel_size, iterations=run.config.refine_iterations,
         initial_map=start, initial_resolution=run.config.initial_resolution or 30.0,
-        symmetry=data.attrs.get("symmetry", "C1"), seed=run.config.seed, client=run.client,
-        progress=run.progress)
+        symmetry=data.attrs.get("symmetry", "C1"), mask_references=run.config.mask_references,
+        seed=run.config.seed, client=run.client, progress=run.progress)
     run.metrics["refinement_history"] = result.history
     plots.save(plots.refinement_history(result.history), run.path("figures/refinement.png"))
     physical = _physical_error(run, data, indices, result.quaternions)

@@ -69,7 +69,7 @@ class RefinementResult:
 
 def refine(
     images: ArrayLike,
-    orientations: ArrayLike,
+    orientations: ArrayLike | None,
     *,
     shifts: ArrayLike | None = None,
     ctf: "projection.CTFParameters | None" = None,
@@ -100,6 +100,7 @@ def refine(
     rescue_iterations: int = 6,
     rescue_step: float = 0.06,
     leave_out_groups: int = 4,
+    mask_references: bool = False,
     symmetry: str = "C1",
     batch: int = 64,
     chunk: int = 1024,
@@ -114,7 +115,9 @@ def refine(
     ----------
     orientations
         First guess ``(N, 4)``, in a frame consistent with the images (e.g. resolved
-        by :func:`cryoem.commonlines.resolve_frame`).
+        by :func:`cryoem.commonlines.resolve_frame`); None: no first guess (only with
+        ``initial_map``, whose start searches every orientation; the history's first
+        ``mean_change_rad`` is then NaN, there being nothing to have changed from).
     shifts
         First guess of the shifts ``(N, 2)`` in pixels (default zero).
     step, shrink
@@ -232,6 +235,10 @@ def refine(
         images (``benchmarks/particles.py``) it took 4AKE, 2ZMM and 1HVR from 0.090, 0.106 and
         0.129 rad to 0.086, 0.095 and 0.119, their maps from 16, 15 and 25 % to 14, 12 and
         23 % coarser than the true poses', for 25-40 % more time.
+    mask_references
+        Multiply each half's references by a soft mask around its own map's particle
+        (:func:`cryoem.gold_standard.shape_mask`): the solvent's noise leaves its
+        projections.
     symmetry
         The particle's point group: after the start, each half's references (its map and
         its maps without each group) are averaged over the group about the axes found in
@@ -261,8 +268,12 @@ def refine(
     change and score, and its wall time (``seconds``, the callback's excluded).
     """
     images = stacks.as_images(images)
-    q = rotations.canonical(orientations)
     n, size = images.shape[0], images.shape[-1]
+    guessed = orientations is not None
+    if not guessed and (initial_map is None or start_iterations < 1):
+        raise ValueError("refining without a first guess needs an initial_map and "
+                         "start_iterations >= 1")
+    q = rotations.canonical(orientations if guessed else np.tile([1.0, 0, 0, 0], (n, 1)))
     if len(q) != n:
         raise ValueError(f"{n} images but {len(q)} orientations")
     current_shifts = np.zeros((n, 2)) if shifts is None else np.array(shifts, dtype=np.float64)
@@ -304,7 +315,8 @@ def refine(
                  "start_iterations": float(start_iterations),
                  "halfmap_fsc0143_angstrom": float("nan"),
                  "band_radius_px": size * pixel_size / start_final_resolution,
-                 "mean_change_rad": float(np.mean(rotations.geodesic_distance(started, q))),
+                 "mean_change_rad": (float(np.mean(rotations.geodesic_distance(started, q)))
+                                     if guessed else float("nan")),
                  "mean_score": float("nan"), "seconds": time.perf_counter() - began}
         q, first = started, 1
         if callback is not None:
@@ -353,7 +365,8 @@ def refine(
                 maps, without, curve, turned = gold_standard.half_references(
                     images, q, current_shifts, ctf, halves,
                     None if searching_globally else groups, pixel_size, regularization,
-                    align_halves, client, (symmetry, frames, seed) if symmetric else None)
+                    align_halves, client, (symmetry, frames, seed) if symmetric else None,
+                    masked=mask_references)
                 if symmetric:
                     symmetry_score = float(np.mean([frame.score for frame in frames if frame]))
             band = _band(curve, size, None if searching_globally else angular_band, step)

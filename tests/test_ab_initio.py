@@ -106,6 +106,13 @@ def test_the_gold_standard_start_ignores_the_first_guess_and_the_other_half(phan
     np.testing.assert_array_equal(first.quaternions[keep], second.quaternions[keep])
     np.testing.assert_array_equal(first.shifts[keep], second.shifts[keep])
     assert not np.array_equal(first.quaternions[~keep], second.quaternions[~keep])
+    # No first guess at all (the initial-map route): the same result, and no change to report.
+    unguessed = refinement.refine(images, None, **options)
+    np.testing.assert_array_equal(first.quaternions, unguessed.quaternions)
+    assert np.isfinite(first.history[0]["mean_change_rad"])
+    assert np.isnan(unguessed.history[0]["mean_change_rad"])
+    with pytest.raises(ValueError, match="without a first guess"):
+        refinement.refine(images, None, pixel_size=phantom.voxel_size, iterations=0)
     # The start was low-passed to what a 32-pixel box allows (three shells).
     assert first.history[0]["start_lowpass_angstrom"] == pytest.approx(32 * phantom.voxel_size / 3)
 

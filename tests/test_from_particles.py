@@ -1,6 +1,7 @@
 """From particles alone, end to end: a RELION STAR with no angles in, a scored particles.star out."""
 
 import json
+import math
 
 import starfile
 
@@ -106,6 +107,8 @@ def test_a_given_map_starts_the_refinement_of_particles_without_angles(tmp_path)
     assert metrics["halfmap_independence"].startswith("independent")
     assert volumes.load_map(out / "initial_map.mrc").data.shape == (32, 32, 32)
     assert (out / "figures" / "initial_map.png").exists()
+    # No first guess, so no change from one to report for the start.
+    assert math.isnan(metrics["refinement_history"][0]["mean_change_rad"])
     score = _scored(out, truth, tmp_path)
     assert score["matched"] == 200
     assert score["e_or_rad"] < 0.12 and score["within_0.1_rad"] > 0.8

@@ -165,6 +165,56 @@ def test_the_turn_between_two_maps_is_found():
     assert rotations.geodesic_distance(same.transform, [1.0, 0, 0, 0]) < 1e-3
 
 
+def test_the_shape_mask_follows_an_analytic_blob():
+    """A Gaussian blob (σ = 10 Å, 1 Å voxels; the 15 Å low-pass leaves it unchanged, its
+    spectrum is e^-8.8 there): its 0.2-of-peak surface is a sphere of radius
+    σ·√(2 ln 5) = 17.9 Å, so the mask is 1 out to 17.9 + 6 Å, ½ at 17.9 + 6 + 6 Å and 0 beyond
+    17.9 + 18 Å (± a voxel: the distance transform is on the grid).  A second, weaker blob
+    below the threshold is left out; an empty map gets no mask (all ones)."""
+    from cryoem import gold_standard
+
+    size, sigma = 96, 10.0
+    axis = np.arange(size) - size // 2
+    z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
+    blob = np.exp(-(x**2 + y**2 + z**2) / (2 * sigma**2))
+    faint = 0.1 * np.exp(-((x - 36) ** 2 + y**2 + z**2) / (2 * 3.0**2))
+    mask = gold_standard.shape_mask(blob + faint, pixel_size=1.0)
+    radius = sigma * np.sqrt(2 * np.log(5))
+    along = mask[size // 2, size // 2, size // 2:]  # from the centre along +x
+    assert np.all(along[: int(radius + 6) - 1] == 1.0)
+    assert along[int(round(radius + 12))] == pytest.approx(0.5, abs=0.15)
+    assert np.all(along[int(radius + 18) + 2:] == 0.0)  # the faint blob at 36 Å included
+    np.testing.assert_array_equal(gold_standard.shape_mask(0 * blob, pixel_size=1.0),
+                                  np.ones_like(blob))
+
+
+def test_masked_references_hold_no_solvent_noise():
+    """Half maps of a compact particle (a blob of σ = 3 voxels, 2 Å each, in a 40-voxel box)
+    from noisy images at their true poses: unmasked, the references carry the noise out to the
+    box's corners; masked, nothing beyond the mask's reach (the low-passed blob's 0.2-of-peak
+    surface + 18 Å: under 19 voxels from the centre), and inside the particle they are the
+    unmasked ones."""
+    from cryoem import gold_standard
+
+    size = 40
+    axis = np.arange(size) - size // 2
+    z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
+    distance = np.sqrt(x**2 + y**2 + z**2)
+    particle = np.exp(-distance**2 / (2 * 3.0**2)).astype(np.float32)
+    q = rotations.sample_uniform(400, seed=5)
+    clean = projection.project(particle, q)
+    images = clean + clean.std() * np.random.default_rng(6).standard_normal(clean.shape)
+    halves = np.arange(400) % 2
+    references = {masked: gold_standard.half_references(
+        images, q.copy(), np.zeros((400, 2)), None, halves, None, 2.0, 1e-3, False, None,
+        masked=masked)[0] for masked in (False, True)}
+    outside, core = distance >= 19, distance <= 3
+    for unmasked, masked in zip(references[False], references[True]):
+        assert np.abs(unmasked[outside]).max() > 0.02 * unmasked.max()
+        assert np.abs(masked[outside]).max() == 0.0
+        np.testing.assert_allclose(masked[core], unmasked[core])
+
+
 def test_noisy_halves_in_one_frame_are_not_turned():
     """Two noisy copies of one map (independent white noise, as two half maps from their
     true poses at low SNR): no turn to find.  A correlation normalised by the turned map's

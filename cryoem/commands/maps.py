@@ -165,6 +165,8 @@ def add_refine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start-iterations", type=int, default=12,
                         help="expectation-maximisation iterations per half from the low-passed "
                              "start (default: 12; 0: one hard match)")
+    parser.add_argument("--mask-references", action="store_true",
+                        help="mask each half's references around the particle, from its own map")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_dask_arg(parser)
@@ -196,8 +198,8 @@ def run_refine(args: argparse.Namespace) -> int:
             global_iterations=args.global_iterations, step=args.step,
             max_shift_total=args.max_shift, initial_map=start,
             initial_resolution=args.initial_resolution or 30.0,
-            start_iterations=args.start_iterations, seed=args.seed, client=client,
-            progress=not args.quiet)
+            start_iterations=args.start_iterations, mask_references=args.mask_references,
+            seed=args.seed, client=client, progress=not args.quiet)
     independence = gold_standard.independence(start is not None, gold_standard.start_resolution(
         args.initial_resolution or 30.0, data.size, data.pixel_size))
     last = result.history[-1]
