@@ -239,10 +239,10 @@ def refine(
         Multiply each half's references by a soft mask around its own map's particle
         (:func:`cryoem.gold_standard.shape_mask`): the solvent's noise leaves its
         projections.  At SNR 1/16 with 5,000 images (``benchmarks/particles.py``, route
-        ``ab-initio-masked``, ``d063f9d`` and ``ac622f7``) it took 1HVR (C1), 4AKE and 2ZMM from 0.124,
-        0.088 and 0.099 rad to 0.065, 0.046 and 0.048, their maps from 24, 15 and 13 % to
-        5.7, 0.3 and 1.2 % coarser than the true poses'.  Off by default until measured at
-        the other SNRs.
+        ``ab-initio-masked``, ``d063f9d`` and ``ac622f7``) it took 1HVR (C1), 4AKE and 2ZMM
+        from 0.124, 0.088 and 0.099 rad to 0.065, 0.046 and 0.048, their maps from 24, 15
+        and 13 % to 5.7, 0.3 and 1.2 % coarser than the true poses'.  Off by default until
+        measured at the other SNRs.
     symmetry
         The particle's point group: after the start, each half's references (its map and
         its maps without each group) are averaged over the group about the axes found in
