@@ -156,8 +156,7 @@ def shape_mask(volume: NDArray, pixel_size: float, lowpass: float = 15.0,
         return np.ones_like(volume, dtype=np.float32)
     # Distance (Å) of each voxel from the nearest one above the threshold (EDT: SciPy's).
     distance = ndimage.distance_transform_edt(smooth < threshold * peak) * pixel_size
-    ramp = np.clip((distance - near) / soft, 0.0, 1.0)
-    return (0.5 + 0.5 * np.cos(np.pi * ramp)).astype(np.float32)
+    return volumes.cosine_edge(distance, near, soft).astype(np.float32)
 
 
 def half_references(images: "NDArray | stacks.ImageStack", q: FloatArray, shifts: FloatArray,

@@ -47,6 +47,7 @@ __all__ = [
     "fourier_resample",
     "fit_to_box",
     "spherical_mask",
+    "cosine_edge",
     "lowpass_nyquist",
     "lowpass",
     "normalize",
@@ -352,8 +353,14 @@ def spherical_mask(size: int, radius: float | None = None, edge: float = 3.0) ->
     radius = radius if radius is not None else size / 2 - edge - 1
     axis = np.arange(size) - size // 2
     r = np.sqrt(axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2)
-    ramp = np.clip((r - radius) / edge, 0.0, 1.0)
-    return (0.5 + 0.5 * np.cos(np.pi * ramp)).astype(np.float32)
+    return cosine_edge(r, radius, edge).astype(np.float32)
+
+
+def cosine_edge(distance: ArrayLike, start: float, width: float) -> NDArray[np.float64]:
+    """1 up to ``start``, 0 beyond ``start + width``, a raised cosine between: the soft edge
+    of masks and filters, ``distance`` in any unit (voxels, Å, Nyquist)."""
+    ramp = np.clip((np.asarray(distance, dtype=np.float64) - start) / width, 0.0, 1.0)
+    return 0.5 + 0.5 * np.cos(np.pi * ramp)
 
 
 def lowpass_nyquist(data: ArrayLike, start: float = 0.85) -> NDArray[np.float32]:
@@ -380,9 +387,7 @@ def _cosine_lowpass(data: ArrayLike, stop: float, start: float) -> NDArray[np.fl
     k = np.fft.fftfreq(size) * 2  # in units of Nyquist
     kr = np.fft.rfftfreq(size) * 2
     radius = np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kr[None, None, :] ** 2)
-    ramp = np.clip((radius - start) / max(stop - start, 1e-12), 0.0, 1.0)
-    gain = 0.5 + 0.5 * np.cos(np.pi * ramp)
-    spectrum = np.fft.rfftn(data) * gain
+    spectrum = np.fft.rfftn(data) * cosine_edge(radius, start, max(stop - start, 1e-12))
     return np.fft.irfftn(spectrum, s=data.shape, axes=(0, 1, 2)).astype(np.float32)
 
 
