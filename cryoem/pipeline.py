@@ -54,7 +54,7 @@ import json
 import os
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -66,11 +66,14 @@ from .pipeline_first_guess import (INITIAL_MAP, TRAINING_TRUTH, _ab_initio,  # n
                                    _resolve, _train)
 from .pipeline_report import METRIC_KEYS, summary, write_json, write_metrics  # noqa: F401
 
-__all__ = ["PipelineConfig", "run", "STAGES", "ROUTES", "METRIC_KEYS"]
+__all__ = ["PipelineConfig", "run", "changed_parameters", "STAGES", "ROUTES", "METRIC_KEYS"]
 
 #: First-guess routes: learned (or other) distances, ab initio from the images alone, or a
 #: map the user gives as the refinement's start.
 ROUTES = ("distances", "ab-initio", "initial-map")
+#: A field's metadata key: the value a run folder made before the field existed ran with
+#: (when it is not the field's default), so that adding a field does not orphan old runs.
+ABSENT_MEANS = "absent_means"
 
 
 @dataclass
@@ -103,7 +106,8 @@ class PipelineConfig:
     steps: int = 2000
     refine: bool = True
     refine_iterations: int = 10
-    mask_references: bool = False  # refinement's references masked around the particle
+    # refinement's references masked around the particle (absent from runs before d063f9d)
+    mask_references: bool = field(default=False, metadata={ABSENT_MEANS: False})
     # Å: the gold-standard start's low-pass; None: the halves start from the first guess's
     # orientations (not independent: for tiny phantoms, whose 30 Å map is featureless)
     initial_resolution: float | None = 30.0
@@ -128,6 +132,34 @@ class PipelineConfig:
         """A short hash of the parameters."""
         text = json.dumps(asdict(self), sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def changed_parameters(config: PipelineConfig, recorded: dict[str, Any]) -> list[str]:
+    """The fields on which ``config`` differs from a run folder's recorded config.
+
+    A field the record lacks (one added after the folder was made) differs only when
+    ``config`` departs from what that run did: the field's ``absent_means`` metadata, else its
+    default.  Recorded keys the config no longer has are ignored.
+
+    Parameters
+    ----------
+    config : PipelineConfig
+        The parameters asked for now.
+    recorded : dict
+        The ``config`` of the folder's ``pipeline.json``.
+
+    Returns
+    -------
+    list of str
+        The differing field names, sorted.
+    """
+    changed = []
+    for spec in fields(config):
+        before = (recorded[spec.name] if spec.name in recorded
+                  else spec.metadata.get(ABSENT_MEANS, spec.default))
+        if before != getattr(config, spec.name):
+            changed.append(spec.name)
+    return sorted(changed)
 
 
 class _Run:
@@ -452,12 +484,14 @@ def run(config: PipelineConfig, out_dir: str | os.PathLike, progress: bool = Tru
     state = _Run(config, folder, progress, client)
     if state.record_path.exists():
         previous = json.loads(state.record_path.read_text())
-        if previous.get("config_hash") != state.record["config_hash"]:
-            changed = sorted(k for k, v in asdict(config).items()
-                             if previous.get("config", {}).get(k) != v)
+        changed = changed_parameters(config, previous.get("config", {}))
+        if changed:
             raise ValueError(f"{folder} holds a run with other parameters "
                              f"({', '.join(changed)}); use another --out or delete it")
+        # The same run: a record from before a field was added takes today's config and hash.
+        previous.update(config=state.record["config"], config_hash=state.record["config_hash"])
         state.record = previous
+        state.save()
     state.record["provenance"] = provenance.collect()
     state.metrics["route"] = config.route
     commit = state.record["provenance"]["git_commit"]

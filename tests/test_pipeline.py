@@ -1,5 +1,6 @@
 """The whole pipeline on a tiny run: files, metrics, failure, resumption."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -97,6 +98,41 @@ def test_other_parameters_are_refused(finished):
     folder, _ = finished
     with pytest.raises(ValueError, match="other parameters.*seed"):
         pipeline.run(tiny_config(seed=3), folder, progress=False, report=lambda _: None)
+
+
+def test_a_run_from_before_a_field_existed_resumes(finished, tmp_path):
+    """A record without a later field resumes when the config does what that run did."""
+    import shutil
+
+    folder, reference = finished
+    old = tmp_path / "old"
+    shutil.copytree(folder, old)
+    record = json.loads((old / "pipeline.json").read_text())
+    del record["config"]["mask_references"]  # the field came after this run
+    record["config_hash"] = "0123456789abcdef"  # the hash of the fields it had then
+    (old / "pipeline.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"other parameters \(mask_references\)"):
+        pipeline.run(tiny_config(mask_references=True), old, progress=False,
+                     report=lambda _: None)
+    lines = []
+    resumed = pipeline.run(tiny_config(), old, progress=False, report=lines.append)
+    assert lines == [f"[{name}] already done" for name, _ in pipeline.STAGES]
+    assert resumed["e_or_rad"] == reference["e_or_rad"]
+    rewritten = json.loads((old / "pipeline.json").read_text())
+    assert rewritten["config_hash"] == tiny_config().digest()
+    assert rewritten["config"]["mask_references"] is False
+
+
+def test_changed_parameters_reads_a_missing_field_as_what_the_run_did():
+    config = tiny_config()
+    recorded = json.loads(json.dumps(dataclasses.asdict(config)))
+    assert pipeline.changed_parameters(config, recorded) == []
+    assert pipeline.changed_parameters(tiny_config(seed=3, snr=1.0), recorded) == ["seed", "snr"]
+    del recorded["mask_references"]
+    recorded["a_field_since_removed"] = 1
+    assert pipeline.changed_parameters(config, recorded) == []
+    assert pipeline.changed_parameters(tiny_config(mask_references=True), recorded) == [
+        "mask_references"]
 
 
 def test_pipeline_command_prints_a_summary(tmp_path, capsys):
