@@ -15,12 +15,14 @@ module holds what makes that work:
   that its references carry no noise from the solvent;
 - :func:`half_references`: each iteration's references, each half's map (and its maps
   without each leave-out group) from its own images alone, turned into one frame, filtered;
+- :func:`leave_out_groups`, :func:`matched_sets`: the random groups of each half left out of
+  its references, and which images match against which reference;
 - :func:`independence`: what a user is told about the half maps.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from numpy.typing import NDArray
@@ -29,7 +31,7 @@ from . import (alignment, projection, reconstruction, resolution, rotations, sco
                symmetry_frame, volumes)
 
 __all__ = ["start_map", "start_resolution", "start_half", "frame_between", "filter_by_fsc",
-           "shape_mask", "half_references", "independence"]
+           "shape_mask", "half_references", "leave_out_groups", "matched_sets", "independence"]
 
 FloatArray = NDArray[np.float64]
 
@@ -225,3 +227,32 @@ def _symmetrize_halves(maps: list[NDArray], without: list[list[NDArray]],
         maps[half] = symmetry_frame.symmetrize(maps[half], symmetry, frames[half])
         without[half] = [symmetry_frame.symmetrize(m, symmetry, frames[half])
                          for m in without[half]]
+
+
+def leave_out_groups(halves: NDArray[np.int64], count: int, seed: int) -> NDArray[np.int64] | None:
+    """Each image's leave-out group within its half (``count`` groups of near-equal size in
+    each half, drawn at random by ``seed``), or ``None`` when ``count`` is 0 or a half holds
+    fewer than two images per group."""
+    if count <= 0 or min(np.sum(halves == 0), np.sum(halves == 1)) < 2 * count:
+        return None
+    groups = np.empty(len(halves), dtype=np.int64)
+    rng = np.random.default_rng([seed, 3])
+    for half in (0, 1):
+        chosen = np.flatnonzero(halves == half)
+        groups[chosen] = rng.permutation(len(chosen)) % count
+    return groups
+
+
+def matched_sets(halves: NDArray[np.int64], groups: NDArray[np.int64] | None,
+                 maps: list[NDArray], without: list[list[NDArray]]
+                 ) -> Iterator[tuple[int, NDArray[np.int64], NDArray]]:
+    """(half, image indices, reference): each half's images against its map, or, with maps
+    leaving groups out, each group's images against its half's map without them."""
+    for half in (0, 1):
+        chosen = np.flatnonzero(halves == half)
+        if not without[half]:
+            yield half, chosen, maps[half]
+            continue
+        assert groups is not None
+        for group, reference in enumerate(without[half]):
+            yield half, chosen[groups[chosen] == group], reference

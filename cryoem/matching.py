@@ -2,7 +2,8 @@
 
 Used by :mod:`cryoem.ab_initio` (every image against a grid of orientations)
 and :mod:`cryoem.refinement` (its global passes, :func:`global_match`, and its local ones,
-:func:`local_match`: each image against small turns of its own orientation).  The model of
+:func:`local_match`: each image against small turns of its own orientation; each task,
+:func:`match_piece`).  The model of
 an image's spectrum ``y`` is ``a·c·s``: a scale, the image's CTF ``c`` and the map's
 central slice ``s`` at the candidate orientation, moved by the candidate
 shift; candidates are ranked by ``⟨y, c·s⟩ / ‖c·s‖`` over the band's half
@@ -11,13 +12,18 @@ plane (each frequency with ``k_u > 0`` counted twice, for its mirror).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from numpy.typing import NDArray
 
 from . import projection, rotations
 
+if TYPE_CHECKING:
+    from . import stacks
+
 __all__ = ["Band", "GridSlices", "integer_moves", "grid_scores", "slice_norms",
-           "candidate_offsets", "candidate_scores", "local_match", "global_match"]
+           "candidate_offsets", "candidate_scores", "local_match", "global_match", "match_piece"]
 
 FloatArray = NDArray[np.float64]
 
@@ -313,3 +319,30 @@ def _parabola(left: FloatArray, centre: FloatArray, right: FloatArray) -> FloatA
     with np.errstate(invalid="ignore", divide="ignore"):
         offset = 0.5 * (left - right) / curvature
     return np.where(curvature < 0, np.clip(np.nan_to_num(offset), -0.5, 0.5), 0.0)
+
+
+def match_piece(piece: tuple, images: "NDArray | stacks.ImageStack", reference: NDArray,
+                settings: dict) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+    """Refinement's task: match a chunk of one half's images against that half's reference.
+
+    ``piece`` holds the chunk's image indices, orientations, shifts and CTFs; ``settings``
+    the band, the candidates and (global search) the grid and its slices.  Returns the
+    new orientations, shifts, scores and correlations (score over the image's norm).
+    """
+    indices, q, shifts, ctf = piece
+    options = dict(settings)
+    band, pixel_size = options.pop("band"), options.pop("pixel_size")
+    chunk_images = np.asarray(images[indices], dtype=np.float64)
+    spectra = np.fft.rfft2(np.fft.ifftshift(chunk_images, axes=(-2, -1)))[:, band.mask]
+    transfer = band.ctf(ctf, pixel_size) if ctf is not None else None
+    common = (reference, spectra, q, shifts, transfer, band)
+    if "grid" in options:
+        found = global_match(*common, options["grid"], options["offsets"],
+                             options["max_shift"], options["batch"], options["reach"],
+                             options["keep_current"], options["grid_slices"],
+                             options.get("margin", 0.0))
+    else:
+        found = local_match(*common, options["offsets"], options["max_shift"], options["batch"],
+                            soft=options["soft"])
+    energy = np.sqrt(np.sum(band.weights * np.abs(spectra) ** 2, axis=-1))
+    return (*found, found[2] / np.maximum(energy, 1e-30))

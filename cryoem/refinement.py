@@ -46,7 +46,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import (distributed, gold_standard, projection, reconstruction, resolution, rotations,
                stacks, symmetry_frame, volumes)
-from .matching import Band, GridSlices, candidate_offsets, global_match, local_match
+from .matching import Band, GridSlices, candidate_offsets, match_piece
 from ._progress import progress_bar
 
 __all__ = ["RefinementResult", "refine"]
@@ -282,7 +282,7 @@ def refine(
         raise ValueError(f"{n} images but {len(q)} orientations")
     current_shifts = np.zeros((n, 2)) if shifts is None else np.array(shifts, dtype=np.float64)
     halves = reconstruction.split_halves(n, seed)
-    groups = _groups(halves, leave_out_groups, seed)
+    groups = gold_standard.leave_out_groups(halves, leave_out_groups, seed)
     soft_iterations = -(-iterations // 3) if soft_iterations is None else soft_iterations
     soft_iterations += global_iterations  # counted from the first iteration
     iterations += global_iterations
@@ -383,7 +383,7 @@ def refine(
         previous = correlations.copy() if kind == "rescue" else None  # restored where one stays
         common = {"band": band, "pixel_size": pixel_size, "offsets": candidate_offsets(step),
                   "max_shift": max_shift, "batch": batch}
-        for half, chosen, reference in _matched_sets(halves, groups, maps, without):
+        for half, chosen, reference in gold_standard.matched_sets(halves, groups, maps, without):
             chosen = np.intersect1d(chosen, polishing) if kind == "polish" else chosen
             settings = ({**common, "grid": pass_grid, "reach": global_reach,
                          "keep_current": not from_start,
@@ -394,7 +394,7 @@ def refine(
                       for part in np.array_split(chosen, max(1, -(-len(chosen) // chunk)))
                       if len(part)]
             results = distributed.map_chunks(
-                _match_piece, pieces, client=client, desc=f"matching half {half + 1}",
+                match_piece, pieces, client=client, desc=f"matching half {half + 1}",
                 shared={"images": to_match, "reference": reference, "settings": settings})
             for (part, *_), result in zip(pieces, results):
                 new_q[part], new_shifts[part], scores[part], correlations[part] = result
@@ -468,59 +468,3 @@ def _plateaued(history: list[dict[str, float]], count: int, gain: float) -> bool
     if len(phase) <= count:
         return False
     return min(phase[-count:]) > (1 - gain) * min(phase[:-count])
-
-
-def _groups(halves: NDArray[np.int64], count: int, seed: int) -> NDArray[np.int64] | None:
-    """Each image's leave-out group within its half (``count`` groups of near-equal size in
-    each half, drawn at random by ``seed``), or ``None`` when ``count`` is 0 or a half holds
-    fewer than two images per group."""
-    if count <= 0 or min(np.sum(halves == 0), np.sum(halves == 1)) < 2 * count:
-        return None
-    groups = np.empty(len(halves), dtype=np.int64)
-    rng = np.random.default_rng([seed, 3])
-    for half in (0, 1):
-        chosen = np.flatnonzero(halves == half)
-        groups[chosen] = rng.permutation(len(chosen)) % count
-    return groups
-
-
-def _matched_sets(halves: NDArray[np.int64], groups: NDArray[np.int64] | None,
-                  maps: list[NDArray], without: list[list[NDArray]]
-                  ) -> Iterator[tuple[int, NDArray[np.int64], NDArray]]:
-    """(half, image indices, reference): each half's images against its map, or, with maps
-    leaving groups out, each group's images against its half's map without them."""
-    for half in (0, 1):
-        chosen = np.flatnonzero(halves == half)
-        if not without[half]:
-            yield half, chosen, maps[half]
-            continue
-        assert groups is not None
-        for group, reference in enumerate(without[half]):
-            yield half, chosen[groups[chosen] == group], reference
-
-
-def _match_piece(piece: tuple, images: "NDArray | stacks.ImageStack", reference: NDArray,
-                 settings: dict) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
-    """Refinement's task: match a chunk of one half's images against that half's reference.
-
-    ``piece`` holds the chunk's image indices, orientations, shifts and CTFs; ``settings``
-    the band, the candidates and (global search) the grid and its slices.  Returns the
-    new orientations, shifts, scores and correlations (score over the image's norm).
-    """
-    indices, q, shifts, ctf = piece
-    options = dict(settings)
-    band, pixel_size = options.pop("band"), options.pop("pixel_size")
-    chunk_images = np.asarray(images[indices], dtype=np.float64)
-    spectra = np.fft.rfft2(np.fft.ifftshift(chunk_images, axes=(-2, -1)))[:, band.mask]
-    transfer = band.ctf(ctf, pixel_size) if ctf is not None else None
-    common = (reference, spectra, q, shifts, transfer, band)
-    if "grid" in options:
-        found = global_match(*common, options["grid"], options["offsets"],
-                             options["max_shift"], options["batch"], options["reach"],
-                             options["keep_current"], options["grid_slices"],
-                             options.get("margin", 0.0))
-    else:
-        found = local_match(*common, options["offsets"], options["max_shift"], options["batch"],
-                            soft=options["soft"])
-    energy = np.sqrt(np.sum(band.weights * np.abs(spectra) ** 2, axis=-1))
-    return (*found, found[2] / np.maximum(energy, 1e-30))
