@@ -87,9 +87,11 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-refine", action="store_true",
                         help="skip the local refinement (which also estimates the shifts)")
     parser.add_argument("--refine-iterations", type=int, default=d.refine_iterations)
-    parser.add_argument("--mask-references", action="store_true",
+    parser.add_argument("--mask-references", action=argparse.BooleanOptionalAction,
+                        default=d.mask_references,
                         help="mask the refinement's references around the particle, each half's "
-                             "from its own map (a dynamic mask: no solvent noise in them)")
+                             "from its own map (a dynamic mask: no solvent noise in them; "
+                             "default: on)")
     parser.add_argument("--initial-resolution", type=_angstrom_or_none,
                         default=d.initial_resolution, metavar="ANGSTROM",
                         help="the refinement's start is low-passed to this before the halves "

@@ -63,7 +63,7 @@ from . import provenance
 from .pipeline_first_guess import (INITIAL_MAP, TRAINING_TRUTH, _ab_initio,  # noqa: F401
                                    _distances, _initial_map, _physical_error, _recover,
                                    _resolve, _train)
-from .pipeline_config import ROUTES, PipelineConfig, changed_parameters
+from .pipeline_config import ROUTES, PipelineConfig, changed_parameters, describe_changes
 from .pipeline_report import METRIC_KEYS, summary, write_json, write_metrics  # noqa: F401
 
 __all__ = ["PipelineConfig", "run", "changed_parameters", "STAGES", "ROUTES", "METRIC_KEYS"]
@@ -390,10 +390,10 @@ def run(config: PipelineConfig, out_dir: str | os.PathLike, progress: bool = Tru
     state = _Run(config, folder, progress, client)
     if state.record_path.exists():
         previous = json.loads(state.record_path.read_text())
-        changed = changed_parameters(config, previous.get("config", {}))
+        changed = describe_changes(config, previous.get("config", {}))
         if changed:
-            raise ValueError(f"{folder} holds a run with other parameters "
-                             f"({', '.join(changed)}); use another --out or delete it")
+            raise ValueError(f"{folder} holds a run with other parameters ({changed}); "
+                             "ask for its values, use another --out, or delete it")
         # The same run: a record from before a field was added takes today's config and hash.
         previous.update(config=state.record["config"], config_hash=state.record["config_hash"])
         state.record = previous

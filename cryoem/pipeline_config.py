@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["PipelineConfig", "changed_parameters", "ROUTES", "ABSENT_MEANS"]
+__all__ = ["PipelineConfig", "changed_parameters", "describe_changes", "ROUTES", "ABSENT_MEANS"]
 
 #: First-guess routes: learned (or other) distances, ab initio from the images alone, or a
 #: map the user gives as the refinement's start.
@@ -25,7 +25,8 @@ ABSENT_MEANS = "absent_means"
 
 @dataclass
 class PipelineConfig:
-    """The parameters of a run (their hash guards resumption)."""
+    """The parameters of a run (recorded in its folder; :func:`changed_parameters` guards
+    resumption)."""
 
     volume: str = "4ake"
     n_projections: int = 5000
@@ -53,8 +54,9 @@ class PipelineConfig:
     steps: int = 2000
     refine: bool = True
     refine_iterations: int = 10
-    # refinement's references masked around the particle (absent from runs before d063f9d)
-    mask_references: bool = field(default=False, metadata={ABSENT_MEANS: False})
+    # refinement's references masked around the particle (absent from runs before d063f9d,
+    # which did not mask)
+    mask_references: bool = field(default=True, metadata={ABSENT_MEANS: False})
     # Å: the gold-standard start's low-pass; None: the halves start from the first guess's
     # orientations (not independent: for tiny phantoms, whose 30 Å map is featureless)
     initial_resolution: float | None = 30.0
@@ -81,6 +83,12 @@ class PipelineConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _recorded(spec: Any, recorded: dict[str, Any]) -> Any:
+    """A field's value in a run's record; a field it lacks reads as what that run did."""
+    return (recorded[spec.name] if spec.name in recorded
+            else spec.metadata.get(ABSENT_MEANS, spec.default))
+
+
 def changed_parameters(config: PipelineConfig, recorded: dict[str, Any]) -> list[str]:
     """The fields on which ``config`` differs from a run folder's recorded config.
 
@@ -100,10 +108,14 @@ def changed_parameters(config: PipelineConfig, recorded: dict[str, Any]) -> list
     list of str
         The differing field names, sorted.
     """
-    changed = []
-    for spec in fields(config):
-        before = (recorded[spec.name] if spec.name in recorded
-                  else spec.metadata.get(ABSENT_MEANS, spec.default))
-        if before != getattr(config, spec.name):
-            changed.append(spec.name)
-    return sorted(changed)
+    return sorted(spec.name for spec in fields(config)
+                  if _recorded(spec, recorded) != getattr(config, spec.name))
+
+
+def describe_changes(config: PipelineConfig, recorded: dict[str, Any]) -> str:
+    """``changed_parameters`` with each field's value in the run and the value asked now:
+    ``"mask_references: False there, True now"``."""
+    specs = {spec.name: spec for spec in fields(config)}
+    return ", ".join(f"{name}: {_recorded(specs[name], recorded)!r} there, "
+                     f"{getattr(config, name)!r} now"
+                     for name in changed_parameters(config, recorded))

@@ -108,31 +108,48 @@ def test_a_run_from_before_a_field_existed_resumes(finished, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(folder, old)
     record = json.loads((old / "pipeline.json").read_text())
-    del record["config"]["mask_references"]  # the field came after this run
+    del record["config"]["mask_references"]  # the field came after this run, which did not mask
     record["config_hash"] = "0123456789abcdef"  # the hash of the fields it had then
     (old / "pipeline.json").write_text(json.dumps(record))
-    with pytest.raises(ValueError, match=r"other parameters \(mask_references\)"):
+    refused = r"other parameters \(mask_references: False there, True now\)"
+    with pytest.raises(ValueError, match=refused):
         pipeline.run(tiny_config(mask_references=True), old, progress=False,
                      report=lambda _: None)
     lines = []
-    resumed = pipeline.run(tiny_config(), old, progress=False, report=lines.append)
+    unmasked = tiny_config(mask_references=False)
+    resumed = pipeline.run(unmasked, old, progress=False, report=lines.append)
     assert lines == [f"[{name}] already done" for name, _ in pipeline.STAGES]
     assert resumed["e_or_rad"] == reference["e_or_rad"]
     rewritten = json.loads((old / "pipeline.json").read_text())
-    assert rewritten["config_hash"] == tiny_config().digest()
+    assert rewritten["config_hash"] == unmasked.digest() != record["config_hash"]
     assert rewritten["config"]["mask_references"] is False
 
 
 def test_changed_parameters_reads_a_missing_field_as_what_the_run_did():
-    config = tiny_config()
+    config = tiny_config(mask_references=False)
     recorded = json.loads(json.dumps(dataclasses.asdict(config)))
     assert pipeline.changed_parameters(config, recorded) == []
-    assert pipeline.changed_parameters(tiny_config(seed=3, snr=1.0), recorded) == ["seed", "snr"]
+    assert pipeline.changed_parameters(tiny_config(seed=3, snr=1.0, mask_references=False),
+                                       recorded) == ["seed", "snr"]
     del recorded["mask_references"]
     recorded["a_field_since_removed"] = 1
     assert pipeline.changed_parameters(config, recorded) == []
     assert pipeline.changed_parameters(tiny_config(mask_references=True), recorded) == [
         "mask_references"]
+
+
+def test_references_are_masked_unless_turned_off():
+    """The mask is the default of the pipeline and of `cryoem refine`; ``--no-mask-references``
+    is the ablation, and a run folder from before the mask existed reads as unmasked."""
+    parser = cli.build_parser()
+    for command in (["pipeline"], ["refine", "d.h5", "--orientations", "o.h5", "--out", "r.h5"]):
+        assert parser.parse_args(command).mask_references is True
+        assert parser.parse_args(command + ["--no-mask-references"]).mask_references is False
+    assert pipeline.PipelineConfig().mask_references
+    recorded = {k: v for k, v in dataclasses.asdict(tiny_config()).items()
+                if k != "mask_references"}
+    assert pipeline.changed_parameters(tiny_config(), recorded) == ["mask_references"]
+    assert pipeline.changed_parameters(tiny_config(mask_references=False), recorded) == []
 
 
 def test_pipeline_command_prints_a_summary(tmp_path, capsys):

@@ -165,8 +165,10 @@ def add_refine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start-iterations", type=int, default=12,
                         help="expectation-maximisation iterations per half from the low-passed "
                              "start (default: 12; 0: one hard match)")
-    parser.add_argument("--mask-references", action="store_true",
-                        help="mask each half's references around the particle, from its own map")
+    parser.add_argument("--mask-references", action=argparse.BooleanOptionalAction,
+                        default=True,
+                        help="mask each half's references around the particle, from its own map "
+                             "(default: on)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_dask_arg(parser)
