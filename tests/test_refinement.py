@@ -83,21 +83,24 @@ def test_the_global_pass_rescues_images_the_local_grid_cannot_reach():
 
 
 def test_the_halves_never_see_each_other(problem, monkeypatch):
-    """Apart from the half-map FSC (the shared low-pass) and the turn between the halves'
-    frames (which moves the second half only), one half's images never reach the other.
+    """Apart from the half-map FSC (the shared low-pass), the turn between the halves'
+    frames (which moves the second half only) and when to stop (both halves iterate
+    together, as RELION's do), one half's images never reach the other.
 
-    With the FSC held fixed, changing the images of the second half leaves the first half's
-    refinement exactly as it was.
+    With the FSC and the number of iterations held fixed (tolerance 0: no early stop),
+    changing the images of the second half leaves the first half's refinement exactly as it
+    was, its masked references included.
     """
     images, _, _, start = problem
     fixed = refinement.resolution.fsc(np.ones((32,) * 3), np.ones((32,) * 3))
     fixed.values = np.linspace(1.0, 0.0, len(fixed.values))
     monkeypatch.setattr(refinement.resolution, "fsc", lambda *args, **kwargs: fixed)
-    first = refinement.refine(images, start, iterations=1, seed=2)
+    options = dict(iterations=1, seed=2, tolerance=0.0, mask_references=True)
+    first = refinement.refine(images, start, **options)
     other = first.halves == 1
     changed = images.copy()
     changed[other] = np.random.default_rng(0).standard_normal(changed[other].shape)
-    second = refinement.refine(changed, start, iterations=1, seed=2)
+    second = refinement.refine(changed, start, **options)
     np.testing.assert_array_equal(first.halves, second.halves)
     keep = first.halves == 0
     # Equal up to the summation order of multithreaded NUFFTs (1e-8 here, 1e-5 px).
