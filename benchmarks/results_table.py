@@ -244,6 +244,13 @@ def generalisation_lever_rows(data: dict[str, Any]) -> list[str]:
     return markdown(data)
 
 
+def horizon_rows(data: dict[str, Any]) -> list[str]:
+    """How far the learned distance must be right (``benchmarks/distance_horizon.py``)."""
+    from distance_horizon import markdown
+
+    return markdown(data)
+
+
 def recovery_lever_rows(data: dict[str, Any]) -> list[str]:
     """The same learned distances, other recoveries (``benchmarks/recovery_levers.py``)."""
     from recovery_levers import table
@@ -294,6 +301,8 @@ SECTIONS: list[Section] = [
             "generalisation.json", generalisation_rows),
     Section("Generalisation: levers", "generalisation_levers.py", "generalisation_levers.json",
             generalisation_lever_rows),
+    Section("Generalisation: the horizon of a distance between two images",
+            "distance_horizon.py", "distance_horizon.json", horizon_rows),
     Section("Preferred views", "preferred_views.py", "preferred_views.json",
             preferred_views_rows, "preferred-views-coverage.png"),
     Section("The learned distance at low SNR: levers", "distance_ablation.py",

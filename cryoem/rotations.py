@@ -304,6 +304,37 @@ def geodesic_distance_matrix(q1: ArrayLike, q2: ArrayLike | None = None) -> Floa
     return 2.0 * np.arccos(cosines)
 
 
+def _tail_moments(horizon: float) -> tuple[float, float, float]:
+    """Mass, first and second moment of ``d ≥ horizon`` under the density ``(1 − cos d)/π``
+    of the distance between two uniform orientations (closed forms of three integrals)."""
+    def mass(w: float) -> float:
+        return w - np.sin(w)
+
+    def first(w: float) -> float:
+        return w * w / 2 - w * np.sin(w) - np.cos(w)
+
+    def second(w: float) -> float:
+        return w ** 3 / 3 - w * w * np.sin(w) - 2 * w * np.cos(w) + 2 * np.sin(w)
+
+    t = float(np.clip(horizon, 0.0, np.pi))
+    return tuple((f(np.pi) - f(t)) / np.pi for f in (mass, first, second))  # type: ignore
+
+
+def uniform_distance_share(horizon: float) -> float:
+    """The share of pairs of uniform orientations whose distance ``2·arccos|<q_i, q_j>|`` (the
+    angle of ``R_i R_jᵀ``, density ``(1 − cos d)/π`` on ``[0, π]``) is at most ``horizon``."""
+    return 1.0 - _tail_moments(horizon)[0]
+
+
+def l_de_floor(horizon: float) -> float:
+    """The smallest ``L_DE`` (rad², over pairs of uniform orientations) of a distance estimate
+    that is exact up to ``horizon`` rad and knows nothing beyond it (where the best it can
+    give is the mean distance beyond the horizon): 0 at ``π``, the variance of the distance
+    (0.417 rad²) at 0."""
+    mass, first, second = _tail_moments(horizon)
+    return 0.0 if mass <= 0 else max(0.0, float(second - first * first / mass))
+
+
 def geodesic_distance_tf(q1: Any, q2: Any) -> "tf.Tensor":
     """Differentiable geodesic distance in TensorFlow (radians).
 

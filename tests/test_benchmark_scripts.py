@@ -338,6 +338,32 @@ def test_generalisation_levers_quick(tmp_path):
     assert len(json.loads(out.read_text())["rows"]) == len(every)
 
 
+def test_distance_horizon_quick(tmp_path):
+    """The oracle: its share of pairs within each horizon is what its sampled orientations
+    give, and exact distances up to 2 rad (a third of the pairs) recover the orientations;
+    the Euclidean baseline scores each horizon on the held-out protein, its every-pair row
+    the same L_DE twice; a rerun reuses both parts."""
+    out = tmp_path / "horizon.json"
+    run_script("distance_horizon.py", "--out", str(out), "--work-dir", str(tmp_path / "work"),
+               cwd=tmp_path)
+    rows = json.loads(out.read_text())["rows"]
+    oracle = {row["horizon"]: row for row in rows if row["part"] == "oracle"}
+    assert set(oracle) == {1.0, 2.0}
+    for row in oracle.values():
+        assert row["share"] == pytest.approx(row["share_sampled"], abs=0.03)
+    assert oracle[2.0]["e_or_o4"] < 0.05 and oracle[2.0]["l_de_floor"] < 0.1
+    models = {row["horizon"]: row for row in rows if row["part"] == "euclidean"}
+    assert set(models) == {None, 1.5} and models[None]["protein"] == "4ake"
+    assert models[None]["l_de_within"] == pytest.approx(models[None]["l_de"])
+    assert models[None]["trusted_share"] == 1.0 > models[1.5]["trusted_share"]
+    for row in models.values():
+        assert finite(row["e_or_o4"], row["l_de_within"])
+        assert row["true_neighbour_distance"] <= row["neighbour_distance"]
+    again = run_script("distance_horizon.py", "--out", str(out), "--work-dir",
+                       str(tmp_path / "work"), cwd=tmp_path)
+    assert again.count("reusing the result") == 2
+
+
 @pytest.mark.slow  # about 60 s on two cores
 def test_scale_quick(tmp_path):
     """Every stage in its own process, in-process and on a local Dask cluster of two workers."""

@@ -183,12 +183,12 @@ def test_absent_json_says_not_measured_with_the_command(results_table, tmp_path)
 
 def test_new_sections_come_first_after_the_pipeline(results_table):
     scripts = [entry.script for entry in results_table.SECTIONS]
-    assert scripts[:11] == ["pipeline.py", "pipeline.py --route ab-initio",
+    assert scripts[:12] == ["pipeline.py", "pipeline.py --route ab-initio",
                             "pipeline.py --snr 1/16", "pipeline.py --snr 1/16 --max-shift 2",
                             "pipeline.py --route ab-initio --snr 1/16",
                             "particles.py", "paper_table.py", "common_lines.py",
                             "generalisation.py", "generalisation_levers.py",
-                            "preferred_views.py"]
+                            "distance_horizon.py", "preferred_views.py"]
     assert {"projection.py", "distance_learning.py", "orientation_recovery.py",
             "reconstruction.py", "refinement.py"} <= set(scripts)
 
@@ -294,6 +294,23 @@ def test_generalisation_before_evaluation(results_table, tmp_path):
     text = _section(results_table.render(_root(tmp_path, {"generalisation": data})),
                     "Generalisation")
     assert "(no evaluation rows recorded yet)" in text and "5pti, 1ubq" in text
+
+
+def test_distance_horizon_table(results_table, tmp_path):
+    oracle = {"part": "oracle", "horizon": 1.0, "share": 0.0504, "l_de_floor": 0.3017, "n": 1650,
+              "e_or_o4": 0.71, "e_or_o4_median": 0.52, "seconds": 40.0, "stale": False}
+    model = {"part": "shipped", "protein": "1hvr", "snr": "inf", "horizon": None, "l_de": 0.28,
+             "l_de_within": 0.28, "trusted_share": 1.0, "neighbour_distance": 0.9,
+             "true_neighbour_distance": 0.2, "e_or_o4": 1.2, "e_or_o4_median": 1.1,
+             "stale": True}
+    failed = {"status": "failed", "reason": "boom", "scenario": {"name": "euclidean"}}
+    data = {"rows": [oracle, model, failed], "provenance": PROVENANCE}
+    text = _section(results_table.render(_root(tmp_path, {"distance_horizon": data})),
+                    "Generalisation: the horizon")
+    assert "| 1 | 0.050 | 0.302 | 1650 | 0.710 / 0.520 | 40 |  |" in text
+    assert ("| shipped | 1hvr | inf | 0.280 | all pairs | 0.280 | 1.000 | 0.900 (0.200) "
+            "| 1.200 / 1.100 | stale |") in text
+    assert "* euclidean failed: boom" in text
 
 
 def test_generalisation_levers_table(results_table, tmp_path):

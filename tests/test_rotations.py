@@ -244,3 +244,22 @@ def test_symmetric_distance(a, b, symbol):
         assert rot.symmetric_distance(a, rot.multiply(b, g), symbol) == pytest.approx(
             sym, abs=1e-7)
     assert rot.symmetric_distance(a, a, symbol) == pytest.approx(0, abs=1e-7)
+
+
+def test_the_share_and_floor_of_distances_match_scipys_uniform_rotations():
+    """Against 400,000 pairs of SciPy's uniform rotations (the angle of R_i R_jᵀ): the share of
+    pairs within a horizon, and the L_DE of an estimate exact within it and equal beyond it to
+    the mean distance there (what knows nothing beyond): 0.417 rad² at 0 (the README's constant
+    guess), 0.30 at 1 rad, none at π."""
+    a = Rotation.random(400_000, random_state=0)
+    b = Rotation.random(400_000, random_state=1)
+    d = (a * b.inv()).magnitude()
+    for horizon in (0.0, 0.5, 1.0, 1.5, 2.5):
+        far = d > horizon
+        estimate = np.where(far, d[far].mean() if far.any() else 0.0, d)
+        assert rot.uniform_distance_share(horizon) == pytest.approx(
+            np.mean(~far), abs=3e-3)
+        assert rot.l_de_floor(horizon) == pytest.approx(
+            np.mean((estimate - d) ** 2), rel=1e-2, abs=1e-3)
+    assert rot.l_de_floor(np.pi) == 0.0
+    assert rot.l_de_floor(0.0) == pytest.approx(0.417, abs=1e-3)
