@@ -74,6 +74,8 @@ __all__ = [
     "geodesic_distance",
     "geodesic_distance_matrix",
     "geodesic_distance_tf",
+    "uniform_distance_share",
+    "l_de_floor",
     "sample_uniform",
     "viewing_direction",
     "point_group",
