@@ -19,7 +19,7 @@ beyond.  This measures what that allows, in two parts:
   E_OR of recovery from their trusted pairs only (estimated within τ; weight 0 beyond;
   ``all``: every pair, weight 1).  The truth is read by the scoring (and the Euclidean fit).
 
-    .venv/bin/python benchmarks/distance_horizon.py                  # ~25 min on 2 cores
+    .venv/bin/python benchmarks/distance_horizon.py                  # ~50 min on 2 cores
     .venv/bin/python benchmarks/distance_horizon.py --quick          # tiny check
 """
 
