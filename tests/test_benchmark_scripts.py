@@ -150,17 +150,26 @@ FAKE_ASPIRE = textwrap.dedent("""\
 
 
 def test_common_lines_quick(tmp_path):
-    """Ours and a stand-in for ASPIRE (random rotations, ASPIRE's worker interface) through
-    the same refinement, with the same thread count; a rerun reuses every part."""
+    """Without ASPIRE, its part says it was not run; then ours and a stand-in for ASPIRE
+    (random rotations, ASPIRE's worker interface) through the same refinement, with the same
+    thread count (the skipped part is run, not reused); a rerun reuses every part."""
+    common = ("--work-dir", str(tmp_path / "work"), "--runs-dir", str(tmp_path / "runs"),
+              "--figure", str(tmp_path / "cl.png"), "--threads", "1")
+    alone = tmp_path / "alone.json"
+    printed = run_script("common_lines.py", *common, "--out", str(alone), "--snrs", "inf",
+                         "--aspire-python", str(tmp_path / "no-aspire" / "python"), cwd=tmp_path)
+    row = json.loads(alone.read_text())["rows"][0]
+    assert row["ours"]["status"] == "ok" and finite(row["ours"]["e_or"])
+    assert row["aspire"]["status"] == "skipped" and "ASPIRE was not run" in row["aspire"]["reason"]
+    assert row["comparison"]["ratio_e_or"] is None and "not run" in printed
+
     (tmp_path / "fake_worker.py").write_text(FAKE_ASPIRE)
     fake_python = tmp_path / "fake-python"
     fake_python.write_text(f"#!/bin/sh\nshift\nexec {sys.executable} "
                            f"{tmp_path / 'fake_worker.py'} \"$@\"\n")
     fake_python.chmod(0o755)
     out = tmp_path / "cl.json"
-    args = ("--work-dir", str(tmp_path / "work"), "--runs-dir", str(tmp_path / "runs"),
-            "--out", str(out), "--figure", str(tmp_path / "cl.png"),
-            "--aspire-python", str(fake_python), "--threads", "1")
+    args = (*common, "--out", str(out), "--aspire-python", str(fake_python))
     run_script("common_lines.py", *args, cwd=tmp_path)
     report = json.loads(out.read_text())
     assert [row["snr_label"] for row in report["rows"]] == ["inf", "1/4"]
@@ -185,18 +194,6 @@ def test_common_lines_quick(tmp_path):
     run_script("common_lines.py", *args, cwd=tmp_path)
     again = json.loads(out.read_text())
     assert all(row[part]["reused"] for row in again["rows"] for part in ("ours", "aspire"))
-
-
-def test_common_lines_without_aspire(tmp_path):
-    out = tmp_path / "cl.json"
-    printed = run_script("common_lines.py", "--work-dir", str(tmp_path / "work"), "--runs-dir",
-                         str(tmp_path / "runs"), "--out", str(out), "--figure",
-                         str(tmp_path / "cl.png"), "--snrs", "inf",
-                         "--aspire-python", str(tmp_path / "no-aspire" / "python"), cwd=tmp_path)
-    row = json.loads(out.read_text())["rows"][0]
-    assert row["ours"]["status"] == "ok" and finite(row["ours"]["e_or"])
-    assert row["aspire"]["status"] == "skipped" and "ASPIRE was not run" in row["aspire"]["reason"]
-    assert row["comparison"]["ratio_e_or"] is None and "not run" in printed
 
 
 def test_preferred_views_quick(tmp_path):
