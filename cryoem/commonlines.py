@@ -40,6 +40,9 @@ from ._progress import progress_bar
 
 __all__ = ["FrameResolution", "fourier_lines", "resolve_frame", "score_candidates"]
 
+#: Candidate scores gathered per step of the coarse scan (its memory: a few arrays this long).
+_GATHERED_PER_CHUNK = 2**22
+
 FloatArray = NDArray[np.float64]
 
 
@@ -180,25 +183,33 @@ def _coarse_scan(lines: NDArray[np.complex128], recovered: FloatArray, pairs_i: 
                  progress: bool) -> FloatArray:
     """Scores ``(len(axes), K)``: every viewing axis ``v`` times every in-plane turn on the grid.
 
-    For ``C = R_z(φ)·C0`` all in-plane angles shift by ``φ``, so a turn is a
-    shift of the line index: one gather per axis scores all ``K`` turns.
+    For ``C = R_z(φ)·C0`` all in-plane angles shift by ``φ``, so a turn is a shift of the
+    line index.  Each pair's correlations between every line of one image and every line of
+    the other (``K × K``) are taken once, by matrix products, for all axes and turns: a
+    candidate's score is then a gather from them, not a product over the radii.
     """
     n_angles = lines.shape[1]
     base = np.swapaxes(recovered, -1, -2) if transposed else recovered
     shifts = np.arange(n_angles)
-    scores = np.empty((len(axes), n_angles))
-    frames = _frames(axes)
-    for a in progress_bar(range(len(axes)), total=len(axes), enable=progress,
-                          desc="common lines"):
-        c0 = frames[a]
+    index_i = np.empty((len(axes), len(pairs_i)), dtype=np.int64)
+    index_j = np.empty_like(index_i)
+    for a, c0 in enumerate(_frames(axes)):
         a_i, a_j = _line_angles(c0 @ base[pairs_i], c0 @ base[pairs_j])
-        k_i = np.rint(np.mod(a_i, 2 * np.pi) / (2 * np.pi) * n_angles).astype(np.int64)
-        k_j = np.rint(np.mod(a_j, 2 * np.pi) / (2 * np.pi) * n_angles).astype(np.int64)
-        # R_z(φ_s) adds φ_s to every angle.
-        li = lines[pairs_i[:, None], (k_i[:, None] + shifts[None, :]) % n_angles]
-        lj = lines[pairs_j[:, None], (k_j[:, None] + shifts[None, :]) % n_angles]
-        scores[a] = np.real(np.sum(li * np.conj(lj), axis=-1)).mean(axis=0)
-    return scores
+        index_i[a] = np.rint(np.mod(a_i, 2 * np.pi) / (2 * np.pi) * n_angles).astype(np.int64)
+        index_j[a] = np.rint(np.mod(a_j, 2 * np.pi) / (2 * np.pi) * n_angles).astype(np.int64)
+    scores = np.zeros((len(axes), n_angles))
+    chunk = max(1, _GATHERED_PER_CHUNK // (len(axes) * n_angles))
+    for start in progress_bar(range(0, len(pairs_i), chunk), total=-(-len(pairs_i) // chunk),
+                              enable=progress, desc="common lines"):
+        part = slice(start, start + chunk)
+        products = np.real(lines[pairs_i[part]]
+                           @ np.conj(np.swapaxes(lines[pairs_j[part]], -1, -2)))  # (c, K, K)
+        # R_z(φ_s) adds φ_s to every angle: line k + s of image i against k' + s of image j.
+        rows = (index_i[:, part, None] + shifts) % n_angles  # (A, c, K)
+        cols = (index_j[:, part, None] + shifts) % n_angles
+        pair = np.arange(len(products))[None, :, None]
+        scores += products[pair, rows, cols].sum(axis=1)
+    return scores / len(pairs_i)
 
 
 def _refine(lines: NDArray[np.complex128], recovered: FloatArray, pairs_i: NDArray,
