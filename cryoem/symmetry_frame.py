@@ -148,8 +148,8 @@ def find_symmetry_frame(volume: ArrayLike, symmetry: str, *, candidates: int = 2
     Scores ``candidates`` uniform rotations (:func:`symmetry_score`'s inner product, taken
     as ``⟨x, (t⁻¹·g·t)·x⟩``: one map turn per generator, not two, on the map Fourier-cropped
     to ``size`` voxels), then polishes the ``polish`` best by Nelder–Mead on the map at up to
-    48 voxels; the frame's scores are :func:`symmetry_score`'s.  With ``start`` (a frame found before on a map like this
-    one), only that frame's turn is polished: no search.  A search by hand: it is a few
+    48 voxels; the frame's scores are :func:`symmetry_score`'s.  With ``start`` (a frame
+    found before on a map like this one), only that frame's turn is polished: no search.  A search by hand: it is a few
     dozen lines on what :func:`cryoem.scoring.rotate_map` already does, where a package
     would add a dependency for one call.
 

@@ -66,6 +66,39 @@ def test_the_handedness_twin_scores_the_same(views):
     assert scores[2] < scores[0] - 0.1
 
 
+@pytest.mark.parametrize("transposed", [False, True])
+def test_the_coarse_scan_is_every_candidates_mean_line_correlation(transposed, monkeypatch):
+    """Each (axis, turn) score is, by its definition, the mean over pairs of the correlation
+    between the lines nearest the common line's angles (both shifted by the turn): a direct
+    loop over candidates and pairs, with the scan forced into several chunks of pairs."""
+    rng = np.random.default_rng(3)
+    n, n_angles, n_radii = 12, 10, 4
+    lines = rng.standard_normal((n, n_angles, n_radii)) + 1j * rng.standard_normal(
+        (n, n_angles, n_radii))
+    matrices = rotations.quaternion_to_matrix(rotations.sample_uniform(n, seed=4))
+    pairs_i, pairs_j = commonlines._random_pairs(n, 25, rng)
+    axes = commonlines._axis_grid(7)
+    monkeypatch.setattr(commonlines, "_GATHERED_PER_CHUNK", 7 * n_angles * 6)  # 6 pairs a step
+    scores = commonlines._coarse_scan(lines, matrices, pairs_i, pairs_j, axes, transposed, False)
+    base = np.swapaxes(matrices, -1, -2) if transposed else matrices
+    expected = np.zeros((len(axes), n_angles))
+    for a, axis in enumerate(axes):
+        for s in range(n_angles):
+            total = 0.0
+            for i, j in zip(pairs_i, pairs_j):
+                c = commonlines._frames(axis[None])[0]
+                rot_i, rot_j = c @ base[i], c @ base[j]
+                line = np.cross(rot_i[2], rot_j[2])  # the common line, in the volume's frame
+                angle_i = np.arctan2(*(rot_i @ line)[1::-1])
+                angle_j = np.arctan2(*(rot_j @ line)[1::-1])
+                k_i = int(np.rint(np.mod(angle_i, 2 * np.pi) / (2 * np.pi) * n_angles))
+                k_j = int(np.rint(np.mod(angle_j, 2 * np.pi) / (2 * np.pi) * n_angles))
+                total += np.real(np.vdot(lines[j, (k_j + s) % n_angles],
+                                         lines[i, (k_i + s) % n_angles]))
+            expected[a, s] = total / len(pairs_i)
+    np.testing.assert_allclose(scores, expected, atol=1e-12)
+
+
 def test_fourier_lines_are_central_sections(views):
     """Line at angle 0 = 1D Fourier transform of the image summed along y (2D slice theorem)."""
     images, _ = views
