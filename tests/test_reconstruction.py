@@ -60,6 +60,21 @@ def test_symmetric_reconstruction_uses_every_mate_and_comes_out_symmetric():
     assert better < worse
 
 
+@pytest.mark.parametrize("size", [5, 6])
+def test_the_normal_operator_is_the_kernels_linear_convolution(size):
+    """``(AᴴWA + λ) x`` from the kernel on the (2L)³ grid (its centre at index L): the linear
+    convolution of the map with the kernel, cropped, by SciPy's fftconvolve."""
+    from scipy import fft, signal
+
+    rng = np.random.default_rng(size)
+    kernel = rng.standard_normal((2 * size,) * 3)
+    x = rng.standard_normal((size,) * 3)
+    operator = reconstruction._Normal(fft.rfftn(np.fft.ifftshift(kernel)), size, 0.5)
+    full = signal.fftconvolve(kernel, x)  # full[p] = Σ_m kernel[p - m] x[m]
+    expected = full[size:2 * size, size:2 * size, size:2 * size] + 0.5 * x
+    np.testing.assert_allclose(operator(x), expected, atol=1e-10)
+
+
 def test_adjoint_matches_a_direct_sum_and_reruns_bit_for_bit():
     """The type-1 NUFFT in chunks (several threads when the machine has them)
     equals the direct sum, and gives the same bits every time (finufft's own
