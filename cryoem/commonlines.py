@@ -195,8 +195,7 @@ def _coarse_scan(lines: NDArray[np.complex128], recovered: FloatArray, pairs_i: 
     index_j = np.empty_like(index_i)
     for a, c0 in enumerate(_frames(axes)):
         a_i, a_j = _line_angles(c0 @ base[pairs_i], c0 @ base[pairs_j])
-        index_i[a] = np.rint(np.mod(a_i, 2 * np.pi) / (2 * np.pi) * n_angles).astype(np.int64)
-        index_j[a] = np.rint(np.mod(a_j, 2 * np.pi) / (2 * np.pi) * n_angles).astype(np.int64)
+        index_i[a], index_j[a] = _nearest_line(a_i, n_angles), _nearest_line(a_j, n_angles)
     scores = np.zeros((len(axes), n_angles))
     chunk = max(1, _GATHERED_PER_CHUNK // (len(axes) * n_angles))
     for start in progress_bar(range(0, len(pairs_i), chunk), total=-(-len(pairs_i) // chunk),
@@ -210,6 +209,11 @@ def _coarse_scan(lines: NDArray[np.complex128], recovered: FloatArray, pairs_i: 
         pair = np.arange(len(products))[None, :, None]
         scores += products[pair, rows, cols].sum(axis=1)
     return scores / len(pairs_i)
+
+
+def _nearest_line(angle: FloatArray, n_angles: int) -> NDArray[np.int64]:
+    """The grid line nearest each in-plane angle (``n_angles`` itself stands for line 0)."""
+    return np.rint(np.mod(angle, 2 * np.pi) / (2 * np.pi) * n_angles).astype(np.int64)
 
 
 def _refine(lines: NDArray[np.complex128], recovered: FloatArray, pairs_i: NDArray,

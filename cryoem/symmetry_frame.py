@@ -109,8 +109,9 @@ def symmetry_score(volume: NDArray, symmetry: str, turn: ArrayLike | None = None
     """How invariant ``volume`` (turned by the quaternion ``turn`` first) is under the group.
 
     The mean, over the group's generators ``g``, of ``⟨x, g·x⟩ / ‖x‖²`` inside the
-    sphere, with ``x`` the map less its mean there (``‖x‖`` of the unturned copy: turning
-    smooths noise, and a norm of the turned copy would favour turns that smooth most).
+    sphere, with ``x`` the (turned) map less its mean there.  The search's own score
+    (:func:`find_symmetry_frame`) takes the norm of the unturned map instead: turning smooths
+    noise, and a norm of the turned copy would favour turns that smooth most.
     """
     x = np.asarray(volume, dtype=np.float64) if turn is None else _turned(volume, turn)
     x, norm = _centred(x)
@@ -149,9 +150,9 @@ def find_symmetry_frame(volume: ArrayLike, symmetry: str, *, candidates: int = 2
     as ``⟨x, (t⁻¹·g·t)·x⟩``: one map turn per generator, not two, on the map Fourier-cropped
     to ``size`` voxels), then polishes the ``polish`` best by Nelder–Mead on the map at up to
     48 voxels; the frame's scores are :func:`symmetry_score`'s.  With ``start`` (a frame
-    found before on a map like this one), only that frame's turn is polished: no search.  A search by hand: it is a few
-    dozen lines on what :func:`cryoem.scoring.rotate_map` already does, where a package
-    would add a dependency for one call.
+    found before on a map like this one), only that frame's turn is polished: no search.  A
+    search by hand: it is a few dozen lines on what :func:`cryoem.scoring.rotate_map` already
+    does, where a package would add a dependency for one call.
 
     Raises
     ------

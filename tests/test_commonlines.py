@@ -83,10 +83,10 @@ def test_the_coarse_scan_is_every_candidates_mean_line_correlation(transposed, m
     base = np.swapaxes(matrices, -1, -2) if transposed else matrices
     expected = np.zeros((len(axes), n_angles))
     for a, axis in enumerate(axes):
+        c = commonlines._frames(axis[None])[0]
         for s in range(n_angles):
             total = 0.0
             for i, j in zip(pairs_i, pairs_j):
-                c = commonlines._frames(axis[None])[0]
                 rot_i, rot_j = c @ base[i], c @ base[j]
                 line = np.cross(rot_i[2], rot_j[2])  # the common line, in the volume's frame
                 angle_i = np.arctan2(*(rot_i @ line)[1::-1])
