@@ -447,29 +447,46 @@ def trained_once(model_dir: Path, record_name: str,
 def scored_distances(data: Any, estimator: Any) -> tuple[Any, float]:
     """The estimator's distance matrix on the test split and its ``L_DE`` (rad²) against the
     true distances under the dataset's point group."""
-    from cryoem import distance, rotations
+    from cryoem import distance
 
-    test = data.split["test"]
-    matrix = estimator.matrix(data, test)
-    truth = rotations.symmetric_distance_matrix(
-        data.orientations[test], rotations.point_group(data.attrs.get("symmetry", "C1")))
-    return matrix, distance.l_de(matrix, truth)
+    matrix = estimator.matrix(data, data.split["test"])
+    return matrix, distance.l_de(matrix, true_test_distances(data))
+
+
+def true_test_distances(data: Any) -> Any:
+    """The true distances between the test split's orientations, under the dataset's point
+    group (scoring only)."""
+    from cryoem import rotations
+
+    return rotations.symmetric_distance_matrix(
+        data.orientations[data.split["test"]],
+        rotations.point_group(data.attrs.get("symmetry", "C1")))
 
 
 def score_first_guess(data: Any, estimator: Any, *, recovery_steps: int = 2000,
-                      seed: int = 0) -> dict[str, Any]:
+                      seed: int = 0, horizon: float | None = None) -> dict[str, Any]:
     """Distances on the test split → recovery → frame; scored against the truth.
 
     Returns ``l_de`` (rad², test pairs) and :func:`score_recovery`'s scores (its
-    ``recovery_seconds`` include the distances).
+    ``recovery_seconds`` include the distances).  With a ``horizon`` τ (rad), recovery
+    uses the pairs estimated within τ only (the others weigh 0), and ``l_de_within`` is
+    the ``L_DE`` over the pairs truly within τ.
     """
+    import numpy as np
+
     test = data.split["test"]
     start = time.perf_counter()
     matrix, l_de = scored_distances(data, estimator)
     distance_seconds = time.perf_counter() - start
+    options = {} if horizon is None else {"max_distance": horizon, "far_weight": 0.0}
     scores = score_recovery(matrix, data.projections[test], data.orientations[test],
-                            data.attrs.get("symmetry", "C1"), seed=seed, steps=recovery_steps)
+                            data.attrs.get("symmetry", "C1"), seed=seed, steps=recovery_steps,
+                            **options)
     scores["recovery_seconds"] += distance_seconds
+    if horizon is not None:
+        exact = true_test_distances(data)
+        within = np.triu(exact < horizon, 1)
+        scores["l_de_within"] = float(np.mean((matrix[within] - exact[within]) ** 2))
     return {"l_de": l_de, **scores}
 
 

@@ -87,6 +87,19 @@ LEVERS: dict[str, tuple[str, dict[str, Any]]] = {
                                  "rate scaled with the batch)",
                                  {**_COSINE, "width": 1.5, "batch_size": 128,
                                   "learning_rate": 2e-3}),
+    "cosine_wide_batch128_lr2_dim32": ("cosine_wide_batch128_lr2 with 32 features instead of "
+                                       "128 (the embedding's size)",
+                                       {**_COSINE, "width": 1.5, "batch_size": 128,
+                                        "learning_rate": 2e-3, "feature_dim": 32}),
+    "cosine_wide_batch128_lr2_dim512": ("cosine_wide_batch128_lr2 with 512 features instead "
+                                        "of 128 (the embedding's size)",
+                                        {**_COSINE, "width": 1.5, "batch_size": 128,
+                                         "learning_rate": 2e-3, "feature_dim": 512}),
+    "cosine_wide_batch128_lr2_polar": ("cosine_wide_batch128_lr2 on the polar front end "
+                                       "(cryoem.polar: 16 rings of 64 angles, convolutions "
+                                       "wrapped around the angle)",
+                                       {**_COSINE, "width": 1.5, "batch_size": 128,
+                                        "learning_rate": 2e-3, "front": "polar"}),
     "cosine_wide_batch128_seed1": ("cosine_wide_batch128, training seed 1 instead of 0 (its "
                                    "weights and renders; the same test data): the spread "
                                    "between trainings",
@@ -142,6 +155,9 @@ def training_config(args: argparse.Namespace, lever: str) -> Any:
     settings.pop("members", None)  # run_lever splits the budget among an ensemble's members
     high = settings.pop("snr_high", args.snr)
     snr_range = None if math.isinf(args.snr) else (args.snr, max(high, args.snr))
+    if snr_range is None:  # noiseless data: no curriculum to fall along
+        settings.pop("snr_start", None)
+        settings.pop("curriculum_epochs", None)
     common = dict(mode="rendered", epochs=MAX_EPOCHS, max_seconds=args.budget_seconds,
                   steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, patience=30,
                   snr_range=snr_range, max_shift=args.max_shift, seed=args.seed)
@@ -188,7 +204,7 @@ def run_baseline(args: argparse.Namespace, data_path: Path) -> dict[str, Any]:
 
 
 COLUMNS = [
-    Column("lever", lambda r: r["lever"], ""),
+    Column("lever", lambda r: r.get("lever") or (r.get("scenario") or {}).get("name"), ""),
     Column("epochs", lambda r: r.get("epochs"), ""),
     Column("train s", lambda r: r.get("train_seconds"), ".0f"),
     Column("L_DE", lambda r: r.get("l_de"), ".3f"),

@@ -5,12 +5,16 @@ trained for ``--budget-seconds`` on volumes that never include the held-out prot
 (``--held-out``, default 4ake, 1hvr, 2zmm), with one recipe for all (``RECIPE``: 1.5 times
 the filters, 32 px in, the cosine schedule, quarter turns; training SNR log-uniform in
 ``--snr-range``, shifts up to ``--max-shift`` px, a CTF on half of the images).  The levers
-change only the training volumes:
+change the training volumes, and one the loss:
 
 * ``builtin``: every built-in protein that is not held out (19; the shipped model's set);
 * ``pseudo``: the same plus ``--pseudo`` pseudo-proteins (``pseudo:0`` …,
   :mod:`cryoem.pseudo_proteins`: random compact chains, C1 to D3);
-* ``pseudo_only``: the pseudo-proteins alone.
+* ``pseudo_only``: the pseudo-proteins alone;
+* ``builtin_horizon``: ``builtin`` with the horizon loss (``TrainingConfig.horizon`` = 1 rad:
+  pairs truly farther need only be estimated farther, ``siamese.horizon_residuals``), scored
+  by recovery from the pairs it estimates within 1 rad only (the horizon benchmark's finding:
+  exact distances within 1 rad are enough, and no more is knowable on an unseen protein).
 
 Each model is then scored as the pipeline's first guess uses it (``_common.score_first_guess``:
 L_DE, the paper's O(4) E_OR after recovery, the physical E_OR after the frame step) on
@@ -43,7 +47,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from _common import positive_snr, score_first_guess, scored_distances, snr_label, trained_once
 from harness import Column, Harness, Scenario
@@ -56,11 +60,25 @@ TRAINING_RECORD = "lever_training.json"
 #: The training settings every lever shares (the one-protein ablation's best at SNR 1/16).
 RECIPE: dict[str, Any] = {"width": 1.5, "input_size": 32, "schedule": "cosine", "turns": 4,
                           "ctf": True, "ctf_fraction": 0.5}
-#: Lever → (what it trains on, built-in proteins?, pseudo-proteins?).
-LEVERS: dict[str, tuple[str, bool, bool]] = {
-    "builtin": ("every built-in protein not held out", True, False),
-    "pseudo": ("the built-in proteins and the pseudo-proteins", True, True),
-    "pseudo_only": ("the pseudo-proteins alone", False, True),
+
+
+class Lever(NamedTuple):
+    """What a lever trains on, and what it changes in the recipe (``TrainingConfig`` fields)."""
+
+    what: str
+    builtin: bool
+    pseudo: bool
+    training: dict[str, Any] = {}
+
+
+LEVERS: dict[str, Lever] = {
+    "builtin": Lever("every built-in protein not held out", True, False),
+    "pseudo": Lever("the built-in proteins and the pseudo-proteins", True, True),
+    "pseudo_only": Lever("the pseudo-proteins alone", False, True),
+    "builtin_horizon": Lever(
+        "every built-in protein not held out; the horizon loss (τ = 1 rad: pairs truly "
+        "farther need only be estimated farther) and recovery from the pairs estimated within "
+        "1 rad only", True, False, {"horizon": 1.0}),
 }
 BASELINES = ("euclidean", "shipped")
 
@@ -104,11 +122,12 @@ def training_volumes(args: argparse.Namespace, lever: str) -> list[str]:
     """The lever's training volumes, by name (never a held-out protein)."""
     from cryoem import proteins
 
-    _, builtin, pseudo = LEVERS[lever]
-    names = [n for n in proteins.builtin_names() if n not in args.held_out] if builtin else []
-    if args.quick and builtin:
+    spec = LEVERS[lever]
+    names = ([n for n in proteins.builtin_names() if n not in args.held_out] if spec.builtin
+             else [])
+    if args.quick and spec.builtin:
         names = [n for n in ("5pti", "1ubq") if n not in args.held_out]
-    return names + ([f"pseudo:{seed}" for seed in range(args.pseudo)] if pseudo else [])
+    return names + ([f"pseudo:{seed}" for seed in range(args.pseudo)] if spec.pseudo else [])
 
 
 def train_lever(args: argparse.Namespace, lever: str, model_dir: Path) -> dict[str, Any]:
@@ -125,7 +144,8 @@ def train_lever(args: argparse.Namespace, lever: str, model_dir: Path) -> dict[s
         config = training.TrainingConfig(
             mode="rendered", epochs=100_000, max_seconds=args.budget_seconds,
             steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
-            snr_range=tuple(args.snr_range), max_shift=args.max_shift, seed=args.seed, **RECIPE)
+            snr_range=tuple(args.snr_range), max_shift=args.max_shift, seed=args.seed,
+            **RECIPE, **LEVERS[lever].training)
         history = training.train(sets, model_dir, config, validation=validation, verbose=0)
         return history, {"volumes": len(names), "prepare_seconds": prepare_seconds}
 
@@ -151,16 +171,16 @@ def run_lever(args: argparse.Namespace, lever: str, model_dir: Path) -> list[dic
 
     trained = train_lever(args, lever, model_dir)
     estimator = distance.LearnedDistance(model_dir, turns=4)
+    head = {"lever": lever, "what": LEVERS[lever].what, **trained}
     rows = []
     for name, snr, path in held_out_sets(args):
         data = datasets.load(path)
-        rows.append({"lever": lever, "what": LEVERS[lever][0], "protein": name, "snr": snr,
-                     **trained, **score_first_guess(data, estimator.fit(data),
-                                                    recovery_steps=args.recovery_steps,
-                                                    seed=args.seed)})
+        rows.append({**head, "protein": name, "snr": snr,
+                     **score_first_guess(data, estimator.fit(data),
+                                         recovery_steps=args.recovery_steps, seed=args.seed,
+                                         horizon=LEVERS[lever].training.get("horizon"))})
         print(harness.table(rows[-1:], COLUMNS), file=sys.stderr)
-    return rows + seen_rows(args, estimator, {"lever": lever, "what": LEVERS[lever][0],
-                                              **trained})
+    return rows + seen_rows(args, estimator, head)
 
 
 def seen_rows(args: argparse.Namespace, estimator: Any, head: dict[str, Any]
@@ -223,6 +243,15 @@ COLUMNS = [
 ]
 
 
+def _within(row: dict[str, Any]) -> str:
+    """`` (within τ: L)``: a horizon lever's ``L_DE`` over the pairs truly within τ."""
+    if "l_de_within" not in row:
+        return ""
+    spec = LEVERS.get(row["lever"])
+    horizon = f"{spec.training['horizon']:g} rad" if spec and "horizon" in spec.training else "τ"
+    return f" (within {horizon}: {row['l_de_within']:.3f})"
+
+
 def markdown(data: dict[str, Any]) -> list[str]:
     """The README's table of this JSON."""
     config = data.get("config") or {}
@@ -246,7 +275,7 @@ def markdown(data: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {r['lever']} | {r['what']} | {r.get('volumes') or '—'} | "
             f"{r.get('epochs') or '—'} | {r['protein']}{' (trained on)' if r.get('seen') else ''}"
-            f" | {snr_label(float(r['snr']))} | {harness.cell(r['l_de'], '.3f')} | "
+            f" | {snr_label(float(r['snr']))} | {harness.cell(r['l_de'], '.3f')}{_within(r)} | "
             f"{harness.cell(r.get('e_or_o4'), '.3f')} | {harness.cell(r.get('e_or_frame'), '.3f')} "
             f"({harness.cell(r.get('e_or_frame_median'), '.3f')}) | "
             f"{harness.cell(r.get('frame_confidence'), '.1f')} | "
@@ -273,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows += bench.run_rows(Scenario(
                     lever, settings, lambda kind=lever: run_baseline(args, kind)))
             else:
-                settings = {**common, "recipe": RECIPE, "volumes": training_volumes(args, lever)}
+                settings = {**common, "recipe": RECIPE, "volumes": training_volumes(args, lever),
+                            **({"training": LEVERS[lever].training}
+                               if LEVERS[lever].training else {})}
                 trained_by = {k: v for k, v in settings.items()
                               if k not in ("snrs", "n_projections", "test_size", "recovery_steps",
                                            "seen")}

@@ -11,7 +11,8 @@
   for negative cosines, which a clip to ``[ε, 1 − ε]`` alone would kill.
 * :class:`InBatchModel` — trains on all ``B(B−1)/2`` pairs of a batch, each
   image embedded once, weighted so that the target distances are uniform on
-  ``[0, π]`` (:func:`uniform_pair_weights`).  :func:`per_pair_model` keeps the
+  ``[0, π]`` (:func:`uniform_pair_weights`); with a ``horizon`` the pairs truly
+  beyond it only need to be called far (:func:`horizon_residuals`).  :func:`per_pair_model` keeps the
   seed's one-forward-pass-per-pair training for comparison.
 * :func:`save_model` and :func:`load_embedding` — a trained embedding and its
   training configuration on disk (``model.keras``, ``config.json``); models
@@ -46,16 +47,19 @@ from ._models import (CONFIG_FILE, CONTRACT_FILE, MODEL_FILE, PRETRAINED,  # noq
                       PRETRAINED_DIR, model_directory, read_config, read_contract,
                       write_contract)
 from .devices import configure_threads  # noqa: E402,F401
+from .polar import CircularPad, PolarResample  # noqa: E402
 
 if TYPE_CHECKING:  # annotations only: training imports this module, never the reverse
     from .training import TrainingConfig
 
 __all__ = [
     "ARCHITECTURES",
+    "FRONTS",
     "build_embedding",
     "pairwise_distances",
     "uniform_pair_weights",
     "pair_weight_matrix",
+    "horizon_residuals",
     "InBatchModel",
     "per_pair_model",
     "save_model",
@@ -76,6 +80,9 @@ ARCHITECTURES: dict[str, dict[str, tuple[int, ...]]] = {
     "paper": {"filters": (32, 64, 128, 256, 256, 512, 512), "kernels": (7, 5, 3, 3, 3, 3, 3)},
     "light": {"filters": (16, 32, 64, 128, 128), "kernels": (5, 3, 3, 3, 3)},
 }
+
+#: Front ends of :func:`build_embedding` (``front``).
+FRONTS = ("cartesian", "polar")
 
 #: Cosines are clipped to [EPSILON, 1 − EPSILON] before arccos (infinite slope at 1).
 EPSILON = 1e-6
@@ -133,7 +140,8 @@ class AreaResize(keras.layers.Layer):
 
 
 def build_embedding(image_size: int, input_size: int | None = None, arch: str = "light",
-                    feature_dim: int = 128, width: float = 1.0) -> keras.Model:
+                    feature_dim: int = 128, width: float = 1.0,
+                    front: str = "cartesian") -> keras.Model:
     """The feature extractor ``G_w``: images ``(B, L, L)`` → features ``(B, feature_dim)``.
 
     Parameters
@@ -148,20 +156,37 @@ def build_embedding(image_size: int, input_size: int | None = None, arch: str = 
         ``"paper"`` (7 blocks, 32–512 filters, kernels 7, 5, 3…) or ``"light"``.
     width
         Multiplies every filter count.
+    front
+        ``"cartesian"`` (the pixels as they are, global average pooling at the end) or
+        ``"polar"`` (:mod:`cryoem.polar`: the image resampled on ``n/2`` rings of ``2n``
+        angles, ``n`` the edge after downsampling; convolutions wrap around the angle; the
+        last features are kept where they lie along the angle, not averaged).
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose {', '.join(ARCHITECTURES)}")
+    if front not in FRONTS:
+        raise ValueError(f"unknown front end {front!r}; choose {', '.join(FRONTS)}")
     spec = ARCHITECTURES[arch]
     inputs = keras.Input((image_size, image_size), name="images")
     x = keras.layers.Reshape((image_size, image_size, 1))(inputs)
     x = Standardize(name="standardize")(x)
     if input_size and input_size != image_size:
         x = AreaResize(input_size, name="downsample")(x)
+    polar = front == "polar"
+    if polar:
+        edge = input_size or image_size
+        x = PolarResample(edge // 2, 2 * edge, name="polar")(x)
     for k, (filters, kernel) in enumerate(zip(spec["filters"], spec["kernels"])):
-        x = keras.layers.Conv2D(max(4, int(filters * width)), kernel, padding="same",
-                                activation="relu", name=f"conv{k}")(x)
+        if polar:
+            x = CircularPad(kernel // 2, name=f"wrap{k}")(x)
+        x = keras.layers.Conv2D(max(4, int(filters * width)), kernel,
+                                padding="valid" if polar else "same", activation="relu",
+                                name=f"conv{k}")(x)
         x = keras.layers.MaxPooling2D(2, padding="same", name=f"pool{k}")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="average")(x)
+    if polar:
+        x = keras.layers.Flatten(name="flatten")(x)
+    else:
+        x = keras.layers.GlobalAveragePooling2D(name="average")(x)
     outputs = keras.layers.Dense(feature_dim, name="features")(x)
     return keras.Model(inputs, outputs, name="embedding")
 
@@ -212,25 +237,47 @@ def uniform_pair_weights(targets: Any, bins: int = 16, cap: float = 10.0) -> Any
                                                   np.flatnonzero(upper))
 
 
+def horizon_residuals(targets: Any, distances: Any, horizon: float | None = None) -> Any:
+    """The residuals the loss squares: ``d_p − d_q``, or a hinge beyond a ``horizon``.
+
+    With ``horizon`` τ, a pair whose target ``d_q`` is at least τ only has to be
+    estimated at τ or more: its residual is ``min(d_p − τ, 0)``.  Pairs within τ
+    keep ``d_p − d_q``.  How far apart two distant views are is what a pair of
+    images of an unseen protein cannot tell (``benchmarks/distance_horizon.py``);
+    recovery from the pairs estimated within τ alone needs no more
+    (``recovery.recover(max_distance=τ, far_weight=0)``).  ``None``: ``d_p − d_q``.
+    """
+    residuals = distances - targets
+    if horizon is None:
+        return residuals
+    return ops.where(targets < horizon, residuals, ops.minimum(distances - horizon, 0.0))
+
+
 class InBatchModel(keras.Model):
-    """Embeds a batch once and scores all its pairs against the target matrix ``(B, B)``."""
+    """Embeds a batch once and scores all its pairs against the target matrix ``(B, B)``.
+
+    ``horizon``: see :func:`horizon_residuals` (``None``: every distance is fitted).
+    """
 
     def __init__(self, embedding: keras.Model, bins: int = 16, cap: float = 10.0,
-                 **kwargs: Any) -> None:
+                 horizon: float | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.embedding = embedding
         self.bins = bins
         self.cap = cap
+        self.horizon = horizon
 
     def call(self, images: Any, training: bool = False) -> Any:
         return pairwise_distances(self.embedding(images, training=training))
 
     def compute_loss(self, x: Any = None, y: Any = None, y_pred: Any = None,
                      sample_weight: Any = None, training: bool = True) -> Any:
-        """Uniform-weighted mean squared error over the pairs of the batch (L_DE)."""
+        """Uniform-weighted mean squared error over the pairs of the batch (L_DE; with a
+        horizon, :func:`horizon_residuals`'s)."""
         y = ops.cast(y, y_pred.dtype)
         weights = pair_weight_matrix(y, self.bins, self.cap)
-        return devices.scale_loss(ops.sum(weights * ops.square(y_pred - y)))
+        residuals = horizon_residuals(y, y_pred, self.horizon)
+        return devices.scale_loss(ops.sum(weights * ops.square(residuals)))
 
     def _maybe_symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> None:
         # Keras 3's TensorFlow trainer peeks at a batch with strategy.reduce, which

@@ -58,6 +58,7 @@ class TrainingConfig:
     arch: str = "light"
     width: float = 1.0
     feature_dim: int = 128
+    front: str = "cartesian"  # or "polar" (siamese.build_embedding)
     image_size: int = 64
     input_size: int | None = None
     mode: str = "rendered"  # "rendered" (unlimited, on the fly) or "fixed" (the paper's set)
@@ -76,6 +77,7 @@ class TrainingConfig:
     near_angle: float = 0.5
     bins: int = 16
     cap: float = 10.0
+    horizon: float | None = None  # rad: pairs truly beyond it need only be called far (siamese)
     max_seconds: float | None = None  # stop after the epoch that crosses this time budget
     # "plateau": the learning rate halves when the validation loss stalls, and the run stops
     # after `patience` epochs without progress; "cosine": it falls along a half cosine to 1 %
@@ -162,8 +164,8 @@ def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         keras.utils.set_random_seed(config.seed)
         embedding = build_embedding(config.image_size, config.input_size, config.arch,
-                                    config.feature_dim, config.width)
-        model = InBatchModel(embedding, config.bins, config.cap)
+                                    config.feature_dim, config.width, config.front)
+        model = InBatchModel(embedding, config.bins, config.cap, config.horizon)
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
         model.build((None, config.image_size, config.image_size))
     all_callbacks = [

@@ -3,7 +3,8 @@
 Each backend runs in its own interpreter (``KERAS_BACKEND`` is read when Keras
 is first imported): one training step, whose loss must be finite and equal the
 uniform-weighted L_DE computed with NumPy from the network's distances before
-the step, and after which every weight must have changed; and the shipped
+the step, and after which every weight must have changed (also for the polar front end
+with the horizon loss); and the shipped
 pretrained model, which must give the features it gives in this process.
 """
 
@@ -68,11 +69,25 @@ expected = float(np.sum(weights / weights.sum() * (d[i, j] - targets[i, j]) ** 2
 before = [keras.ops.convert_to_numpy(w).copy() for w in model.trainable_weights]
 loss = float(model.train_on_batch(images, targets))
 after = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
+
+# The polar front end with the horizon loss (τ = 1.5): far pairs pay only for falling short.
+polar = siamese.InBatchModel(siamese.build_embedding(size, arch="light", width=0.25,
+                                                     feature_dim=16, front="polar"), horizon=1.5)
+polar.compile(optimizer=keras.optimizers.Adam(1e-2))
+polar.build((None, size, size))
+d = keras.ops.convert_to_numpy(polar(images))
+residuals = np.where(targets[i, j] < 1.5, d[i, j] - targets[i, j], np.minimum(d[i, j] - 1.5, 0))
+polar_expected = float(np.sum(weights / weights.sum() * residuals ** 2))
+polar_before = [keras.ops.convert_to_numpy(w).copy() for w in polar.trainable_weights]
+polar_loss = float(polar.train_on_batch(images, targets))
+polar_changed = sum(not np.allclose(b, keras.ops.convert_to_numpy(a))
+                    for b, a in zip(polar_before, polar.trainable_weights))
 """ + FEATURES + r"""
 print(json.dumps({
     "backend": keras.backend.backend(), "loss": loss, "expected": expected,
     "changed": sum(not np.allclose(b, a) for b, a in zip(before, after)),
     "weights": len(before), "tensorflow_imported": tensorflow_imported,
+    "polar": [polar_loss, polar_expected, polar_changed, len(polar_before)],
     "pretrained": pretrained_features(siamese).tolist(),
 }))
 """
@@ -105,6 +120,9 @@ def test_one_training_step(backend, reference_features):
     assert result["loss"] == pytest.approx(result["expected"], rel=1e-4)
     assert 0 < result["loss"] < 10  # finite, and at most π² on average
     assert result["changed"] == result["weights"] > 0
+    polar_loss, polar_expected, polar_changed, polar_weights = result["polar"]
+    assert polar_loss == pytest.approx(polar_expected, rel=1e-4) and polar_loss < 10
+    assert polar_changed == polar_weights > 0
     if backend != "tensorflow":
         assert not result["tensorflow_imported"], "cryoem.siamese/training imported TensorFlow"
     np.testing.assert_allclose(result["pretrained"], reference_features, rtol=1e-4, atol=1e-4)

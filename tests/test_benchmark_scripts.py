@@ -333,6 +333,17 @@ def test_generalisation_levers_quick(tmp_path):
                        "--work-dir", str(tmp_path / "work"), cwd=tmp_path)
     assert again.count("reusing the result") == 1
     assert len(json.loads(out.read_text())["rows"]) == len(every)
+    # The horizon lever trains its own model with the horizon loss and scores the pairs
+    # truly within 1 rad apart from the rest.
+    run_script("generalisation_levers.py", "--levers", "builtin_horizon", "--out", str(out),
+               "--work-dir", str(tmp_path / "work"), cwd=tmp_path)
+    horizon = [row for row in json.loads(out.read_text())["rows"]
+               if row["lever"] == "builtin_horizon" and not row.get("seen")]
+    assert len(horizon) == 1 and finite(horizon[0]["l_de_within"], horizon[0]["e_or_frame"])
+    configs = [json.loads(path.read_text())
+               for path in (tmp_path / "work" / "models").glob("*/config.json")]
+    assert sorted(c["horizon"] is not None for c in configs) == [False, True]
+    assert {c["horizon"] for c in configs} == {None, 1.0}
 
 
 def test_distance_horizon_quick(tmp_path):

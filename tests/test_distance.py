@@ -131,6 +131,36 @@ def test_uniform_pair_weights_equalise_the_bins():
     assert np.max(np.asarray(capped)) < np.max(weights)
 
 
+def test_horizon_residuals_fit_near_pairs_and_hinge_far_ones():
+    targets = np.array([0.5, 0.5, 2.0, 2.0, 1.0], dtype=np.float32)
+    estimates = np.array([0.7, 0.2, 0.5, 2.5, 0.9], dtype=np.float32)
+    # Hand-worked with τ = 1: near pairs keep d_p − d_q; far ones only pay for falling short
+    # of τ (the last pair sits on the horizon, so it counts as far).
+    np.testing.assert_allclose(np.asarray(siamese.horizon_residuals(targets, estimates, 1.0)),
+                               [0.2, -0.3, -0.5, 0.0, -0.1], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(siamese.horizon_residuals(targets, estimates)),
+                               estimates - targets, atol=1e-6)
+
+
+def test_in_batch_loss_with_a_horizon_matches_numpy():
+    embedding = siamese.build_embedding(24, arch="light", width=0.25, feature_dim=16)
+    images = np.random.default_rng(2).standard_normal((8, 24, 24)).astype(np.float32)
+    targets = training_data.target_matrix(rotations.sample_uniform(8, seed=3),
+                                          rotations.point_group("C1"))
+    model = siamese.InBatchModel(embedding, horizon=1.2)
+    estimates = np.asarray(model(images))
+    i, j = np.triu_indices(8, k=1)
+    _, weights = (np.asarray(w) for w in siamese.uniform_pair_weights(targets))
+    t, d = targets[i, j], estimates[i, j]
+    residuals = np.where(t < 1.2, d - t, np.minimum(d - 1.2, 0.0))
+    assert np.any(t >= 1.2) and np.any(t < 1.2)
+    loss = float(model.compute_loss(y=targets, y_pred=estimates))
+    assert loss == pytest.approx(float(np.sum(weights * residuals ** 2)), rel=1e-5)
+    plain = float(siamese.InBatchModel(embedding).compute_loss(y=targets, y_pred=estimates))
+    assert plain == pytest.approx(float(np.sum(weights * (d - t) ** 2)), rel=1e-5)
+    assert loss < plain
+
+
 def test_in_batch_and_per_pair_models_agree():
     embedding = siamese.build_embedding(24, arch="light", width=0.25, feature_dim=16)
     images = np.random.default_rng(1).standard_normal((6, 24, 24)).astype(np.float32)
@@ -407,14 +437,19 @@ def test_a_resumed_training_draws_from_the_epoch_where_it_stopped(small_dataset,
     assert drawn.count(2) == 2 and 1 not in drawn, drawn  # epoch 2's steps, nothing else trained
 
 
-def test_train_command_records_its_curriculum(small_dataset, tmp_path):
+def test_train_command_records_its_curriculum_front_end_and_horizon(small_dataset, tmp_path):
     model = tmp_path / "model"
     assert cli.main(["train", str(small_dataset.path), "--out", str(model), "--epochs", "1",
                      "--steps-per-epoch", "2", "--batch-size", "16", "--width", "0.25",
-                     "--snr-range", "0.0625", "0.0625", "--curriculum", "16", "4"]) == 0
+                     "--snr-range", "0.0625", "0.0625", "--curriculum", "16", "4",
+                     "--front", "polar", "--feature-dim", "16", "--horizon", "1.2"]) == 0
     config = json.loads((model / "config.json").read_text())
     assert (config["snr_start"], config["curriculum_epochs"]) == (16.0, 4)
     assert config["snr_range"] == [0.0625, 0.0625]
+    assert (config["front"], config["feature_dim"], config["horizon"]) == ("polar", 16, 1.2)
+    embedding, _ = siamese.load_embedding(model)
+    assert embedding.get_layer("polar").angles == 2 * small_dataset.size
+    assert embedding.output.shape[-1] == 16
 
 
 def test_the_cosine_schedule_lowers_the_rate_along_a_half_cosine(small_dataset, tmp_path):

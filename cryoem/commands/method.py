@@ -94,6 +94,14 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
                         help="network: the paper's 7 blocks or a light one for CPUs "
                              "(default: light)")
     parser.add_argument("--width", type=float, default=1.0, help="filter-count multiplier")
+    parser.add_argument("--front", choices=("cartesian", "polar"), default="cartesian",
+                        help="cartesian: the pixels; polar: rings of samples, convolutions "
+                             "wrapped around the angle (cryoem.polar) (default: cartesian)")
+    parser.add_argument("--feature-dim", type=int, default=128,
+                        help="size of each image's embedding (default: 128)")
+    parser.add_argument("--horizon", type=float, default=None, metavar="RAD",
+                        help="pairs truly farther apart than RAD need only be estimated "
+                             "farther (a hinge), pairs within are fitted (default: fit all)")
     parser.add_argument("--input-size", type=int, default=None,
                         help="downsample images to this edge inside the model (low-pass)")
     parser.add_argument("--mode", choices=("rendered", "fixed"), default="rendered",
@@ -148,6 +156,7 @@ def run_train(args: argparse.Namespace) -> int:
         None if not np.isfinite(snr) else (snr, snr))
     config = training.TrainingConfig(
         arch=args.arch, width=args.width, input_size=args.input_size, mode=args.mode,
+        front=args.front, feature_dim=args.feature_dim, horizon=args.horizon,
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
         learning_rate=args.learning_rate, patience=args.patience, snr_range=snr_range,
         max_shift=args.max_shift if args.max_shift is not None else first.get("max_shift", 0.0),
