@@ -319,6 +319,10 @@ SECTIONS: list[Section] = [
             "distance_ablation.py --snr 0.25 --levers cosine_wide_batch128_lr2 euclidean "
             "--budget-seconds 900 --out benchmarks/results/distance_ablation_snr1_4.json",
             "distance_ablation_snr1_4.json", ablation_rows),
+    Section("The learned distance at SNR 1/32 (supervised, same protein)",
+            "distance_ablation.py --snr 0.03125 --levers cosine_wide_batch128_lr2 euclidean "
+            "--budget-seconds 900 --out benchmarks/results/distance_ablation_snr1_32.json",
+            "distance_ablation_snr1_32.json", ablation_rows),
     Section("Recovery levers on the same learned distances", "recovery_levers.py",
             "recovery_levers.json", recovery_lever_rows),
     Section("Projection", "projection.py", "projection.json", projection_rows),
