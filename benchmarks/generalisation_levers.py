@@ -97,6 +97,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-shift", type=float, default=2.0)
     p.add_argument("--steps-per-epoch", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help="Adam's initial learning rate (default: TrainingConfig's, 1e-3)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="threads preparing the rendered batches ahead of the training step "
+                        "(TrainingConfig.workers; default 1: in the training loop)")
+    p.add_argument("--train-only", action="store_true",
+                   help="train the levers' models (into --work-dir) and stop: score them later, "
+                        "with the same options, where the held-out proteins are (e.g. train on "
+                        "a lent GPU, score here)")
     p.add_argument("--snrs", nargs="+", type=positive_snr, default=[math.inf, 1 / 16])
     p.add_argument("--seen", nargs="*", default=["1ubq", "6msm", "1bvy"],
                    help="training proteins whose noiseless L_DE is also scored (default: 1ubq "
@@ -134,7 +143,7 @@ def train_lever(args: argparse.Namespace, lever: str, model_dir: Path) -> dict[s
     """Train the lever's model (or reuse a finished one: ``TRAINING_RECORD``); its record."""
     from generalisation import training_sets
 
-    from cryoem import training
+    from cryoem import devices, provenance, training
 
     def train() -> tuple[dict[str, list[float]], dict[str, Any]]:
         names = training_volumes(args, lever)
@@ -145,11 +154,20 @@ def train_lever(args: argparse.Namespace, lever: str, model_dir: Path) -> dict[s
             mode="rendered", epochs=100_000, max_seconds=args.budget_seconds,
             steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
             snr_range=tuple(args.snr_range), max_shift=args.max_shift, seed=args.seed,
-            **RECIPE, **LEVERS[lever].training)
+            **_training_options(args), **RECIPE, **LEVERS[lever].training)
         history = training.train(sets, model_dir, config, validation=validation, verbose=0)
-        return history, {"volumes": len(names), "prepare_seconds": prepare_seconds}
+        return history, {"lever": lever, "volumes": len(names), "prepare_seconds": prepare_seconds,
+                         "trained_on": devices.accelerator(),
+                         "trained_at": provenance.git_state()[0]}
 
     return trained_once(model_dir, TRAINING_RECORD, train)
+
+
+def _training_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--learning-rate`` and ``--workers`` as ``TrainingConfig`` fields, when not the
+    defaults (a scenario's settings, and so its model's folder, then stay as before)."""
+    return ({} if args.learning_rate is None else {"learning_rate": args.learning_rate}) | (
+        {} if args.workers == 1 else {"workers": args.workers})
 
 
 def held_out_sets(args: argparse.Namespace) -> list[tuple[str, float, Path]]:
@@ -283,12 +301,36 @@ def markdown(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def lever_settings(args: argparse.Namespace, common: dict[str, Any], lever: str
+                   ) -> tuple[dict[str, Any], Path]:
+    """A lever's scenario settings and its model's folder (keyed by what trains it)."""
+    settings = {**common, "recipe": RECIPE, "volumes": training_volumes(args, lever),
+                **_training_options(args),
+                **({"training": LEVERS[lever].training} if LEVERS[lever].training else {})}
+    trained_by = {k: v for k, v in settings.items()
+                  if k not in ("snrs", "n_projections", "test_size", "recovery_steps", "seen")}
+    return settings, args.work_dir / "models" / harness.settings_key(lever, trained_by)
+
+
+def train_only(args: argparse.Namespace, common: dict[str, Any]) -> int:
+    """``--train-only``: each lever's model trained (or found) in its folder; no scoring."""
+    for lever in args.levers:
+        if lever in BASELINES:
+            continue
+        _, model_dir = lever_settings(args, common, lever)
+        record = train_lever(args, lever, model_dir)
+        print(f"{lever}: {model_dir} {json.dumps(record)}", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     threads = harness.apply_threads(args.threads)
     common = {k: getattr(args, k) for k in (
         "held_out", "size", "budget_seconds", "snr_range", "max_shift", "steps_per_epoch",
         "batch_size", "snrs", "n_projections", "test_size", "recovery_steps", "seed", "seen")}
+    if args.train_only:
+        return train_only(args, common)
     rows: list[dict[str, Any]] = []
     with Harness("generalisation_levers", args.out, config={**common, "levers": args.levers},
                  threads=threads, fresh=args.fresh, reuse_stale=args.reuse_stale) as bench:
@@ -302,13 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows += bench.run_rows(Scenario(
                     lever, settings, lambda kind=lever: run_baseline(args, kind)))
             else:
-                settings = {**common, "recipe": RECIPE, "volumes": training_volumes(args, lever),
-                            **({"training": LEVERS[lever].training}
-                               if LEVERS[lever].training else {})}
-                trained_by = {k: v for k, v in settings.items()
-                              if k not in ("snrs", "n_projections", "test_size", "recovery_steps",
-                                           "seen")}
-                model_dir = args.work_dir / "models" / harness.settings_key(lever, trained_by)
+                settings, model_dir = lever_settings(args, common, lever)
                 rows += bench.run_rows(Scenario(
                     lever, settings, lambda lv=lever, m=model_dir: run_lever(args, lv, m)))
             bench.write({"rows": rows + previous})

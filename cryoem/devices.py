@@ -5,6 +5,7 @@
   the CPU split into logical devices) or ``"multiworker"`` (several hosts,
   from ``TF_CONFIG``).  Both must run before TensorFlow initialises its
   devices: first thing in a fresh process.
+* :func:`accelerator` — what the Keras backend trains on, for a run's record.
 * :func:`scale_loss` — the per-replica share of a custom loss, as Keras's own
   losses do under a strategy.
 
@@ -77,7 +78,7 @@ from typing import Any
 
 import keras
 
-__all__ = ["STRATEGIES", "configure_threads", "make_strategy", "replicas", "strategy_name",
+__all__ = ["STRATEGIES", "accelerator", "configure_threads", "make_strategy", "replicas", "strategy_name",
            "across_workers", "describe", "scale_loss"]
 
 #: The values of ``cryoem train --strategy``.
@@ -248,6 +249,38 @@ def describe(strategy: Any) -> str:
     where = f" on {', '.join(devices)}" if devices else ""
     count = replicas(strategy)
     return f"strategy {strategy_name(strategy)}: {count} replica{'s' * (count != 1)} in sync{where}"
+
+
+def accelerator() -> str:
+    """What the Keras backend trains on: ``"<backend>: <device>"``, the device being the
+    backend's first GPU by name, or else the processor (:func:`cryoem.provenance.machine`)."""
+    from .provenance import machine
+
+    backend = keras.backend.backend()
+    gpu = {"jax": _jax_gpu, "torch": _torch_gpu, "tensorflow": _tensorflow_gpu}.get(backend)
+    return f"{backend}: {(gpu() if gpu else None) or machine()['cpu_model']}"
+
+
+def _jax_gpu() -> str | None:
+    import jax
+
+    device = jax.devices()[0]
+    return None if device.platform == "cpu" else str(device.device_kind)
+
+
+def _torch_gpu() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def _tensorflow_gpu() -> str | None:
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    return tf.config.experimental.get_device_details(gpus[0]).get("device_name", gpus[0].name)
 
 
 def scale_loss(loss: Any) -> Any:

@@ -25,7 +25,8 @@ from typing import Any, Sequence
 
 from . import __version__
 
-__all__ = ["collect", "git_state", "machine", "package_versions", "REPOSITORY", "CODE_PATHSPEC"]
+__all__ = ["collect", "git_state", "machine", "package_versions", "REPOSITORY", "CODE_PATHSPEC",
+           "COMMIT_VARIABLE"]
 
 #: The checkout this package was imported from, when it was (an editable install).
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -35,6 +36,10 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 #: rewrites while it runs.
 CODE_PATHSPEC = (".", ":(exclude)benchmarks/results", ":(exclude)benchmarks/results.md",
                  ":(exclude)README.md", ":(exclude)images")
+
+
+#: The environment variable that names the commit of a checkout copied without ``.git``.
+COMMIT_VARIABLE = "CRYOEM_GIT_COMMIT"
 
 
 def _git(*args: str, root: Path) -> str | None:
@@ -50,11 +55,13 @@ def git_state(root: str | os.PathLike | None = None) -> tuple[str | None, bool |
     """``(commit, dirty)`` of the checkout at ``root`` (default: this package's), or ``(None, None)``.
 
     ``dirty`` is true when tracked code differs from the commit (generated results excluded,
-    see :data:`CODE_PATHSPEC`). Outside a git checkout (an installed wheel) both are ``None``.
+    see :data:`CODE_PATHSPEC`). Outside a git checkout (an installed wheel) both are ``None``,
+    unless :data:`COMMIT_VARIABLE` names the commit a copy of a checkout was made from (a
+    machine that receives the files without ``.git``); its dirty flag is then unknown.
     """
     root = Path(root) if root is not None else REPOSITORY
     if not (root / ".git").exists():
-        return None, None
+        return os.environ.get(COMMIT_VARIABLE) or None, None
     commit = _git("rev-parse", "HEAD", root=root)
     if commit is None:
         return None, None

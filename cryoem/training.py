@@ -79,6 +79,7 @@ class TrainingConfig:
     cap: float = 10.0
     horizon: float | None = None  # rad: pairs truly beyond it need only be called far (siamese)
     max_seconds: float | None = None  # stop after the epoch that crosses this time budget
+    workers: int = 1  # threads preparing rendered batches ahead of the step (RenderedBatches)
     # "plateau": the learning rate halves when the validation loss stalls, and the run stops
     # after `patience` epochs without progress; "cosine": it falls along a half cosine to 1 %
     # over the run (epochs or max_seconds, whichever ends first), with no early stop
@@ -211,7 +212,7 @@ def _training_batches(datasets: Sequence[Dataset], config: TrainingConfig) -> ke
         max_shift=config.max_shift, ctf=config.ctf, near_angle=config.near_angle,
         seed=config.seed, ctf_fraction=config.ctf_fraction, replicas=config.replicas,
         snr_start=config.snr_start, curriculum_epochs=config.curriculum_epochs,
-        turns=config.turns,
+        turns=config.turns, workers=config.workers,
     )
 
 

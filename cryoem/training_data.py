@@ -109,6 +109,9 @@ class RenderedBatches(keras.utils.PyDataset):
     ``replicas``, a batch is ``replicas`` such batches of ``batch_size`` one
     after the other (each replica's slice, with its own near partners) and
     their targets (:func:`target_matrix`); ``batch_size`` attribute: the global batch.
+    With ``workers`` > 1, Keras prepares that many batches at once in threads, ahead of the
+    training step (the projector and NumPy's noise release the GIL; a block's rendering
+    stays one call under a lock); a batch is the same whichever thread makes it.
     """
 
     def __init__(self, volumes: Sequence[NDArray], pixel_sizes: Sequence[float],
@@ -118,8 +121,9 @@ class RenderedBatches(keras.utils.PyDataset):
                  ctf: bool = False, near_angle: float = 0.5, seed: int = 0,
                  ctf_fraction: float = 1.0, replicas: int = 1,
                  snr_start: float | None = None, curriculum_epochs: int = 0,
-                 turns: int = 1, render_block: int = 25) -> None:
-        super().__init__()
+                 turns: int = 1, render_block: int = 25, workers: int = 1) -> None:
+        super().__init__(workers=max(1, int(workers)), use_multiprocessing=False,
+                         max_queue_size=max(10, 2 * int(workers)))
         if turns not in (1, 2, 4) or batch_size % turns:
             raise ValueError(f"turns must be 1, 2 or 4 and divide the batch size {batch_size}, "
                              f"got {turns}")

@@ -437,6 +437,31 @@ def test_a_resumed_training_draws_from_the_epoch_where_it_stopped(small_dataset,
     assert drawn.count(2) == 2 and 1 not in drawn, drawn  # epoch 2's steps, nothing else trained
 
 
+def test_worker_threads_train_on_the_batches_the_training_loop_renders(small_dataset, tmp_path,
+                                                                       monkeypatch):
+    """``workers`` threads prepare each epoch's batches ahead: the same (epoch, batch, images)
+    as rendered in the training loop, none from another epoch, and the same losses."""
+    served = []
+    getitem = training_data.RenderedBatches.__getitem__
+
+    def recorded(self, index):
+        images, targets = getitem(self, index)
+        served.append((self.epoch, index, images.tobytes(), targets.tobytes()))
+        return images, targets
+
+    monkeypatch.setattr(training_data.RenderedBatches, "__getitem__", recorded)
+    runs = {}
+    for workers in (1, 3):
+        served.clear()
+        config = training.TrainingConfig(width=0.25, epochs=3, steps_per_epoch=4, batch_size=16,
+                                         feature_dim=8, snr_range=(0.5, 2.0), workers=workers)
+        history = training.train([small_dataset], tmp_path / str(workers), config, verbose=0)
+        runs[workers] = (sorted(set(served)), history["loss"])
+    assert [(e, i) for e, i, *_ in runs[3][0]] == [(e, i) for e in range(3) for i in range(4)]
+    assert runs[3][0] == runs[1][0]
+    np.testing.assert_allclose(runs[3][1], runs[1][1], rtol=1e-4)
+
+
 def test_train_command_records_its_curriculum_front_end_and_horizon(small_dataset, tmp_path):
     model = tmp_path / "model"
     assert cli.main(["train", str(small_dataset.path), "--out", str(model), "--epochs", "1",
