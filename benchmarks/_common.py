@@ -469,11 +469,9 @@ def score_first_guess(data: Any, estimator: Any, *, recovery_steps: int = 2000,
 
     Returns ``l_de`` (rad², test pairs) and :func:`score_recovery`'s scores (its
     ``recovery_seconds`` include the distances).  With a ``horizon`` τ (rad), recovery
-    uses the pairs estimated within τ only (the others weigh 0), and ``l_de_within`` is
-    the ``L_DE`` over the pairs truly within τ.
+    uses the pairs estimated within τ only (the others weigh 0), and :func:`horizon_scores`
+    says how well the estimate finds and fits those pairs.
     """
-    import numpy as np
-
     test = data.split["test"]
     start = time.perf_counter()
     matrix, l_de = scored_distances(data, estimator)
@@ -484,10 +482,34 @@ def score_first_guess(data: Any, estimator: Any, *, recovery_steps: int = 2000,
                             **options)
     scores["recovery_seconds"] += distance_seconds
     if horizon is not None:
-        exact = true_test_distances(data)
-        within = np.triu(exact < horizon, 1)
-        scores["l_de_within"] = float(np.mean((matrix[within] - exact[within]) ** 2))
+        scores.update(horizon_scores(matrix, true_test_distances(data), horizon))
     return {"l_de": l_de, **scores}
+
+
+def horizon_scores(estimated: Any, exact: Any, horizon: float) -> dict[str, float]:
+    """How an estimate does on the pairs within ``horizon`` τ (rad), each pair once.
+
+    ``l_de_within``: the ``L_DE`` over the pairs truly within τ, beside
+    ``l_de_within_constant``, that of the best constant there (their distances' variance);
+    ``called_within``: the share of pairs estimated within τ, ``called_precision``: the
+    share of those truly within τ, ``called_recall``: the share of the pairs truly within τ
+    estimated within τ (NaN where there are none).
+    """
+    import numpy as np
+
+    upper = np.triu_indices(len(exact), 1)
+    estimated, exact = np.asarray(estimated)[upper], np.asarray(exact)[upper]
+    truly, called = exact < horizon, estimated < horizon
+    both = np.count_nonzero(truly & called)
+    if not truly.any():
+        return {"l_de_within": math.nan, "l_de_within_constant": math.nan,
+                "called_within": float(np.mean(called)),
+                "called_precision": 0.0 if called.any() else math.nan, "called_recall": math.nan}
+    return {"l_de_within": float(np.mean((estimated[truly] - exact[truly]) ** 2)),
+            "l_de_within_constant": float(np.var(exact[truly])),
+            "called_within": float(np.mean(called)),
+            "called_precision": both / np.count_nonzero(called) if called.any() else math.nan,
+            "called_recall": both / np.count_nonzero(truly)}
 
 
 def score_recovery(matrix: Any, images: Any, truth: Any, symmetry: str = "C1", *,

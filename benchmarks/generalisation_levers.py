@@ -262,12 +262,41 @@ COLUMNS = [
 
 
 def _within(row: dict[str, Any]) -> str:
-    """`` (within τ: L)``: a horizon lever's ``L_DE`` over the pairs truly within τ."""
+    """A horizon lever's scores on the pairs within τ (``_common.horizon_scores``), in words."""
     if "l_de_within" not in row:
         return ""
     spec = LEVERS.get(row["lever"])
     horizon = f"{spec.training['horizon']:g} rad" if spec and "horizon" in spec.training else "τ"
-    return f" (within {horizon}: {row['l_de_within']:.3f})"
+    text = f" (within {horizon}: {row['l_de_within']:.3f}"
+    if "l_de_within_constant" in row:
+        text += (f", the best constant {row['l_de_within_constant']:.3f}; called within: "
+                 f"{row['called_within']:.1%} of pairs, {row['called_precision']:.0%} of them "
+                 f"truly, {row['called_recall']:.0%} of those truly within")
+    return text + ")"
+
+
+def _elsewhere(data: dict[str, Any]) -> str:
+    """A sentence for models trained on another machine (their records' ``trained_on``)."""
+    if not any(r.get("trained_on") for r in data.get("rows") or []):
+        return ""
+    return (" A model whose epochs name a machine was trained there with `bash "
+            "benchmarks/train_levers_on_gpu.sh OUT` and this table's options (the held-out "
+            "proteins never reach it), brought back and scored here.")
+
+
+def _options(config: dict[str, Any]) -> str:
+    """The batch (and learning rate, when set) the levers trained with, for the table's text."""
+    text = f", {config.get('batch_size')} images a step"
+    rate = (config.get("training_options") or {}).get("learning_rate")
+    return text + (f", learning rate {rate:g}" if rate else "")
+
+
+def _epochs(row: dict[str, Any]) -> str:
+    """The epochs a lever's model trained, and where when its record says (``trained_on``)."""
+    epochs = row.get("epochs") or "—"
+    if not row.get("trained_on"):
+        return str(epochs)
+    return f"{epochs} in {row.get('train_seconds', 0):.0f} s on {row['trained_on']}"
 
 
 def markdown(data: dict[str, Any]) -> list[str]:
@@ -275,14 +304,16 @@ def markdown(data: dict[str, Any]) -> list[str]:
     config = data.get("config") or {}
     budget = harness.cell(config.get("budget_seconds"), ".0f")
     lines = [f"One model per lever, trained for {budget} s "
-             f"(wall clock, this machine) on volumes that never include the held-out proteins "
-             f"({', '.join(config.get('held_out') or [])}); recipe {RECIPE}, training SNR "
+             f"(wall clock; on this machine unless the epochs say where) on volumes that never include the held-out proteins "
+             f"({', '.join(config.get('held_out') or [])}); recipe {RECIPE}"
+             f"{_options(config)}, training SNR "
              f"log-uniform in {config.get('snr_range')}, shifts ≤ {config.get('max_shift')} px. "
              f"Scored on each held-out protein's {config.get('test_size')} test images (L = "
              f"{config.get('size')} px, shifts ≤ {config.get('max_shift')} px, no CTF), 4 "
              "test-time turns; the truth is read by the scoring only (and by the Euclidean "
              "baseline's fit, on the protein itself). E_OR in rad: O(4) after recovery (the "
-             "paper's metric), physical after the frame step (median).", "",
+             "paper's metric), physical after the frame step (median)." + _elsewhere(data),
+             "",
              "| lever | trained on | volumes | epochs | protein | SNR | L_DE (rad²) | E_OR O(4) | "
              "E_OR after frame (median) | frame confidence | stale |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -292,7 +323,7 @@ def markdown(data: dict[str, Any]) -> list[str]:
             continue
         lines.append(
             f"| {r['lever']} | {r['what']} | {r.get('volumes') or '—'} | "
-            f"{r.get('epochs') or '—'} | {r['protein']}{' (trained on)' if r.get('seen') else ''}"
+            f"{_epochs(r)} | {r['protein']}{' (trained on)' if r.get('seen') else ''}"
             f" | {snr_label(float(r['snr']))} | {harness.cell(r['l_de'], '.3f')}{_within(r)} | "
             f"{harness.cell(r.get('e_or_o4'), '.3f')} | {harness.cell(r.get('e_or_frame'), '.3f')} "
             f"({harness.cell(r.get('e_or_frame_median'), '.3f')}) | "
@@ -332,7 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.train_only:
         return train_only(args, common)
     rows: list[dict[str, Any]] = []
-    with Harness("generalisation_levers", args.out, config={**common, "levers": args.levers},
+    with Harness("generalisation_levers", args.out, config={**common, "levers": args.levers,
+                                 **({"training_options": _training_options(args)}
+                                    if _training_options(args) else {})},
                  threads=threads, fresh=args.fresh, reuse_stale=args.reuse_stale) as bench:
         previous = [r for r in bench.previous().get("rows", [])
                     if r.get("lever") not in args.levers]

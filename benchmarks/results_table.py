@@ -301,6 +301,11 @@ SECTIONS: list[Section] = [
             "generalisation.json", generalisation_rows),
     Section("Generalisation: levers", "generalisation_levers.py", "generalisation_levers.json",
             generalisation_lever_rows),
+    Section("Generalisation: the built-in lever trained on a GPU",
+            "generalisation_levers.py --levers builtin --budget-seconds 380 --batch-size 256 "
+            "--learning-rate 2e-3 --workers 12 --snrs inf 0.0625 "
+            "--out benchmarks/results/generalisation_levers_gpu.json",
+            "generalisation_levers_gpu.json", generalisation_lever_rows),
     Section("Generalisation: the horizon of a distance between two images",
             "distance_horizon.py", "distance_horizon.json", horizon_rows),
     Section("Preferred views", "preferred_views.py", "preferred_views.json",

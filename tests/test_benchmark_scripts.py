@@ -61,6 +61,22 @@ def test_a_sweep_runs_the_scripts_functions_on_dask_workers(monkeypatch):
     assert there == [_common.snr_tag(v) for v in values]
 
 
+def test_horizon_scores_on_a_hand_worked_case(monkeypatch):
+    """Three images: pairs (0,1) and (1,2) truly within 1 rad, (0,1) and (0,2) estimated so."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import numpy as np
+    from _common import horizon_scores
+
+    exact = np.array([[0, 0.5, 2.0], [0.5, 0, 0.8], [2.0, 0.8, 0]])
+    estimated = np.array([[0, 0.7, 0.9], [0.7, 0, 1.5], [0.9, 1.5, 0]])
+    scores = horizon_scores(estimated, exact, 1.0)
+    assert scores == pytest.approx({
+        "l_de_within": (0.2**2 + 0.7**2) / 2, "l_de_within_constant": 0.15**2,
+        "called_within": 2 / 3, "called_precision": 1 / 2, "called_recall": 1 / 2})
+    none_within = horizon_scores(estimated, exact, 0.1)
+    assert math.isnan(none_within["l_de_within"]) and math.isnan(none_within["called_precision"])
+
+
 # ----------------------------------------------------------------------------
 # The harness, in process
 # ----------------------------------------------------------------------------
