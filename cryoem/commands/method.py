@@ -120,6 +120,10 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
                         help="rendered mode: each rendered image also serves turned in-plane by "
                              "the multiples of 360°/TURNS, with exact labels R_z(α)·R (fewer "
                              "renders per batch)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="rendered mode: N threads prepare batches ahead of the training "
+                             "step, for a GPU that would wait on the CPU (default: 1, in the "
+                             "training loop)")
     parser.add_argument("--allow-reference-labels", action="store_true",
                         help="fixed mode: accept labels that are not a ground truth (e.g. the "
                              "angles of an imported RELION refinement)")
@@ -163,7 +167,7 @@ def run_train(args: argparse.Namespace) -> int:
         ctf=bool(first.get("ctf", False)), seed=args.seed,
         snr_start=args.curriculum[0] if args.curriculum else None,
         curriculum_epochs=int(args.curriculum[1]) if args.curriculum else 0,
-        turns=args.turns, schedule=args.schedule,
+        turns=args.turns, schedule=args.schedule, workers=args.workers,
     )
     start = time.perf_counter()
     if args.members == 1:
