@@ -470,20 +470,44 @@ def score_first_guess(data: Any, estimator: Any, *, recovery_steps: int = 2000,
     Returns ``l_de`` (rad², test pairs) and :func:`score_recovery`'s scores (its
     ``recovery_seconds`` include the distances).  With a ``horizon`` τ (rad), recovery
     uses the pairs estimated within τ only (the others weigh 0), and :func:`horizon_scores`
-    says how well the estimate finds and fits those pairs.
+    says how well the estimate finds and fits those pairs.  A learned distance with a
+    confidence head weighs each pair by the inverse of its variance, and
+    :func:`confidence_scores` says whether those variances tell the bad pairs.
     """
     test = data.split["test"]
     start = time.perf_counter()
     matrix, l_de = scored_distances(data, estimator)
+    options: dict[str, Any] = {} if horizon is None else {"max_distance": horizon,
+                                                          "far_weight": 0.0}
+    extra: dict[str, float] = {}
+    if getattr(estimator, "confidence", False):
+        variances = estimator.variance_matrix(data, test)
+        options["pair_weights"] = 1.0 / (variances + np.eye(len(variances)))
+        extra = confidence_scores(matrix, true_test_distances(data), variances)
     distance_seconds = time.perf_counter() - start
-    options = {} if horizon is None else {"max_distance": horizon, "far_weight": 0.0}
     scores = score_recovery(matrix, data.projections[test], data.orientations[test],
                             data.attrs.get("symmetry", "C1"), seed=seed, steps=recovery_steps,
                             **options)
     scores["recovery_seconds"] += distance_seconds
     if horizon is not None:
         scores.update(horizon_scores(matrix, true_test_distances(data), horizon))
-    return {"l_de": l_de, **scores}
+    return {"l_de": l_de, **scores, **extra}
+
+
+def confidence_scores(estimated: Any, exact: Any, variances: Any) -> dict[str, float]:
+    """Whether a distance's own variances tell its bad pairs (each pair once):
+    ``variance_error_spearman``, the rank correlation of the variance with the squared error,
+    ``l_de_confident``, the ``L_DE`` of the tenth of the pairs with the least variance,
+    and ``mean_variance`` beside ``l_de`` (a calibrated variance matches it on average)."""
+    from scipy.stats import spearmanr
+
+    upper = np.triu_indices(len(exact), 1)
+    squared = (np.asarray(estimated)[upper] - np.asarray(exact)[upper]) ** 2
+    v = np.asarray(variances)[upper]
+    confident = v <= np.quantile(v, 0.1)
+    return {"variance_error_spearman": float(spearmanr(v, squared).statistic),
+            "l_de_confident": float(np.mean(squared[confident])),
+            "mean_variance": float(np.mean(v))}
 
 
 def horizon_scores(estimated: Any, exact: Any, horizon: float) -> dict[str, float]:
@@ -495,8 +519,6 @@ def horizon_scores(estimated: Any, exact: Any, horizon: float) -> dict[str, floa
     share of those truly within τ, ``called_recall``: the share of the pairs truly within τ
     estimated within τ (NaN where there are none).
     """
-    import numpy as np
-
     upper = np.triu_indices(len(exact), 1)
     estimated, exact = np.asarray(estimated)[upper], np.asarray(exact)[upper]
     truly, called = exact < horizon, estimated < horizon

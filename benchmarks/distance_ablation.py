@@ -100,6 +100,12 @@ LEVERS: dict[str, tuple[str, dict[str, Any]]] = {
                                        "wrapped around the angle)",
                                        {**_COSINE, "width": 1.5, "batch_size": 128,
                                         "learning_rate": 2e-3, "front": "polar"}),
+    "cosine_wide_batch128_lr2_confidence": ("cosine_wide_batch128_lr2 with a confidence head "
+                                            "(a variance per image, the pairs' Gaussian "
+                                            "likelihood); recovery weighs each pair by the "
+                                            "inverse of its variance",
+                                            {**_COSINE, "width": 1.5, "batch_size": 128,
+                                             "learning_rate": 2e-3, "confidence": True}),
     "cosine_wide_batch128_seed1": ("cosine_wide_batch128, training seed 1 instead of 0 (its "
                                    "weights and renders; the same test data): the spread "
                                    "between trainings",

@@ -261,7 +261,8 @@ class LearnedDistance(Estimator):
         embedding per image, without turns (and an ensemble's first member only).
 
     ``model_dir`` may hold an ensemble (:mod:`cryoem.ensemble`): the distance of a pair is then
-    the mean over every member and every turn.
+    the mean over every member and every turn.  A model trained with ``confidence`` also
+    gives each pair a variance (:meth:`variance_matrix`), which recovery can weigh pairs by.
     """
 
     name = "learned"
@@ -308,6 +309,11 @@ class LearnedDistance(Estimator):
                           stacklevel=2)
         return self
 
+    @property
+    def confidence(self) -> bool:
+        """Whether the model has the variance head (``TrainingConfig.confidence``)."""
+        return bool(self.config.get("confidence", False))
+
     def embed(self, images: NDArray, member: int = 0) -> FloatArray:
         """Unit feature vectors ``(N, D)`` of images ``(N, L, L)`` by one member of an ensemble
         (:mod:`cryoem.ensemble`; the model itself when it is not one).
@@ -316,6 +322,32 @@ class LearnedDistance(Estimator):
         square size: they are Fourier-resampled to its ``image_size`` (same
         framing, other pixel size).  Other models need their training size.
         """
+        features = self._outputs(images, member)
+        if self.confidence:
+            features = features[:, :-1]
+        return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+
+    def variance_matrix(self, data: Dataset, indices: ArrayLike | None = None) -> FloatArray:
+        """The variances ``(N, N)`` (rad²) the model gives the pairs of :meth:`matrix`, the mean
+        over its turns and members (:func:`cryoem.siamese.pair_variances`); zero diagonal."""
+        from keras import ops
+
+        from .siamese import pair_variances
+        from .training_data import quarter_turn
+
+        if not self.confidence:
+            raise ValueError(f"the model in {self.model_dir} has no variance head: train it "
+                             "with confidence (TrainingConfig.confidence)")
+        images = np.asarray(data.projections[_select(data, indices)], dtype=np.float32)
+        raw = [self._outputs(quarter_turn(images, k * 4 // self.turns), member)[:, -1]
+               for member in range(len(self.members)) for k in range(self.turns)]
+        v = np.mean([ops.convert_to_numpy(pair_variances(r.astype(np.float32))) for r in raw],
+                    axis=0).astype(np.float64)
+        np.fill_diagonal(v, 0.0)
+        return v
+
+    def _outputs(self, images: NDArray, member: int = 0) -> FloatArray:
+        """The network's raw outputs for ``images`` (resampled to its size under a contract)."""
         images = np.asarray(images, dtype=np.float32)
         size = self.image_size
         if (self.contract is not None and images.ndim == 3 and images.shape[1] == images.shape[2]
@@ -328,9 +360,8 @@ class LearnedDistance(Estimator):
                 f"the model in {self.model_dir} takes {size}×{size} images, "
                 f"got shape {images.shape[1:]}: generate the data at --size {size} "
                 "or train a model at this size")
-        features = self.members[member].predict(images, batch_size=self.batch_size, verbose=0)
-        features = np.asarray(features, dtype=np.float64)
-        return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+        outputs = self.members[member].predict(images, batch_size=self.batch_size, verbose=0)
+        return np.asarray(outputs, dtype=np.float64)
 
     @staticmethod
     def _distance(cosine: FloatArray) -> FloatArray:

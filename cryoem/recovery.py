@@ -200,6 +200,7 @@ def recover(
     progress: bool = False,
     robust: float | None = None,
     robust_rounds: int = 2,
+    pair_weights: ArrayLike | None = None,
 ) -> RecoveryResult:
     """Recover orientations from a dense ``(N, N)`` matrix of estimated distances (full batch).
 
@@ -226,6 +227,10 @@ def recover(
         weighed by ``1 / (1 + (r / robust)²)`` (a Cauchy loss, by iteratively reweighted
         least squares) where ``r`` is its residual at the start of the round: pairs the
         other pairs contradict count less.  ``None`` (default): plain least squares.
+    pair_weights
+        ``(N, N)`` weights of the pairs (upper triangle read; e.g. the inverse of the variances
+        a learned distance with a confidence head gives, ``LearnedDistance.variance_matrix``),
+        multiplying ``max_distance``'s.  ``None``: all 1.
     """
     import time
 
@@ -239,6 +244,12 @@ def recover(
     rows, cols = np.triu_indices(len(d), k=1)
     targets = np.clip(d[rows, cols], 0, np.pi)
     weights = _pair_weights(targets, max_distance, far_weight)
+    if pair_weights is not None:
+        given = np.asarray(pair_weights, dtype=np.float64)
+        if given.shape != d.shape or not np.all(given[rows, cols] >= 0):
+            raise ValueError(f"pair_weights must be a non-negative {d.shape} matrix, got shape "
+                             f"{given.shape}")
+        weights = weights * given[rows, cols]
     best: RecoveryResult | None = None
     for restart in range(restarts):
         start = time.perf_counter()

@@ -12,7 +12,9 @@
 * :class:`InBatchModel` — trains on all ``B(B−1)/2`` pairs of a batch, each
   image embedded once, weighted so that the target distances are uniform on
   ``[0, π]`` (:func:`uniform_pair_weights`); with a ``horizon`` the pairs truly
-  beyond it only need to be called far (:func:`horizon_residuals`).  :func:`per_pair_model` keeps the
+  beyond it only need to be called far (:func:`horizon_residuals`); with ``confidence`` the
+  network also gives each image a variance, and the loss is the pairs' Gaussian negative
+  log-likelihood (:func:`pair_variances`, :func:`confidence_loss`).  :func:`per_pair_model` keeps the
   seed's one-forward-pass-per-pair training for comparison.
 * :func:`save_model` and :func:`load_embedding` — a trained embedding and its
   training configuration on disk (``model.keras``, ``config.json``); models
@@ -60,6 +62,8 @@ __all__ = [
     "uniform_pair_weights",
     "pair_weight_matrix",
     "horizon_residuals",
+    "pair_variances",
+    "confidence_loss",
     "InBatchModel",
     "per_pair_model",
     "save_model",
@@ -86,6 +90,9 @@ FRONTS = ("cartesian", "polar")
 
 #: Cosines are clipped to [EPSILON, 1 − EPSILON] before arccos (infinite slope at 1).
 EPSILON = 1e-6
+
+#: The least variance (rad²) an image contributes to a pair's (:func:`pair_variances`).
+VARIANCE_FLOOR = 1e-3
 
 #: The L2 normalisation caps ``1/‖x‖`` at ``1/_NORM_EPSILON``: ``‖x‖²`` floored at 1e-12,
 #: as ``tf.math.l2_normalize`` (which the first models were trained with) does.
@@ -141,8 +148,9 @@ class AreaResize(keras.layers.Layer):
 
 def build_embedding(image_size: int, input_size: int | None = None, arch: str = "light",
                     feature_dim: int = 128, width: float = 1.0,
-                    front: str = "cartesian") -> keras.Model:
-    """The feature extractor ``G_w``: images ``(B, L, L)`` → features ``(B, feature_dim)``.
+                    front: str = "cartesian", confidence: bool = False) -> keras.Model:
+    """The feature extractor ``G_w``: images ``(B, L, L)`` → features ``(B, feature_dim)``
+    (``(B, feature_dim + 1)`` with ``confidence``).
 
     Parameters
     ----------
@@ -161,6 +169,10 @@ def build_embedding(image_size: int, input_size: int | None = None, arch: str = 
         ``"polar"`` (:mod:`cryoem.polar`: the image resampled on ``n/2`` rings of ``2n``
         angles, ``n`` the edge after downsampling; convolutions wrap around the angle; the
         last features are kept where they lie along the angle, not averaged).
+    confidence
+        A second head: one more output per image, its raw variance (the last column; its
+        softplus is the image's share of a pair's variance, :func:`pair_variances`), trained
+        by :func:`confidence_loss`.
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose {', '.join(ARCHITECTURES)}")
@@ -188,6 +200,9 @@ def build_embedding(image_size: int, input_size: int | None = None, arch: str = 
     else:
         x = keras.layers.GlobalAveragePooling2D(name="average")(x)
     outputs = keras.layers.Dense(feature_dim, name="features")(x)
+    if confidence:
+        variance = keras.layers.Dense(1, name="variance")(x)
+        outputs = keras.layers.Concatenate(name="features_and_variance")([outputs, variance])
     return keras.Model(inputs, outputs, name="embedding")
 
 
@@ -253,30 +268,55 @@ def horizon_residuals(targets: Any, distances: Any, horizon: float | None = None
     return ops.where(targets < horizon, residuals, ops.minimum(distances - horizon, 0.0))
 
 
+def pair_variances(raw: Any) -> Any:
+    """The variances ``(B, B)`` of the pairs of images whose raw variance outputs are ``raw``
+    ``(B,)``: ``v_ij = s_i + s_j`` with ``s = softplus(raw) + VARIANCE_FLOOR`` (rad²)."""
+    share = ops.softplus(raw) + VARIANCE_FLOOR
+    return ops.expand_dims(share, 1) + ops.expand_dims(share, 0)
+
+
+def confidence_loss(weights: Any, residuals: Any, variances: Any) -> Any:
+    """The pairs' weighted Gaussian negative log-likelihood (twice it, less a constant):
+    ``Σ w_ij (r_ij² / v_ij + log v_ij)``.  A pair the network calls uncertain costs less per
+    squared radian of error and more for the uncertainty itself; the best ``v`` is ``r²``."""
+    return ops.sum(weights * (ops.square(residuals) / variances + ops.log(variances)))
+
+
 class InBatchModel(keras.Model):
     """Embeds a batch once and scores all its pairs against the target matrix ``(B, B)``.
 
     ``horizon``: see :func:`horizon_residuals` (``None``: every distance is fitted).
+    ``confidence``: the embedding has the variance head (:func:`build_embedding`); the model
+    then gives ``(2, B, B)``, the distances and the pairs' variances, and the loss is
+    :func:`confidence_loss`.
     """
 
     def __init__(self, embedding: keras.Model, bins: int = 16, cap: float = 10.0,
-                 horizon: float | None = None, **kwargs: Any) -> None:
+                 horizon: float | None = None, confidence: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.embedding = embedding
         self.bins = bins
         self.cap = cap
         self.horizon = horizon
+        self.confidence = confidence
 
     def call(self, images: Any, training: bool = False) -> Any:
-        return pairwise_distances(self.embedding(images, training=training))
+        outputs = self.embedding(images, training=training)
+        if not self.confidence:
+            return pairwise_distances(outputs)
+        return ops.stack([pairwise_distances(outputs[:, :-1]), pair_variances(outputs[:, -1])])
 
     def compute_loss(self, x: Any = None, y: Any = None, y_pred: Any = None,
                      sample_weight: Any = None, training: bool = True) -> Any:
         """Uniform-weighted mean squared error over the pairs of the batch (L_DE; with a
-        horizon, :func:`horizon_residuals`'s)."""
-        y = ops.cast(y, y_pred.dtype)
+        horizon, :func:`horizon_residuals`'s; with confidence, :func:`confidence_loss`)."""
+        distances = y_pred[0] if self.confidence else y_pred
+        y = ops.cast(y, distances.dtype)
         weights = pair_weight_matrix(y, self.bins, self.cap)
-        residuals = horizon_residuals(y, y_pred, self.horizon)
+        residuals = horizon_residuals(y, distances, self.horizon)
+        if self.confidence:
+            return devices.scale_loss(confidence_loss(weights, residuals, y_pred[1]))
         return devices.scale_loss(ops.sum(weights * ops.square(residuals)))
 
     def _maybe_symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> None:

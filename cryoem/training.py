@@ -78,6 +78,7 @@ class TrainingConfig:
     bins: int = 16
     cap: float = 10.0
     horizon: float | None = None  # rad: pairs truly beyond it need only be called far (siamese)
+    confidence: bool = False  # a variance head and the pairs' Gaussian likelihood (siamese)
     max_seconds: float | None = None  # stop after the epoch that crosses this time budget
     workers: int = 1  # threads preparing rendered batches ahead of the step (RenderedBatches)
     # "plateau": the learning rate halves when the validation loss stalls, and the run stops
@@ -165,8 +166,10 @@ def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         keras.utils.set_random_seed(config.seed)
         embedding = build_embedding(config.image_size, config.input_size, config.arch,
-                                    config.feature_dim, config.width, config.front)
-        model = InBatchModel(embedding, config.bins, config.cap, config.horizon)
+                                    config.feature_dim, config.width, config.front,
+                                    config.confidence)
+        model = InBatchModel(embedding, config.bins, config.cap, config.horizon,
+                             config.confidence)
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
         model.build((None, config.image_size, config.image_size))
     all_callbacks = [

@@ -4,7 +4,7 @@ Each backend runs in its own interpreter (``KERAS_BACKEND`` is read when Keras
 is first imported): one training step, whose loss must be finite and equal the
 uniform-weighted L_DE computed with NumPy from the network's distances before
 the step, and after which every weight must have changed (also for the polar front end
-with the horizon loss); and the shipped
+with the horizon loss, and for the confidence head with its likelihood); and the shipped
 pretrained model, which must give the features it gives in this process.
 """
 
@@ -82,12 +82,27 @@ polar_before = [keras.ops.convert_to_numpy(w).copy() for w in polar.trainable_we
 polar_loss = float(polar.train_on_batch(images, targets))
 polar_changed = sum(not np.allclose(b, keras.ops.convert_to_numpy(a))
                     for b, a in zip(polar_before, polar.trainable_weights))
+
+# The confidence head: the pairs' Gaussian likelihood, sum w (r^2 / v + log v).
+sure = siamese.InBatchModel(siamese.build_embedding(size, arch="light", width=0.25,
+                                                    feature_dim=16, confidence=True),
+                            confidence=True)
+sure.compile(optimizer=keras.optimizers.Adam(1e-2))
+sure.build((None, size, size))
+d, v = keras.ops.convert_to_numpy(sure(images))
+r2 = (d[i, j] - targets[i, j]) ** 2
+sure_expected = float(np.sum(weights / weights.sum() * (r2 / v[i, j] + np.log(v[i, j]))))
+sure_before = [keras.ops.convert_to_numpy(w).copy() for w in sure.trainable_weights]
+sure_loss = float(sure.train_on_batch(images, targets))
+sure_changed = sum(not np.allclose(b, keras.ops.convert_to_numpy(a))
+                   for b, a in zip(sure_before, sure.trainable_weights))
 """ + FEATURES + r"""
 print(json.dumps({
     "backend": keras.backend.backend(), "loss": loss, "expected": expected,
     "changed": sum(not np.allclose(b, a) for b, a in zip(before, after)),
     "weights": len(before), "tensorflow_imported": tensorflow_imported,
     "polar": [polar_loss, polar_expected, polar_changed, len(polar_before)],
+    "confidence": [sure_loss, sure_expected, sure_changed, len(sure_before)],
     "pretrained": pretrained_features(siamese).tolist(),
 }))
 """
@@ -123,6 +138,9 @@ def test_one_training_step(backend, reference_features):
     polar_loss, polar_expected, polar_changed, polar_weights = result["polar"]
     assert polar_loss == pytest.approx(polar_expected, rel=1e-4) and polar_loss < 10
     assert polar_changed == polar_weights > 0
+    sure_loss, sure_expected, sure_changed, sure_weights = result["confidence"]
+    assert sure_loss == pytest.approx(sure_expected, rel=1e-4, abs=1e-5)
+    assert sure_changed == sure_weights > 0
     if backend != "tensorflow":
         assert not result["tensorflow_imported"], "cryoem.siamese/training imported TensorFlow"
     np.testing.assert_allclose(result["pretrained"], reference_features, rtol=1e-4, atol=1e-4)
