@@ -241,12 +241,21 @@ def markdown(data: dict[str, Any]) -> list[str]:
             f"| {r['lever']} | {r['what']} | {harness.cell(r.get('budget_seconds'), '.0f')} | "
             f"{r.get('epochs') or '—'} | "
             f"{harness.cell(r.get('train_seconds'), '.0f')} | {_turns_cell(r)} | "
-            f"{harness.cell(r['l_de'], '.3f')} | "
+            f"{harness.cell(r['l_de'], '.3f')}{_confidence_cell(r)} | "
             f"{harness.cell(r['e_or_o4'], '.3f')} | {harness.cell(r['e_or_frame'], '.3f')} "
             f"({harness.cell(r['e_or_frame_median'], '.3f')}) | "
             f"{harness.cell(r['frame_confidence'], '.1f')} | "
             f"{'stale' if r.get('stale') else ''} |")
     return lines
+
+
+def _confidence_cell(row: dict[str, Any]) -> str:
+    """A confidence head's own scores (``_common.confidence_scores``), in words; else nothing."""
+    if "variance_error_spearman" not in row:
+        return ""
+    return (f" (its variances: rank correlation {row['variance_error_spearman']:.2f} with the "
+            f"squared error; L_DE {row['l_de_confident']:.3f} on the tenth it is surest of; "
+            f"mean {row['mean_variance']:.3f})")
 
 
 def _turns_cell(row: dict[str, Any]) -> str:

@@ -328,6 +328,11 @@ SECTIONS: list[Section] = [
             "distance_ablation.py --snr 0.03125 --levers cosine_wide_batch128_lr2 euclidean "
             "--budget-seconds 900 --out benchmarks/results/distance_ablation_snr1_32.json",
             "distance_ablation_snr1_32.json", ablation_rows),
+    Section("The learned distance at SNR 1/16: polar front end and confidence head (one machine)",
+            "distance_ablation.py --levers cosine_wide_batch128_lr2 "
+            "cosine_wide_batch128_lr2_polar cosine_wide_batch128_lr2_confidence "
+            "--budget-seconds 900 --out benchmarks/results/distance_ablation_heads.json",
+            "distance_ablation_heads.json", ablation_rows),
     Section("Recovery levers on the same learned distances", "recovery_levers.py",
             "recovery_levers.json", recovery_lever_rows),
     Section("Projection", "projection.py", "projection.json", projection_rows),
