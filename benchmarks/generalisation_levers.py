@@ -304,7 +304,8 @@ def markdown(data: dict[str, Any]) -> list[str]:
     config = data.get("config") or {}
     budget = harness.cell(config.get("budget_seconds"), ".0f")
     lines = [f"One model per lever, trained for {budget} s "
-             f"(wall clock; on this machine unless the epochs say where) on volumes that never include the held-out proteins "
+             "(wall clock; on this machine unless the epochs say where) on volumes that never "
+             "include the held-out proteins "
              f"({', '.join(config.get('held_out') or [])}); recipe {RECIPE}"
              f"{_options(config)}, training SNR "
              f"log-uniform in {config.get('snr_range')}, shifts ≤ {config.get('max_shift')} px. "

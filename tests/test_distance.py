@@ -468,15 +468,15 @@ def test_train_command_records_its_curriculum_front_end_and_horizon(small_datase
                      "--steps-per-epoch", "2", "--batch-size", "16", "--width", "0.25",
                      "--snr-range", "0.0625", "0.0625", "--curriculum", "16", "4",
                      "--front", "polar", "--feature-dim", "16", "--horizon", "1.2",
-                     "--workers", "2"]) == 0
+                     "--workers", "2", "--confidence"]) == 0
     config = json.loads((model / "config.json").read_text())
     assert (config["snr_start"], config["curriculum_epochs"]) == (16.0, 4)
     assert config["snr_range"] == [0.0625, 0.0625]
     assert (config["front"], config["feature_dim"], config["horizon"]) == ("polar", 16, 1.2)
-    assert config["workers"] == 2
+    assert config["workers"] == 2 and config["confidence"] is True
     embedding, _ = siamese.load_embedding(model)
     assert embedding.get_layer("polar").angles == 2 * small_dataset.size
-    assert embedding.output.shape[-1] == 16
+    assert embedding.output.shape[-1] == 16 + 1  # the features and the variance
 
 
 def test_the_cosine_schedule_lowers_the_rate_along_a_half_cosine(small_dataset, tmp_path):

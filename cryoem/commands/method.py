@@ -102,6 +102,10 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--horizon", type=float, default=None, metavar="RAD",
                         help="pairs truly farther apart than RAD need only be estimated "
                              "farther (a hinge), pairs within are fitted (default: fit all)")
+    parser.add_argument("--confidence", action="store_true",
+                        help="a second head: a variance per image, trained with the pairs' "
+                             "Gaussian likelihood (LearnedDistance.variance_matrix; "
+                             "recovery.recover(pair_weights=1/variance))")
     parser.add_argument("--input-size", type=int, default=None,
                         help="downsample images to this edge inside the model (low-pass)")
     parser.add_argument("--mode", choices=("rendered", "fixed"), default="rendered",
@@ -161,6 +165,7 @@ def run_train(args: argparse.Namespace) -> int:
     config = training.TrainingConfig(
         arch=args.arch, width=args.width, input_size=args.input_size, mode=args.mode,
         front=args.front, feature_dim=args.feature_dim, horizon=args.horizon,
+        confidence=args.confidence,
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
         learning_rate=args.learning_rate, patience=args.patience, snr_range=snr_range,
         max_shift=args.max_shift if args.max_shift is not None else first.get("max_shift", 0.0),
