@@ -491,7 +491,21 @@ def score_first_guess(data: Any, estimator: Any, *, recovery_steps: int = 2000,
     scores["recovery_seconds"] += distance_seconds
     if horizon is not None:
         scores.update(horizon_scores(matrix, true_test_distances(data), horizon))
+    if "pair_weights" in options:  # the same distances recovered unweighted: the weights' share
+        extra["e_or_o4_unweighted"] = unweighted_o4(matrix, data, seed, recovery_steps, options)
     return {"l_de": l_de, **scores, **extra}
+
+
+def unweighted_o4(matrix: Any, data: Any, seed: int, steps: int, options: dict[str, Any]
+                  ) -> float:
+    """The O(4) ``E_OR`` of recovery from ``matrix`` with ``options`` but no pair weights."""
+    from cryoem import alignment, recovery
+
+    test = data.split["test"]
+    symmetry = data.attrs.get("symmetry", "C1")
+    rest = {k: v for k, v in options.items() if k != "pair_weights"}
+    recovered = recovery.recover(matrix, symmetry=symmetry, seed=seed, steps=steps, **rest)
+    return alignment.align_o4(recovered.quaternions, data.orientations[test], symmetry).mean
 
 
 def confidence_scores(estimated: Any, exact: Any, variances: Any) -> dict[str, float]:

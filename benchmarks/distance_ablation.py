@@ -255,7 +255,9 @@ def _confidence_cell(row: dict[str, Any]) -> str:
         return ""
     return (f" (its variances: rank correlation {row['variance_error_spearman']:.2f} with the "
             f"squared error; L_DE {row['l_de_confident']:.3f} on the tenth it is surest of; "
-            f"mean {row['mean_variance']:.3f})")
+            f"mean {row['mean_variance']:.3f}"
+            + (f"; recovered unweighted, O(4) {row['e_or_o4_unweighted']:.3f}"
+               if "e_or_o4_unweighted" in row else "") + ")")
 
 
 def _turns_cell(row: dict[str, Any]) -> str:
