@@ -364,9 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.train_only:
         return train_only(args, common)
     rows: list[dict[str, Any]] = []
-    with Harness("generalisation_levers", args.out, config={**common, "levers": args.levers,
-                                 **({"training_options": _training_options(args)}
-                                    if _training_options(args) else {})},
+    options = _training_options(args)
+    with Harness("generalisation_levers", args.out, config={
+            **common, "levers": args.levers, **({"training_options": options} if options else {})},
                  threads=threads, fresh=args.fresh, reuse_stale=args.reuse_stale) as bench:
         previous = [r for r in bench.previous().get("rows", [])
                     if r.get("lever") not in args.levers]

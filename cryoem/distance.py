@@ -322,9 +322,11 @@ class LearnedDistance(Estimator):
         square size: they are Fourier-resampled to its ``image_size`` (same
         framing, other pixel size).  Other models need their training size.
         """
-        features = self._outputs(images, member)
-        if self.confidence:
-            features = features[:, :-1]
+        return self._unit_features(self._outputs(images, member))
+
+    def _unit_features(self, outputs: FloatArray) -> FloatArray:
+        """The network's outputs less the variance column (if any), scaled to unit length."""
+        features = outputs[:, :-1] if self.confidence else outputs
         return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
     def variance_matrix(self, data: Dataset, indices: ArrayLike | None = None) -> FloatArray:
@@ -333,16 +335,13 @@ class LearnedDistance(Estimator):
         from keras import ops
 
         from .siamese import pair_variances
-        from .training_data import quarter_turn
 
         if not self.confidence:
             raise ValueError(f"the model in {self.model_dir} has no variance head: train it "
                              "with confidence (TrainingConfig.confidence)")
-        images = np.asarray(data.projections[_select(data, indices)], dtype=np.float32)
-        raw = [self._outputs(quarter_turn(images, k * 4 // self.turns), member)[:, -1]
-               for member in range(len(self.members)) for k in range(self.turns)]
-        v = np.mean([ops.convert_to_numpy(pair_variances(r.astype(np.float32))) for r in raw],
-                    axis=0).astype(np.float64)
+        outputs = self._turned_outputs(data.projections[_select(data, indices)])
+        v = np.mean([ops.convert_to_numpy(pair_variances(o[:, -1].astype(np.float32)))
+                     for o in outputs], axis=0).astype(np.float64)
         np.fill_diagonal(v, 0.0)
         return v
 
@@ -372,10 +371,15 @@ class LearnedDistance(Estimator):
     def turned_features(self, images: NDArray) -> list[FloatArray]:
         """The unit features of the images turned by each of the test-time turns, by each
         member of an ensemble (every member's turns, member after member)."""
+        return [self._unit_features(outputs) for outputs in self._turned_outputs(images)]
+
+    def _turned_outputs(self, images: NDArray) -> list[FloatArray]:
+        """The raw outputs of the images turned by each test-time turn, by each member (every
+        member's turns, member after member): what features and variances are read from."""
         from .training_data import quarter_turn
 
         images = np.asarray(images, dtype=np.float32)
-        return [self.embed(quarter_turn(images, k * 4 // self.turns), member)
+        return [self._outputs(quarter_turn(images, k * 4 // self.turns), member)
                 for member in range(len(self.members)) for k in range(self.turns)]
 
     def matrix(self, data: Dataset, indices: ArrayLike | None = None) -> FloatArray:
