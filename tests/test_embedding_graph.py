@@ -76,12 +76,19 @@ def test_pairs_and_their_distances_equal_the_dense_matrix():
     pairs = set(zip(rows.tolist(), cols.tolist()))
     assert {(min(a, b), max(a, b)) for a, b in zip(*graph[:2])} <= pairs
     assert 300 * 5 / 2 < len(rows) <= 300 * (5 + 4)
-    # The same numbers as LearnedDistance's dense matrix and pairs (embedding stubbed out).
+    # The same numbers as LearnedDistance's dense matrix and pairs (the network stubbed out:
+    # image i, filled with the value i, has the raw features f[i]).
     estimator = object.__new__(distance.LearnedDistance)
     estimator.turns = 1  # the graph embeds each image once
-    estimator.members = [None]  # one network, not an ensemble
-    estimator.embed = lambda images, member=0: f[images[:, 0, 0].astype(int)] / np.linalg.norm(
-        f[images[:, 0, 0].astype(int)], axis=1, keepdims=True)
+    estimator.config = {"image_size": 2}
+    estimator.batch_size = 64
+
+    class Network:
+        @staticmethod
+        def predict(images, batch_size, verbose):
+            return f[images[:, 0, 0].astype(int)]
+
+    estimator.members = [Network()]  # one network, not an ensemble
     images = np.broadcast_to(np.arange(300.0)[:, None, None], (300, 2, 2))
     data = datasets.Dataset(projections=images, orientations=np.zeros((300, 4)), shifts=None,
                             volume=None, split={}, attrs={})
