@@ -11,6 +11,9 @@ change the training volumes, and one the loss:
 * ``pseudo``: the same plus ``--pseudo`` pseudo-proteins (``pseudo:0`` …,
   :mod:`cryoem.pseudo_proteins`: random compact chains, C1 to D3);
 * ``pseudo_only``: the pseudo-proteins alone;
+* ``builtin_polar``: ``builtin`` on the polar front end (``TrainingConfig.front``);
+* ``two_proteins``: two built-in proteins alone (1ubq, 6msm): whether the network can fit
+  even two at once, the question the 19-protein levers raise by not fitting their own;
 * ``builtin_horizon``: ``builtin`` with the horizon loss (``TrainingConfig.horizon`` = 1 rad:
   pairs truly farther need only be estimated farther, ``siamese.horizon_residuals``), scored
   by recovery from the pairs it estimates within 1 rad only (the horizon benchmark's finding:
@@ -69,6 +72,7 @@ class Lever(NamedTuple):
     builtin: bool
     pseudo: bool
     training: dict[str, Any] = {}
+    only: tuple[str, ...] = ()  # these built-in proteins alone (when ``builtin``)
 
 
 LEVERS: dict[str, Lever] = {
@@ -79,6 +83,12 @@ LEVERS: dict[str, Lever] = {
         "every built-in protein not held out; the horizon loss (τ = 1 rad: pairs truly "
         "farther need only be estimated farther) and recovery from the pairs estimated within "
         "1 rad only", True, False, {"horizon": 1.0}),
+    "builtin_polar": Lever("every built-in protein not held out, on the polar front end "
+                           "(cryoem.polar: in-plane turns become shifts along the angle)",
+                           True, False, {"front": "polar"}),
+    "two_proteins": Lever("two built-in proteins (1ubq, 6msm): whether one network fits even "
+                          "two at once (scored on those two; 1bvy unseen)", True, False,
+                          only=("1ubq", "6msm")),
 }
 BASELINES = ("euclidean", "shipped")
 
@@ -132,10 +142,10 @@ def training_volumes(args: argparse.Namespace, lever: str) -> list[str]:
     from cryoem import proteins
 
     spec = LEVERS[lever]
-    names = ([n for n in proteins.builtin_names() if n not in args.held_out] if spec.builtin
-             else [])
+    names = ([n for n in spec.only or proteins.builtin_names() if n not in args.held_out]
+             if spec.builtin else [])
     if args.quick and spec.builtin:
-        names = [n for n in ("5pti", "1ubq") if n not in args.held_out]
+        names = [n for n in spec.only or ("5pti", "1ubq") if n not in args.held_out]
     return names + ([f"pseudo:{seed}" for seed in range(args.pseudo)] if spec.pseudo else [])
 
 
@@ -198,21 +208,31 @@ def run_lever(args: argparse.Namespace, lever: str, model_dir: Path) -> list[dic
                                          recovery_steps=args.recovery_steps, seed=args.seed,
                                          horizon=LEVERS[lever].training.get("horizon"))})
         print(harness.table(rows[-1:], COLUMNS), file=sys.stderr)
-    return rows + seen_rows(args, estimator, head)
+    return rows + seen_rows(args, estimator, head, set(training_volumes(args, lever)))
 
 
-def seen_rows(args: argparse.Namespace, estimator: Any, head: dict[str, Any]
-              ) -> list[dict[str, Any]]:
+def seen_rows(args: argparse.Namespace, estimator: Any, head: dict[str, Any],
+              trained: set[str] | None = None) -> list[dict[str, Any]]:
     """``L_DE`` of a model on proteins of ``--seen`` (noiseless test splits, shifts as the
-    held-out ones'): whether it learned the proteins it trained on (no recovery)."""
+    held-out ones'): whether it learned the proteins it trained on (no recovery).  ``seen``
+    says whether the model trained on the protein (``trained``: its training volumes; None:
+    every one of ``--seen``)."""
     from cryoem import datasets
 
     rows = []
     for name in args.seen:
         data = datasets.load(dataset(args, name, math.inf))
-        rows.append({**head, "protein": name, "snr": math.inf, "seen": True,
+        rows.append({**head, "protein": name, "snr": math.inf,
+                     "seen": trained is None or name in trained,
                      "l_de": scored_distances(data, estimator.fit(data))[1]})
     return rows
+
+
+def _protein(row: dict[str, Any]) -> str:
+    """The table's protein cell: a held-out protein, or one of ``--seen`` (trained on or not)."""
+    if "seen" not in row:
+        return row["protein"]
+    return f"{row['protein']} ({'trained on' if row['seen'] else 'not trained on, not held out'})"
 
 
 def run_baseline(args: argparse.Namespace, kind: str) -> list[dict[str, Any]]:
@@ -324,7 +344,7 @@ def markdown(data: dict[str, Any]) -> list[str]:
             continue
         lines.append(
             f"| {r['lever']} | {r['what']} | {r.get('volumes') or '—'} | "
-            f"{_epochs(r)} | {r['protein']}{' (trained on)' if r.get('seen') else ''}"
+            f"{_epochs(r)} | {_protein(r)}"
             f" | {snr_label(float(r['snr']))} | {harness.cell(r['l_de'], '.3f')}{_within(r)} | "
             f"{harness.cell(r.get('e_or_o4'), '.3f')} | {harness.cell(r.get('e_or_frame'), '.3f')} "
             f"({harness.cell(r.get('e_or_frame_median'), '.3f')}) | "

@@ -40,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+import snr_summary  # noqa: E402
 from _common import row_commit  # noqa: E402
 from peer_tables import (common_lines_rows, generalisation_rows, paper_rows,  # noqa: E402
                          particles_rows, preferred_views_rows)
@@ -278,6 +279,9 @@ class Section(NamedTuple):
     json: str
     rows: Callable[[dict[str, Any]], list[str]]
     figure: str | None = None
+    #: A table gathered from these JSON files (``rows`` gets each name's data, None when
+    #: absent; each row names its own commit) instead of from ``json`` alone.
+    sources: tuple[str, ...] = ()
 
 
 SECTIONS: list[Section] = [
@@ -310,6 +314,11 @@ SECTIONS: list[Section] = [
             "distance_horizon.py", "distance_horizon.json", horizon_rows),
     Section("Preferred views", "preferred_views.py", "preferred_views.json",
             preferred_views_rows, "preferred-views-coverage.png"),
+    Section("The learned distance against SNR: supervised and general models",
+            "distance_ablation.py --snr inf --levers cosine_wide_batch128_lr2 euclidean "
+            "--budget-seconds 900 --out benchmarks/results/distance_ablation_snrinf.json",
+            "distance_ablation_snrinf.json", snr_summary.markdown,
+            sources=snr_summary.SOURCES),
     Section("The learned distance at low SNR: levers", "distance_ablation.py",
             "distance_ablation.json", ablation_rows),
     Section("The learned distance at low SNR, with shifts ≤ 2 px",
@@ -351,6 +360,10 @@ def section(root: Path, entry: Section, images: str) -> list[str]:
     relative = (RESULTS / entry.json).as_posix()
     data = _load(root / relative)
     lines = [f"### {entry.title}", ""]
+    if entry.sources:
+        sources = {name: _load(root / RESULTS / name) for name in entry.sources}
+        if any(sources.values()):
+            return lines + [*entry.rows(sources), ""]
     if data is None:
         return lines + [f"Not measured yet: `python benchmarks/{entry.script}` writes "
                         f"`{relative}`.", ""]

@@ -334,6 +334,51 @@ def test_generalisation_levers_table(results_table, tmp_path):
     assert "| euclidean | pixel distance | — | — | 4ake | inf | 0.310 |" in text
     assert "| builtin | failed: boom |" in text
     assert "| 1ubq (trained on) | inf | 0.500 | — | — (—) | — |" in text
+    data["rows"][-1]["seen"] = False  # scored, but not among the lever's training volumes
+    text = results_table.render(_root(tmp_path / "unseen", {"generalisation_levers": data}))
+    assert "| 1ubq (not trained on, not held out) | inf | 0.500 |" in text
+
+
+def test_snr_summary_gathers_rows_with_their_commit_and_hardware(results_table, tmp_path):
+    def ablation(snr, commit, epochs):
+        scores = {"what": "w", "e_or_frame_median": 0.1, "frame_confidence": 9.0,
+                  "code": {"git_commit": commit}}
+        return {"config": {"protein": "4ake", "snr": snr},
+                "provenance": {**PROVENANCE, "git_commit": commit},
+                "rows": [{**scores, "lever": "cosine_wide_batch128_lr2", "epochs": epochs,
+                          "train_seconds": 900.4, "l_de": 0.1, "e_or_o4": 0.2,
+                          "e_or_frame": 0.3},
+                         {**scores, "lever": "euclidean", "train_seconds": 2.2, "l_de": 0.4,
+                          "e_or_o4": 1.9, "e_or_frame": 2.0},
+                         {**scores, "lever": "turns", "l_de": 9.0, "e_or_o4": 9.0,
+                          "e_or_frame": 9.0}]}  # another lever: not gathered
+    held = {"lever": "builtin", "what": "w", "protein": "1hvr", "snr": 0.0625, "epochs": 99,
+            "train_seconds": 388.0, "trained_on": "jax: GPU 1", "l_de": 0.34, "e_or_o4": 1.3,
+            "e_or_frame": 1.5, "code": {"git_commit": NEW}}
+    gpu = {"provenance": PROVENANCE,
+           "rows": [held, {**held, "snr": "inf", "l_de": 0.26},
+                    {**held, "protein": "1ubq", "seen": True},  # a training protein: left out
+                    {**held, "lever": "shipped", "trained_on": None, "stale": True,
+                     "code": {"git_commit": OLD}}]}
+    root = _root(tmp_path, {"distance_ablation_snrinf": ablation("inf", NEW, 30),
+                            "distance_ablation_snr1_32": ablation(0.03125, OLD, 20),
+                            "generalisation_levers_gpu": gpu})
+    text = _section(results_table.render(root), "The learned distance against SNR")
+    lines = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert lines[1:] == [
+        "| supervised (cosine_wide_batch128_lr2) | 4ake | ∞ | 0.100 | 0.200 | 0.300 "
+        "| 30 epochs in 900 s, Test CPU 9000, 2 cores | `aaaaaaa` |",
+        "| Euclidean | 4ake | ∞ | 0.400 | 1.900 | 2.000 | no training (fit 2 s) | `aaaaaaa` |",
+        "| supervised (cosine_wide_batch128_lr2) | 4ake | 1/32 | 0.100 | 0.200 | 0.300 "
+        "| 20 epochs in 900 s, Test CPU 9000, 2 cores | `bbbbbbb` |",
+        "| Euclidean | 4ake | 1/32 | 0.400 | 1.900 | 2.000 | no training (fit 2 s) | `bbbbbbb` |",
+        "| general: the built-in lever, 19 proteins | 1hvr | ∞ | 0.260 | 1.300 | 1.500 "
+        "| 99 epochs in 388 s, jax: GPU 1 | `aaaaaaa` |",
+        "| general: the built-in lever, 19 proteins | 1hvr | 1/16 | 0.340 | 1.300 | 1.500 "
+        "| 99 epochs in 388 s, jax: GPU 1 | `aaaaaaa` |",
+        "| general: the shipped model (`--model pretrained`), 19 proteins | 1hvr | 1/16 "
+        "| 0.340 | 1.300 | 1.500 | 99 epochs in 388 s, hardware not recorded | `bbbbbbb` (stale) |"]
+    assert "Not measured yet" not in text
 
 
 def test_preferred_views_table_and_figure(results_table, tmp_path):
