@@ -12,8 +12,9 @@ change the training volumes, and one the loss:
   :mod:`cryoem.pseudo_proteins`: random compact chains, C1 to D3);
 * ``pseudo_only``: the pseudo-proteins alone;
 * ``builtin_polar``: ``builtin`` on the polar front end (``TrainingConfig.front``);
-* ``two_proteins``: two built-in proteins alone (1ubq, 6msm): whether the network can fit
-  even two at once, the question the 19-protein levers raise by not fitting their own;
+* ``one_protein``, ``two_proteins``: one (1ubq) or two (1ubq, 6msm) built-in proteins alone:
+  how many proteins the network fits at once, the question the 19-protein levers raise by not
+  fitting even their own training proteins;
 * ``builtin_horizon``: ``builtin`` with the horizon loss (``TrainingConfig.horizon`` = 1 rad:
   pairs truly farther need only be estimated farther, ``siamese.horizon_residuals``), scored
   by recovery from the pairs it estimates within 1 rad only (the horizon benchmark's finding:
@@ -86,6 +87,9 @@ LEVERS: dict[str, Lever] = {
     "builtin_polar": Lever("every built-in protein not held out, on the polar front end "
                            "(cryoem.polar: in-plane turns become shifts along the angle)",
                            True, False, {"front": "polar"}),
+    "one_protein": Lever("one built-in protein (1ubq): the same recipe's fit of a single "
+                         "protein, the baseline of two_proteins and builtin", True, False,
+                         only=("1ubq",)),
     "two_proteins": Lever("two built-in proteins (1ubq, 6msm): whether one network fits even "
                           "two at once (scored on those two; 1bvy unseen)", True, False,
                           only=("1ubq", "6msm")),

@@ -360,6 +360,17 @@ def test_generalisation_levers_quick(tmp_path):
                for path in (tmp_path / "work" / "models").glob("*/config.json")]
     assert sorted(c["horizon"] is not None for c in configs) == [False, True]
     assert {c["horizon"] for c in configs} == {None, 1.0}
+    # A lever on named proteins trains on those alone; a --seen protein outside them is
+    # scored as not trained on.
+    run_script("generalisation_levers.py", "--levers", "one_protein", "--out", str(out),
+               "--work-dir", str(tmp_path / "work"), cwd=tmp_path)
+    one = [row for row in json.loads(out.read_text())["rows"] if row["lever"] == "one_protein"]
+    assert [(row["protein"], row.get("seen")) for row in one] == [("4ake", None),
+                                                                   ("5pti", False)]
+    assert one[0]["volumes"] == 1
+    sources = [json.loads(path.read_text())["sources"]
+               for path in (tmp_path / "work" / "models").glob("*/config.json")]
+    assert sum(len(s) == 1 and "1ubq" in s[0] for s in sources) == 1
 
 
 def test_distance_horizon_quick(tmp_path):
