@@ -226,7 +226,7 @@ def markdown(data: dict[str, Any]) -> list[str]:
     rows = data.get("rows") or []
     shift = config.get("max_shift", 0)
     lines = [f"{config.get('protein', '?')}, L = {config.get('size')} px, SNR "
-             f"{snr_label(config.get('snr', math.inf))}, shifts ≤ {shift:g} px, "
+             f"{snr_label(float(config.get('snr', math.inf)))}, shifts ≤ {shift:g} px, "
              f"{config.get('test_size')} test images; every model trained for its budget "
              f"(wall clock, this machine), {SUPERVISION}. E_OR in rad: "
              "O(4) after recovery (the paper's metric), physical after the frame step.", "",

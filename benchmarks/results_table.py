@@ -325,6 +325,10 @@ SECTIONS: list[Section] = [
             "distance_ablation.py --max-shift 2 --levers turns curriculum --budget-seconds "
             "900 --out benchmarks/results/distance_ablation_shifts.json",
             "distance_ablation_shifts.json", ablation_rows),
+    Section("The learned distance noiseless (supervised, same protein)",
+            "distance_ablation.py --snr inf --levers cosine_wide_batch128_lr2 euclidean "
+            "--budget-seconds 900 --out benchmarks/results/distance_ablation_snrinf.json",
+            "distance_ablation_snrinf.json", ablation_rows),
     Section("The learned distance at SNR 1 (supervised, same protein)",
             "distance_ablation.py --snr 1 --levers cosine_wide_batch128_lr2 euclidean "
             "--budget-seconds 900 --out benchmarks/results/distance_ablation_snr1.json",
