@@ -310,6 +310,11 @@ SECTIONS: list[Section] = [
             "--learning-rate 2e-3 --workers 12 --snrs inf 0.0625 "
             "--out benchmarks/results/generalisation_levers_gpu.json",
             "generalisation_levers_gpu.json", generalisation_lever_rows),
+    Section("Generalisation: how many proteins one network fits",
+            "generalisation_levers.py --levers one_protein two_proteins builtin builtin_polar "
+            "--budget-seconds 600 --snrs inf "
+            "--out benchmarks/results/generalisation_levers_capacity.json",
+            "generalisation_levers_capacity.json", generalisation_lever_rows),
     Section("Generalisation: the horizon of a distance between two images",
             "distance_horizon.py", "distance_horizon.json", horizon_rows),
     Section("Preferred views", "preferred_views.py", "preferred_views.json",
