@@ -310,9 +310,14 @@ SECTIONS: list[Section] = [
             "--learning-rate 2e-3 --workers 12 --snrs inf 0.0625 "
             "--out benchmarks/results/generalisation_levers_gpu.json",
             "generalisation_levers_gpu.json", generalisation_lever_rows),
+    Section("Generalisation: one protein under the levers' recipe",
+            "generalisation_levers.py --levers one_protein --budget-seconds 600 --snrs inf "
+            "--out benchmarks/results/generalisation_levers_recipe.json",
+            "generalisation_levers_recipe.json", generalisation_lever_rows),
     Section("Generalisation: how many proteins one network fits",
-            "generalisation_levers.py --levers one_protein two_proteins builtin builtin_polar "
-            "--budget-seconds 600 --snrs inf "
+            "generalisation_levers.py --levers one_protein two_proteins builtin --held-out 4ake "
+            "--budget-seconds 450 --snr-range 64 64 --max-shift 0 --batch-size 128 "
+            "--learning-rate 2e-3 --snrs inf "
             "--out benchmarks/results/generalisation_levers_capacity.json",
             "generalisation_levers_capacity.json", generalisation_lever_rows),
     Section("Generalisation: the horizon of a distance between two images",
