@@ -90,6 +90,8 @@ LEVERS: dict[str, Lever] = {
     "one_protein": Lever("one built-in protein (1ubq): the same recipe's fit of a single "
                          "protein, the baseline of two_proteins and builtin", True, False,
                          only=("1ubq",)),
+    "one_protein_4ake": Lever("one built-in protein (4ake, which the supervised path fits; "
+                              "hold out others to run it)", True, False, only=("4ake",)),
     "two_proteins": Lever("two built-in proteins (1ubq, 6msm): whether one network fits even "
                           "two at once (scored on those two; 1bvy unseen)", True, False,
                           only=("1ubq", "6msm")),
