@@ -23,8 +23,8 @@ SUPERVISED_SOURCES = ("distance_ablation_snrinf.json", "distance_ablation_snr1.j
 SUPERVISED_LEVER = "cosine_wide_batch128_lr2"
 #: The general-model ablations (held-out proteins, shifts ≤ 2 px) and the models shown.
 GENERAL_SOURCES = ("generalisation_levers.json", "generalisation_levers_gpu.json")
-GENERAL_LEVERS = {"shipped": "general: the shipped model (`--model pretrained`), 19 proteins",
-                  "builtin": "general: the built-in lever, 19 proteins"}
+GENERAL_LEVERS = {"shipped": "general: the shipped model (`--model pretrained`)",
+                  "builtin": "general: the built-in lever"}
 SOURCES = SUPERVISED_SOURCES + GENERAL_SOURCES
 
 
@@ -41,10 +41,9 @@ def _hardware(row: dict[str, Any], data: dict[str, Any]) -> str:
 
 def _training(row: dict[str, Any], data: dict[str, Any]) -> str:
     """The training's epochs and seconds and where it ran; ``—`` for a fit without training."""
-    if row.get("epochs") is None:
-        seconds = row.get("train_seconds")
-        return "no training" + (f" (fit {seconds:.0f} s)" if seconds is not None else "")
     seconds = row.get("train_seconds")
+    if row.get("epochs") is None:
+        return "no training" + (f" (fit {seconds:.0f} s)" if seconds is not None else "")
     took = f" in {seconds:.0f} s" if seconds is not None else ""
     return f"{row['epochs']} epochs{took}, {_hardware(row, data)}"
 
@@ -64,14 +63,10 @@ def supervised_rows(sources: dict[str, dict[str, Any] | None]) -> list[tuple[Any
             continue
         config = data.get("config") or {}
         for row in data.get("rows") or []:
-            if row.get("lever") == SUPERVISED_LEVER:
-                model = f"supervised ({SUPERVISED_LEVER})"
-            elif row.get("lever") == "euclidean":
-                model = "Euclidean"
-            else:
-                continue
-            rows.append((model, config.get("protein"), float(config.get("snr", math.nan)),
-                         row, data))
+            model = _model(row, {SUPERVISED_LEVER: f"supervised ({SUPERVISED_LEVER})"})
+            if model:
+                rows.append((model, config.get("protein"), float(config.get("snr", math.nan)),
+                             row, data))
     return rows
 
 
@@ -83,15 +78,22 @@ def general_rows(sources: dict[str, dict[str, Any] | None]) -> list[tuple[Any, .
         for row in (data or {}).get("rows") or []:
             if "seen" in row or row.get("status") == "failed":
                 continue  # a protein the model trained on, or no score
-            lever = row.get("lever")
-            if lever in GENERAL_LEVERS:
-                model = GENERAL_LEVERS[lever]
-            elif lever == "euclidean":
-                model = "Euclidean"
-            else:
-                continue
-            rows.append((model, row.get("protein"), float(row.get("snr", math.nan)), row, data))
+            model = _model(row, GENERAL_LEVERS)
+            if model:
+                rows.append((model, row.get("protein"), float(row.get("snr", math.nan)), row,
+                             data))
     return rows
+
+
+def _model(row: dict[str, Any], names: dict[str, str]) -> str | None:
+    """The row's model as the table names it (with its training volumes, when counted):
+    one of ``names`` by lever, the Euclidean baseline, or None for a lever not shown."""
+    lever = row.get("lever")
+    if lever == "euclidean":
+        return "Euclidean"
+    if lever not in names:
+        return None
+    return names[lever] + (f", {row['volumes']} proteins" if row.get("volumes") else "")
 
 
 def markdown(sources: dict[str, dict[str, Any] | None]) -> list[str]:

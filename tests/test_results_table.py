@@ -354,7 +354,8 @@ def test_snr_summary_gathers_rows_with_their_commit_and_hardware(results_table, 
                           "e_or_o4": 1.9, "e_or_frame": 2.0},
                          {**scores, "lever": "turns", "l_de": 9.0, "e_or_o4": 9.0,
                           "e_or_frame": 9.0}]}  # another lever: not gathered
-    held = {"lever": "builtin", "what": "w", "protein": "1hvr", "snr": 0.0625, "epochs": 99,
+    held = {"lever": "builtin", "what": "w", "volumes": 19, "protein": "1hvr", "snr": 0.0625,
+            "epochs": 99,
             "train_seconds": 388.0, "trained_on": "jax: GPU 1", "l_de": 0.34, "e_or_o4": 1.3,
             "e_or_frame": 1.5, "code": {"git_commit": NEW}}
     gpu = {"provenance": PROVENANCE,
