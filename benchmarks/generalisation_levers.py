@@ -92,6 +92,9 @@ LEVERS: dict[str, Lever] = {
                          only=("1ubq",)),
     "one_protein_4ake": Lever("one built-in protein (4ake, which the supervised path fits; "
                               "hold out others to run it)", True, False, only=("4ake",)),
+    "one_protein_4ake_no_ctf": Lever("one_protein_4ake without the CTF (on no training image; "
+                                     "the test images have none): what the CTF costs the fit",
+                                     True, False, {"ctf": False}, only=("4ake",)),
     "two_proteins": Lever("two built-in proteins (1ubq, 6msm): whether one network fits even "
                           "two at once (scored on those two; 1bvy unseen)", True, False,
                           only=("1ubq", "6msm")),
