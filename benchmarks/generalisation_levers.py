@@ -173,7 +173,7 @@ def train_lever(args: argparse.Namespace, lever: str, model_dir: Path) -> dict[s
             mode="rendered", epochs=100_000, max_seconds=args.budget_seconds,
             steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
             snr_range=tuple(args.snr_range), max_shift=args.max_shift, seed=args.seed,
-            **_training_options(args), **RECIPE, **LEVERS[lever].training)
+            **_training_options(args), **(RECIPE | LEVERS[lever].training))
         history = training.train(sets, model_dir, config, validation=validation, verbose=0)
         return history, {"lever": lever, "volumes": len(names), "prepare_seconds": prepare_seconds,
                          "trained_on": devices.accelerator(),
@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows += bench.run_rows(Scenario(
                     lever, settings, lambda lv=lever, m=model_dir: run_lever(args, lv, m)))
             bench.write({"rows": rows + previous})
-        print(harness.table(rows, COLUMNS))
+        print(harness.table([r for r in rows if r.get("status") != "failed"], COLUMNS))
         print(f"wrote {args.out}")
         return 1 if bench.failures else 0
 
