@@ -12,6 +12,9 @@ change the training volumes, and one the loss:
   :mod:`cryoem.pseudo_proteins`: random compact chains, C1 to D3);
 * ``pseudo_only``: the pseudo-proteins alone;
 * ``builtin_polar``: ``builtin`` on the polar front end (``TrainingConfig.front``);
+* ``builtin_no_ctf``, ``one_protein_4ake_no_ctf``: ``builtin`` and ``one_protein_4ake`` with no
+  CTF on any training image (the recipe's CTF on half of them is what kept the general path
+  from fitting even one protein);
 * ``one_protein``, ``two_proteins``: one (1ubq) or two (1ubq, 6msm) built-in proteins alone:
   how many proteins the network fits at once, the question the 19-protein levers raise by not
   fitting even their own training proteins;
@@ -84,6 +87,8 @@ LEVERS: dict[str, Lever] = {
         "every built-in protein not held out; the horizon loss (τ = 1 rad: pairs truly "
         "farther need only be estimated farther) and recovery from the pairs estimated within "
         "1 rad only", True, False, {"horizon": 1.0}),
+    "builtin_no_ctf": Lever("every built-in protein not held out, no CTF on any training "
+                            "image (the test images have none)", True, False, {"ctf": False}),
     "builtin_polar": Lever("every built-in protein not held out, on the polar front end "
                            "(cryoem.polar: in-plane turns become shifts along the angle)",
                            True, False, {"front": "polar"}),
