@@ -402,8 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     with Harness("generalisation_levers", args.out, config={
             **common, "levers": args.levers, **({"training_options": options} if options else {})},
                  threads=threads, fresh=args.fresh, reuse_stale=args.reuse_stale) as bench:
-        previous = [r for r in bench.previous().get("rows", [])
-                    if r.get("lever") not in args.levers]
+        previous = [r for r in bench.previous().get("rows", [])  # a failed row has no lever
+                    if (r.get("lever") or r["scenario"]["name"]) not in args.levers]
         for lever in args.levers:
             if lever in BASELINES:
                 settings = {k: v for k, v in common.items() if k not in (
