@@ -320,6 +320,12 @@ SECTIONS: list[Section] = [
             "--learning-rate 2e-3 --snrs inf "
             "--out benchmarks/results/generalisation_levers_capacity.json",
             "generalisation_levers_capacity.json", generalisation_lever_rows),
+    Section("Generalisation: one protein through the general path, with and without the CTF",
+            "generalisation_levers.py --levers one_protein_4ake one_protein_4ake_no_ctf "
+            "--held-out 1hvr --seen 4ake --budget-seconds 450 --snr-range 64 64 --max-shift 0 "
+            "--batch-size 128 --learning-rate 2e-3 --snrs inf "
+            "--out benchmarks/results/generalisation_levers_4ake.json",
+            "generalisation_levers_4ake.json", generalisation_lever_rows),
     Section("Generalisation: the horizon of a distance between two images",
             "distance_horizon.py", "distance_horizon.json", horizon_rows),
     Section("Preferred views", "preferred_views.py", "preferred_views.json",
