@@ -160,11 +160,12 @@ def train_general(args: argparse.Namespace) -> dict[str, Any]:
     return record
 
 
-def training_sets(names: list[str], size: int, work_dir: Path, max_shift: float
-                  ) -> tuple[list[Any], Any]:
+def training_sets(names: list[str], size: int, work_dir: Path, max_shift: float,
+                  validation_snr: float = 0.25) -> tuple[list[Any], Any]:
     """A small dataset per training volume (its map: training renders from it) and the
-    validation set: 600 noisy (SNR 1/4), shifted images of the first one (never a held-out
-    protein).  Made once under ``work_dir/volumes_L{size}``."""
+    validation set, which picks the epoch kept: 600 images of the first one (never a
+    held-out protein) at ``validation_snr`` (default 1/4), shifted up to ``max_shift`` px.
+    Made once under ``work_dir/volumes_L{size}``."""
     from cryoem import datasets, volumes
 
     data_dir = work_dir / f"volumes_L{size}"
@@ -175,10 +176,11 @@ def training_sets(names: list[str], size: int, work_dir: Path, max_shift: float
         if not path.exists():  # a few projections: training renders from the volume
             datasets.generate(volumes.resolve(name, size), 64, path, seed=0)
         sets.append(datasets.load(path))
-    validation_path = data_dir / f"validation_{names[0].replace(':', '-')}.h5"
+    tag = "" if validation_snr == 0.25 else f"_snr{validation_snr:g}_shift{max_shift:g}"
+    validation_path = data_dir / f"validation_{names[0].replace(':', '-')}{tag}.h5"
     if not validation_path.exists():
         datasets.generate(volumes.resolve(names[0], size), 600, validation_path,
-                          snr=0.25, max_shift=max_shift, seed=1)
+                          snr=validation_snr, max_shift=max_shift, seed=1)
     return sets, datasets.load(validation_path)
 
 

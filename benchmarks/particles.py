@@ -127,21 +127,6 @@ def run_route(folder: Path, truth: Path, route: str, size: int, seed: int,
             **({"aspire": {k: v for k, v in peer.items() if k != "centred_on"}} if peer else {})}
 
 
-def phase_flip(images: Any, ctf: Any, pixel_size: float) -> Any:
-    """Each image with its CTF's sign undone (times ``sign(CTF)`` in Fourier space), as
-    ASPIRE's ``phase_flip`` does before its ab initio; with our CTF, the one the images carry."""
-    import numpy as np
-
-    from cryoem import projection
-
-    images = np.asarray(images, dtype=np.float64)
-    n, size = images.shape[0], images.shape[-1]
-    frequencies = np.fft.fftfreq(size, d=pixel_size)
-    sy, sx = np.meshgrid(frequencies, frequencies, indexing="ij")  # images are [y, x]
-    sign = np.sign(projection.ctf_2d(ctf, sx.ravel(), sy.ravel())).reshape(n, size, size)
-    return np.real(np.fft.ifft2(np.fft.fft2(images) * sign)).astype(np.float32)
-
-
 def aspire_start(star: Path, work: Path, size: int, python: Path) -> dict[str, Any]:
     """ASPIRE's ab-initio map of the particles (:data:`ASPIRE`), saved as the pipeline's start.
 
@@ -151,14 +136,15 @@ def aspire_start(star: Path, work: Path, size: int, python: Path) -> dict[str, A
     """
     import numpy as np
 
-    from cryoem import datasets, particles, reconstruction, rotations, volumes
+    from cryoem import datasets, particles, projection, reconstruction, rotations, volumes
 
     began = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
     imported = work / "particles.h5"  # as the pipeline imports them: the same images
     particles.import_relion(star, imported, size=size, overwrite=True)
     data = datasets.load(imported)
-    np.save(work / "images.npy", phase_flip(data.projections, data.ctf, data.pixel_size))
+    np.save(work / "images.npy", projection.phase_flip(data.projections, data.ctf,
+                                                        data.pixel_size))
     classes = max(1, round(ASPIRE["class_share"] * len(data)))
     outcome = harness.run_worker(
         python, Path(__file__).with_name("aspire_commonlines_worker.py"),

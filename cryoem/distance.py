@@ -310,6 +310,12 @@ class LearnedDistance(Estimator):
         return self
 
     @property
+    def phase_flips(self) -> bool:
+        """Whether the model phase-flips images that carry CTF parameters before the network
+        (trained on phase-flipped images: ``TrainingConfig.phase_flip``)."""
+        return bool(self.config.get("phase_flip", False))
+
+    @property
     def confidence(self) -> bool:
         """Whether the model has the variance head (``TrainingConfig.confidence``)."""
         return bool(self.config.get("confidence", False))
@@ -339,11 +345,22 @@ class LearnedDistance(Estimator):
         if not self.confidence:
             raise ValueError(f"the model in {self.model_dir} has no variance head: train it "
                              "with confidence (TrainingConfig.confidence)")
-        outputs = self._turned_outputs(data.projections[_select(data, indices)])
+        outputs = self._turned_outputs(self._images(data, _select(data, indices)))
         v = np.mean([ops.convert_to_numpy(pair_variances(o[:, -1].astype(np.float32)))
                      for o in outputs], axis=0).astype(np.float64)
         np.fill_diagonal(v, 0.0)
         return v
+
+    def _images(self, data: Dataset, index: NDArray) -> NDArray:
+        """The images the network takes: phase-flipped with their own CTF when the model
+        trained on phase-flipped images (``TrainingConfig.phase_flip``) and the data carry
+        CTF parameters (:func:`cryoem.projection.phase_flip`)."""
+        images = data.projections[index]
+        if self.phase_flips and data.ctf is not None:
+            from .projection import phase_flip
+
+            images = phase_flip(images, data.ctf[index], data.pixel_size)
+        return images
 
     def _outputs(self, images: NDArray, member: int = 0) -> FloatArray:
         """The network's raw outputs for ``images`` (resampled to its size under a contract)."""
@@ -383,7 +400,7 @@ class LearnedDistance(Estimator):
                 for member in range(len(self.members)) for k in range(self.turns)]
 
     def matrix(self, data: Dataset, indices: ArrayLike | None = None) -> FloatArray:
-        turned = self.turned_features(data.projections[_select(data, indices)])
+        turned = self.turned_features(self._images(data, _select(data, indices)))
         d = self._distance(turned[0] @ turned[0].T)
         for features in turned[1:]:  # summed in place: one N×N matrix at a time
             d += self._distance(features @ features.T)
@@ -396,7 +413,7 @@ class LearnedDistance(Estimator):
         i, j = _pair_indices(i, j)
         index = _select(data, indices)
         used, inverse = np.unique(np.concatenate([i, j]), return_inverse=True)
-        turned = self.turned_features(data.projections[index[used]])
+        turned = self.turned_features(self._images(data, index[used]))
         d = np.mean([self._distance(np.sum(f[inverse[: len(i)]] * f[inverse[len(i):]], axis=1))
                      for f in turned], axis=0)
         return np.where(i == j, 0.0, d)

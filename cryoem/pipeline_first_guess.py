@@ -169,6 +169,8 @@ def _distances(run: Any) -> None:
     run.use_truth("distances", estimator.truth_fields)
     estimator.fit(data)
     test = run.working_indices(data)
+    if getattr(estimator, "phase_flips", False):  # reads the CTF: a truth use if simulated
+        run.ctf(data, test, "distances")
     matrix = estimator.matrix(data, test)
     distance.save_matrix(run.path("distances.h5"), matrix, test, estimator=estimator.name)
     run.metrics["estimator"] = estimator.name

@@ -46,6 +46,7 @@ __all__ = [
     "CTFParameters",
     "sample_ctf",
     "ctf_2d",
+    "phase_flip",
     "electron_wavelength",
     "sample_shifts",
     "add_noise",
@@ -69,6 +70,7 @@ def project(
     *,
     shifts: ArrayLike | None = None,
     ctf: "CTFParameters | None" = None,
+    phase_flipped: bool = False,
     pixel_size: float = 1.0,
     backend: str = "finufft",
     oversampling: int = 1,
@@ -92,6 +94,9 @@ def project(
     ctf
         Per-image CTF parameters (:class:`CTFParameters`), applied by
         multiplication in Fourier space; needs a true ``pixel_size``.
+    phase_flipped
+        With ``ctf``: multiply by ``|CTF|`` instead, the image :func:`phase_flip`
+        makes of the one with the CTF.
     pixel_size
         Pixel size in Å (only the CTF depends on it).
     backend
@@ -140,7 +145,8 @@ def project(
         if shifts_arr is not None:
             values = values * plane.shift_phases(shifts_arr[start:stop])
         if ctf is not None:
-            values = values * plane.ctf(ctf[start:stop], pixel_size)
+            transfer = plane.ctf(ctf[start:stop], pixel_size)
+            values = values * (np.abs(transfer) if phase_flipped else transfer)
         images[start:stop] = plane.to_images(values, size)
     return images
 
@@ -351,6 +357,32 @@ def ctf_2d(params: CTFParameters, sx: ArrayLike, sy: ArrayLike) -> NDArray[np.fl
         - np.deg2rad(params.phase_shift)[:, None]
     )
     return -np.sin(chi)
+
+
+def phase_flip(images: ArrayLike, ctf: CTFParameters, pixel_size: float,
+               chunk: int = 1024) -> NDArray[np.float32]:
+    """Images with the sign of their CTF undone: each Fourier coefficient times ``sign(CTF)``.
+
+    The usual first CTF correction, as ASPIRE's ``phase_flip`` (white noise stays white; the
+    amplitudes stay modulated by ``|CTF|``).  Images ``(N, L, L)``, ``ctf`` one parameter set
+    per image.  A real filter: where the origin sits does not matter.  Written here because
+    it is a few lines of NumPy and the dependencies offer none outside ASPIRE.
+    """
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 3 or images.shape[1] != images.shape[2]:
+        raise ValueError(f"phase_flip takes square images (N, L, L), got shape {images.shape}")
+    if len(ctf) != len(images):
+        raise ValueError(f"{len(ctf)} CTF parameter sets for {len(images)} images")
+    size = images.shape[-1]
+    ku, kv = np.meshgrid(np.fft.rfftfreq(size) * size, np.fft.fftfreq(size) * size)
+    box = size * pixel_size
+    out = np.empty_like(images)
+    for start in range(0, len(images), chunk):
+        stop = min(start + chunk, len(images))
+        signs = np.sign(ctf_2d(ctf[start:stop], ku.ravel() / box, kv.ravel() / box))
+        spectrum = np.fft.rfft2(images[start:stop])
+        out[start:stop] = np.fft.irfft2(spectrum * signs.reshape(spectrum.shape), s=(size, size))
+    return out
 
 
 def sample_ctf(

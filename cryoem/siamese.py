@@ -222,10 +222,12 @@ def pair_weight_matrix(targets: Any, bins: int = 16, cap: float = 10.0) -> Any:
 
     Fixed shapes only (no boolean masking), so it traces under every backend's
     compiler: the count of each pair's bin is a one-hot sum over the strict
-    upper triangle.  Computed in the dtype of ``targets``.
+    upper triangle.  A negative target (``training_data.UNPAIRED``: two images of
+    different volumes in one batch) is no pair: weight zero, left out of the counts.
+    Computed in the dtype of ``targets``.
     """
     targets = ops.convert_to_tensor(targets)
-    mask = ops.triu(ops.ones_like(targets), k=1)
+    mask = ops.triu(ops.ones_like(targets), k=1) * ops.cast(targets >= 0, targets.dtype)
     index = ops.clip(ops.cast(targets / np.pi * bins, "int32"), 0, bins - 1)
     one_hot = ops.one_hot(index, bins, dtype=targets.dtype) * ops.expand_dims(mask, -1)
     counts = ops.sum(one_hot, axis=(0, 1))

@@ -43,7 +43,7 @@ from . import training_callbacks  # noqa: E402
 from ._models import CONFIG_FILE, MODEL_FILE  # noqa: E402
 from .datasets import Dataset  # noqa: E402
 from .siamese import InBatchModel, build_embedding  # noqa: E402
-from .training_data import FixedBatches, RenderedBatches  # noqa: E402
+from .training_data import FixedBatches, MixedBatches, RenderedBatches  # noqa: E402
 
 __all__ = ["TrainingConfig", "train"]
 
@@ -74,6 +74,9 @@ class TrainingConfig:
     max_shift: float = 0.0
     ctf: bool = False
     ctf_fraction: float = 1.0  # with ``ctf``: the share of training images given a CTF
+    # with ``ctf``: train on phase-flipped images (|CTF|); LearnedDistance then phase-flips the
+    # images of data that carry CTF parameters before the network (projection.phase_flip)
+    phase_flip: bool = False
     near_angle: float = 0.5
     bins: int = 16
     cap: float = 10.0
@@ -81,6 +84,9 @@ class TrainingConfig:
     confidence: bool = False  # a variance head and the pairs' Gaussian likelihood (siamese)
     max_seconds: float | None = None  # stop after the epoch that crosses this time budget
     workers: int = 1  # threads preparing rendered batches ahead of the step (RenderedBatches)
+    # rendered mode: each step's batch_size images come from this many volumes (MixedBatches;
+    # pairs within each volume's share only); 1: one volume a step, round-robin
+    mix: int = 1
     # "plateau": the learning rate halves when the validation loss stalls, and the run stops
     # after `patience` epochs without progress; "cosine": it falls along a half cosine to 1 %
     # over the run (epochs or max_seconds, whichever ends first), with no early stop
@@ -183,7 +189,7 @@ def train(datasets: Sequence[Dataset], out_dir: str | os.PathLike,
                                                          profile_batch=0))
     if config.max_seconds is not None:
         all_callbacks.append(training_callbacks.TimeBudget(config.max_seconds))
-    if isinstance(train_data, RenderedBatches):
+    if isinstance(train_data, (RenderedBatches, MixedBatches)):
         all_callbacks.append(training_callbacks.SyncEpoch(train_data))
     history = model.fit(train_data, validation_data=val_data, epochs=config.epochs,
                         callbacks=[*all_callbacks, *callbacks], verbose=verbose)
@@ -207,16 +213,21 @@ def _training_batches(datasets: Sequence[Dataset], config: TrainingConfig) -> ke
     if missing:
         raise ValueError(f"rendered mode draws images from the ground-truth volume, which "
                          f"{', '.join(missing)} lacks (imported particles): use --mode fixed")
-    return RenderedBatches(
+    if config.batch_size % config.mix:
+        raise ValueError(f"mix ({config.mix} volumes a step) must divide the batch size "
+                         f"{config.batch_size}")
+    rendered = RenderedBatches(
         [d.volume for d in datasets], [d.pixel_size for d in datasets],
         [d.attrs.get("symmetry", "C1") for d in datasets],
         [d.attrs.get("signal_variance") or _signal_variance(d) for d in datasets],
-        batch_size=config.batch_size, steps=config.steps_per_epoch, snr_range=config.snr_range,
-        max_shift=config.max_shift, ctf=config.ctf, near_angle=config.near_angle,
-        seed=config.seed, ctf_fraction=config.ctf_fraction, replicas=config.replicas,
-        snr_start=config.snr_start, curriculum_epochs=config.curriculum_epochs,
-        turns=config.turns, workers=config.workers,
+        batch_size=config.batch_size // config.mix, steps=config.steps_per_epoch * config.mix,
+        snr_range=config.snr_range, max_shift=config.max_shift, ctf=config.ctf,
+        near_angle=config.near_angle, seed=config.seed, ctf_fraction=config.ctf_fraction,
+        replicas=config.replicas, snr_start=config.snr_start,
+        curriculum_epochs=config.curriculum_epochs, turns=config.turns,
+        workers=config.workers if config.mix == 1 else 1, phase_flip=config.phase_flip,
     )
+    return rendered if config.mix == 1 else MixedBatches(rendered, config.mix, config.workers)
 
 
 def _signal_variance(data: Dataset) -> float:

@@ -23,8 +23,12 @@ from numpy.typing import NDArray
 
 from . import projection, rotations
 
-__all__ = ["FixedBatches", "RenderedBatches", "quarter_turn", "quarter_turn_orientations",
-           "target_matrix"]
+__all__ = ["FixedBatches", "MixedBatches", "RenderedBatches", "UNPAIRED", "quarter_turn",
+           "quarter_turn_orientations", "target_matrix"]
+
+#: The target of two images that form no pair (different volumes in one batch of
+#: :class:`MixedBatches`): negative, so that the loss gives it no weight.
+UNPAIRED = -1.0
 
 
 class FixedBatches(keras.utils.PyDataset):
@@ -92,7 +96,8 @@ class RenderedBatches(keras.utils.PyDataset):
     ``q·δ`` with ``δ`` a rotation by an angle uniform in ``[0, near_angle]``,
     so small distances are common.  Each image gets a shift within
     ``±max_shift`` px (triangular), a CTF when ``ctf`` (on a random ``ctf_fraction``
-    share of the images), and white noise at an
+    share of the images; its modulus ``|CTF|`` with ``phase_flip``, the image
+    :func:`cryoem.projection.phase_flip` makes of it), and white noise at an
     SNR drawn log-uniformly in ``snr_range`` (relative to the clean images'
     signal variance, as in the datasets).  With ``snr_start`` (a curriculum),
     the SNR starts there and falls geometrically over ``curriculum_epochs``
@@ -121,7 +126,8 @@ class RenderedBatches(keras.utils.PyDataset):
                  ctf: bool = False, near_angle: float = 0.5, seed: int = 0,
                  ctf_fraction: float = 1.0, replicas: int = 1,
                  snr_start: float | None = None, curriculum_epochs: int = 0,
-                 turns: int = 1, render_block: int = 25, workers: int = 1) -> None:
+                 turns: int = 1, render_block: int = 25, workers: int = 1,
+                 phase_flip: bool = False) -> None:
         super().__init__(workers=max(1, int(workers)), use_multiprocessing=False,
                          max_queue_size=max(10, 2 * int(workers)))
         if turns not in (1, 2, 4) or batch_size % turns:
@@ -145,6 +151,7 @@ class RenderedBatches(keras.utils.PyDataset):
         self.max_shift = max_shift
         self.ctf = ctf
         self.ctf_fraction = ctf_fraction
+        self.phase_flip = phase_flip
         self.near_angle = near_angle
         self.seed = seed
         self.snr_start = snr_start
@@ -218,7 +225,7 @@ class RenderedBatches(keras.utils.PyDataset):
                     self.volumes[which], np.concatenate([d["q"][rows] for d, rows in parts]),
                     shifts=(np.concatenate([d["shifts"][rows] for d, rows in parts])
                             if self.max_shift > 0 else None),
-                    ctf=ctf, pixel_size=self.pixel_sizes[which])
+                    ctf=ctf, phase_flipped=self.phase_flip, pixel_size=self.pixel_sizes[which])
                 start = 0
                 for d, rows in parts:
                     d["images"][rows] = rendered[start:start + len(rows)]
@@ -254,6 +261,48 @@ class RenderedBatches(keras.utils.PyDataset):
                  for r in range(0, len(q), size) for k in quarters]
         return (np.concatenate([p[0] for p in parts]),
                 rotations.canonical(np.concatenate([p[1] for p in parts])))
+
+
+class MixedBatches(keras.utils.PyDataset):
+    """Batches of ``mix`` consecutive batches of ``inner`` (so of ``mix`` volumes, which it
+    takes round-robin): each step sees several proteins.  Images of different volumes form
+    no pair (target :data:`UNPAIRED`); each volume's images pair as in ``inner``."""
+
+    def __init__(self, inner: RenderedBatches, mix: int, workers: int = 1) -> None:
+        super().__init__(workers=max(1, int(workers)), use_multiprocessing=False,
+                         max_queue_size=max(10, 2 * int(workers)))
+        if mix < 1 or len(inner) % mix:
+            raise ValueError(f"mix must be at least 1 and divide the {len(inner)} inner "
+                             f"batches, got {mix}")
+        if inner.replicas != 1:
+            raise ValueError("mixed batches pair within each volume's images: one replica only")
+        self.inner = inner
+        self.mix = mix
+        self.batch_size = inner.batch_size * mix
+
+    @property
+    def epoch(self) -> int:
+        return self.inner.epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:  # training_callbacks.SyncEpoch sets it
+        self.inner.epoch = value
+
+    def __len__(self) -> int:
+        return len(self.inner) // self.mix
+
+    def __getitem__(self, index: int) -> tuple[NDArray, NDArray]:
+        parts = [self.inner[index * self.mix + k] for k in range(self.mix)]
+        images = np.concatenate([images for images, _ in parts])
+        targets = np.full((len(images), len(images)), UNPAIRED, dtype=np.float32)
+        start = 0
+        for _, block in parts:
+            targets[start:start + len(block), start:start + len(block)] = block
+            start += len(block)
+        return images, targets
+
+    def on_epoch_end(self) -> None:
+        self.inner.on_epoch_end()
 
 
 def quarter_turn(images: NDArray, quarters: int) -> NDArray:

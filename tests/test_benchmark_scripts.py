@@ -446,37 +446,6 @@ def test_the_refinement_diagnosis_splits_errors_into_in_and_out_of_plane(monkeyp
         assert shape[other] < 5e-3
 
 
-def test_the_phase_flip_before_aspire_leaves_the_ctfs_magnitude(monkeypatch):
-    """particles.phase_flip on projections made with an astigmatic CTF by the projector: the
-    flipped image is the clean projection filtered by |CTF| (an axis swap or a wrong sign
-    would leave negative lobes)."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import numpy as np
-    import particles
-
-    from cryoem import projection, rotations, volumes
-
-    volume = volumes.resolve("4ake", 32)
-    q = rotations.sample_uniform(4, seed=5)
-    ctf = projection.CTFParameters(defocus_u=[9000.0, 15000.0, 21000.0, 25000.0],
-                                   defocus_v=[6000.0, 12000.0, 20000.0, 19000.0],
-                                   defocus_angle=[30.0, -60.0, 10.0, 100.0], voltage=300.0,
-                                   cs=2.7, amplitude_contrast=0.1)
-    clean = projection.project(volume.data, q)
-    flipped = particles.phase_flip(projection.project(volume.data, q, ctf=ctf,
-                                                      pixel_size=volume.voxel_size),
-                                   ctf, volume.voxel_size)
-    f = np.fft.fftfreq(32, d=volume.voxel_size)
-    sy, sx = np.meshgrid(f, f, indexing="ij")
-    magnitude = np.abs(projection.ctf_2d(ctf, sx.ravel(), sy.ravel())).reshape(4, 32, 32)
-    expected = np.real(np.fft.ifft2(np.fft.fft2(clean) * magnitude))
-    scale = np.abs(expected).max()
-    assert np.abs(flipped - expected).max() < 1e-3 * scale
-    # Without the flip the images differ from it by far more.
-    assert np.abs(projection.project(volume.data, q, ctf=ctf, pixel_size=volume.voxel_size)
-                  - expected).max() > 0.1 * scale
-
-
 def test_the_aspire_route_says_why_when_aspire_is_absent(monkeypatch, tmp_path):
     """Without ASPIRE's environment the row says so and nothing else runs."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))

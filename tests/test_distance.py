@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from cryoem import cli, datasets, distance, rotations, volumes
+from cryoem import cli, datasets, distance, projection, rotations, volumes
 
 from cryoem import siamese, training, training_callbacks, training_data  # noqa: E402 - hard dependencies: a broken import must fail
 
@@ -131,6 +131,25 @@ def test_uniform_pair_weights_equalise_the_bins():
     assert np.max(np.asarray(capped)) < np.max(weights)
 
 
+def test_unpaired_targets_get_no_weight_and_leave_the_pairs_weights_as_alone():
+    """Two blocks of pairs in one matrix, unpaired between them: zero weight there, and the
+    paired ones weighted by their bins as counted by hand over those pairs alone."""
+    rng = np.random.default_rng(1)
+    blocks = [np.abs(rng.normal(1.5, 0.8, (n, n))) for n in (7, 5)]
+    blocks = [np.clip((b + b.T) / 2, 0, np.pi) for b in blocks]
+    targets = np.full((12, 12), training_data.UNPAIRED)
+    targets[:7, :7], targets[7:, 7:] = blocks
+    weights = np.asarray(siamese.pair_weight_matrix(targets.astype(np.float32), bins=4, cap=3.0))
+    paired = np.zeros((12, 12), dtype=bool)
+    paired[:7, :7] = paired[7:, 7:] = True
+    upper = np.triu(paired, k=1)
+    assert np.all(weights[~upper] == 0)
+    which = np.clip((targets[upper] / np.pi * 4).astype(int), 0, 3)
+    counts = np.bincount(which, minlength=4)
+    by_hand = 1 / np.maximum(counts[which], upper.sum() / (4 * 3.0))
+    np.testing.assert_allclose(weights[upper], by_hand / by_hand.sum(), rtol=1e-5)
+
+
 def test_horizon_residuals_fit_near_pairs_and_hinge_far_ones():
     targets = np.array([0.5, 0.5, 2.0, 2.0, 1.0], dtype=np.float32)
     estimates = np.array([0.7, 0.2, 0.5, 2.5, 0.9], dtype=np.float32)
@@ -177,6 +196,35 @@ def test_target_matrix_is_the_exact_distance():
         group = rotations.point_group(symmetry)
         np.testing.assert_allclose(training_data.target_matrix(q, group),
                                    scipy_symmetric_distances(q, group), atol=1e-5)
+
+
+def test_mixed_batches_join_the_volumes_batches_and_pair_within_each(small_dataset, tmp_path):
+    other = datasets.load(datasets.generate(volumes.resolve("1ubq", 32), 8, tmp_path / "u.h5"))
+    sets = [small_dataset, other]
+    inner = training_data.RenderedBatches(
+        [d.volume for d in sets], [d.pixel_size for d in sets], ["C1", "C1"],
+        [d.attrs["signal_variance"] for d in sets], batch_size=8, steps=4, seed=2)
+    mixed = training_data.MixedBatches(inner, 2)
+    assert len(mixed) == 2 and mixed.batch_size == 16
+    mixed.epoch = 3  # as training_callbacks.SyncEpoch sets it
+    assert inner.epoch == 3
+    images, targets = mixed[1]
+    reference = training_data.RenderedBatches(
+        [d.volume for d in sets], [d.pixel_size for d in sets], ["C1", "C1"],
+        [d.attrs["signal_variance"] for d in sets], batch_size=8, steps=4, seed=2)
+    reference.epoch = 3
+    for k, rows in enumerate((slice(0, 8), slice(8, 16))):
+        expected_images, expected_targets = reference[2 + k]
+        np.testing.assert_allclose(images[rows], expected_images, atol=1e-6)
+        np.testing.assert_array_equal(targets[rows, rows], expected_targets)
+    assert np.all(targets[:8, 8:] == training_data.UNPAIRED)
+    assert np.all(targets[8:, :8] == training_data.UNPAIRED)
+    with pytest.raises(ValueError, match="divide"):
+        training_data.MixedBatches(inner, 3)
+    config = training.TrainingConfig(arch="light", width=0.25, epochs=1, steps_per_epoch=2,
+                                     batch_size=16, mix=2, seed=0)
+    history = training.train(sets, tmp_path / "model", config, verbose=0)
+    assert np.isfinite(history["loss"][0])
 
 
 def test_rendered_batches_are_reproducible_with_near_pairs_and_fresh_noise(small_dataset):
@@ -320,6 +368,34 @@ def test_save_load_predict_is_identical(small_dataset, trained, tmp_path):
                                atol=1e-6)
     i, j = np.array([0, 4, 9]), np.array([5, 4, 1])
     np.testing.assert_allclose(model.pairs(small_dataset, i, j, test), first[i, j], atol=1e-5)
+
+
+def test_a_phase_flipping_model_flips_the_images_that_carry_a_ctf(small_dataset, trained,
+                                                                   tmp_path):
+    """A model trained on phase-flipped images (``phase_flip``) gives data with a CTF the
+    distances the same network gives those images phase-flipped by hand; data without one
+    pass as they are."""
+    import dataclasses
+
+    out, config, _ = trained
+    test = small_dataset.split["test"][:20]
+    flipping = distance.LearnedDistance(siamese.save_model(
+        distance.LearnedDistance(out).embedding, training.TrainingConfig(**{
+            **config.__dict__, "image_size": small_dataset.size, "phase_flip": True}),
+        tmp_path / "flipping"))
+    plain = distance.LearnedDistance(out)
+    assert flipping.phase_flips and not plain.phase_flips
+    ctf = projection.sample_ctf(len(small_dataset), seed=2)
+    with_ctf = dataclasses.replace(small_dataset, ctf=ctf)
+    by_hand = dataclasses.replace(small_dataset, projections=projection.phase_flip(
+        small_dataset.projections, ctf, small_dataset.pixel_size))
+    expected = plain.matrix(by_hand, test)
+    np.testing.assert_allclose(flipping.matrix(with_ctf, test), expected, atol=1e-5)
+    assert np.abs(plain.matrix(with_ctf, test) - expected).max() > 1e-3  # the flip matters
+    i, j = np.array([0, 4, 9]), np.array([5, 4, 1])
+    np.testing.assert_allclose(flipping.pairs(with_ctf, i, j, test), expected[i, j], atol=1e-5)
+    np.testing.assert_allclose(flipping.matrix(small_dataset, test),
+                               plain.matrix(small_dataset, test), atol=1e-6)
 
 
 def test_test_time_turns_average_the_turned_pairs_and_forget_the_images_turn(

@@ -94,3 +94,22 @@ def test_ctf_fraction_gives_a_ctf_to_that_share_of_the_images(tmp_path):
     assert 8 < changed.sum() < 32
     with pytest.raises(ValueError, match="ctf_fraction"):
         training_data.RenderedBatches(ctf=True, ctf_fraction=1.5, **common)
+
+
+def test_phase_flipped_training_images_carry_the_ctfs_modulus(tmp_path):
+    """With ``phase_flip`` every rendered CTF is its modulus: each image's spectrum over the
+    clean image's is real and non-negative; with the plain CTF it changes sign."""
+    data = datasets.load(datasets.generate(volumes.resolve("4ake", 32), 8, tmp_path / "p.h5"))
+    common = dict(volumes=[data.volume], pixel_sizes=[data.pixel_size], symmetries=["C1"],
+                  signal_variances=[1.0], batch_size=16, steps=1, seed=4)
+    plain, _ = training_data.RenderedBatches(**common)[0]
+    spectrum = np.fft.rfft2(plain)
+    strong = np.abs(spectrum) > 1e-2 * np.abs(spectrum).max()
+
+    def ratios(phase_flip):
+        images, _ = training_data.RenderedBatches(ctf=True, phase_flip=phase_flip, **common)[0]
+        return (np.fft.rfft2(images) / np.where(strong, spectrum, 1))[strong]
+
+    flipped = ratios(True)
+    assert np.abs(flipped.imag).max() < 1e-2 and flipped.real.min() > -1e-2
+    assert ratios(False).real.min() < -0.5  # the plain CTF's negative lobes

@@ -182,6 +182,53 @@ def test_projection_with_ctf_is_the_filtered_image(phantom):
         np.testing.assert_allclose(with_ctf[k], expected, atol=1e-3 * np.abs(plain[k]).max())
 
 
+ASTIGMATIC = dict(defocus_u=[9000.0, 15000.0, 21000.0, 25000.0],
+                  defocus_v=[6000.0, 12000.0, 20000.0, 19000.0],
+                  defocus_angle=[30.0, -60.0, 10.0, 100.0], voltage=300.0, cs=2.7,
+                  amplitude_contrast=0.1)
+
+
+def _filtered_by_ctf_modulus(clean, ctf, pixel_size):
+    """The clean images filtered by |CTF| with a full complex FFT (the reference)."""
+    size = clean.shape[-1]
+    f = np.fft.fftfreq(size, d=pixel_size)
+    sy, sx = np.meshgrid(f, f, indexing="ij")  # images are [y, x]
+    magnitude = np.abs(projection.ctf_2d(ctf, sx.ravel(), sy.ravel())).reshape(len(ctf), size,
+                                                                                size)
+    return np.real(np.fft.ifft2(np.fft.fft2(clean) * magnitude))
+
+
+def test_phase_flip_leaves_the_ctfs_modulus():
+    """Projections with an astigmatic CTF, phase-flipped: the clean projection filtered by
+    |CTF| (an axis swap or a wrong sign would leave negative lobes), in chunks as at once."""
+    volume = volumes.resolve("4ake", 32)
+    q = rotations.sample_uniform(4, seed=5)
+    ctf = projection.CTFParameters(**ASTIGMATIC)
+    with_ctf = projection.project(volume.data, q, ctf=ctf, pixel_size=volume.voxel_size)
+    expected = _filtered_by_ctf_modulus(projection.project(volume.data, q), ctf,
+                                        volume.voxel_size)
+    scale = np.abs(expected).max()
+    flipped = projection.phase_flip(with_ctf, ctf, volume.voxel_size)
+    assert flipped.dtype == np.float32
+    assert np.abs(flipped - expected).max() < 1e-3 * scale
+    np.testing.assert_allclose(projection.phase_flip(with_ctf, ctf, volume.voxel_size, chunk=3),
+                               flipped, atol=1e-6 * scale)
+    assert np.abs(with_ctf - expected).max() > 0.1 * scale  # without the flip: far from it
+    with pytest.raises(ValueError, match="3 CTF parameter sets for 4 images"):
+        projection.phase_flip(with_ctf, ctf[:3], volume.voxel_size)
+
+
+def test_projection_with_phase_flipped_ctf_multiplies_by_its_modulus():
+    volume = volumes.resolve("4ake", 32)
+    q = rotations.sample_uniform(4, seed=6)
+    ctf = projection.CTFParameters(**ASTIGMATIC)
+    rendered = projection.project(volume.data, q, ctf=ctf, phase_flipped=True,
+                                  pixel_size=volume.voxel_size)
+    expected = _filtered_by_ctf_modulus(projection.project(volume.data, q), ctf,
+                                        volume.voxel_size)
+    assert np.abs(rendered - expected).max() < 1e-3 * np.abs(expected).max()
+
+
 def test_ctf_parameters_round_trip_and_validation():
     params = projection.sample_ctf(5, seed=0)
     back = projection.CTFParameters.from_array(params.as_array())

@@ -66,6 +66,9 @@ def require_truth(estimator: Estimator, data: Dataset) -> None:
     if fields:
         print(f"ground truth used: the {estimator.name} estimator reads the true "
               f"{', '.join(fields)} (an oracle, not a method)")
+    if getattr(estimator, "phase_flips", False) and data.ctf is not None and data.simulated_ctf:
+        print("ground truth used: the model phase-flips the images with the simulation's exact "
+              "CTF parameters")
 
 
 # ----------------------------------------------------------------------------
@@ -124,6 +127,14 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
                         help="rendered mode: each rendered image also serves turned in-plane by "
                              "the multiples of 360°/TURNS, with exact labels R_z(α)·R (fewer "
                              "renders per batch)")
+    parser.add_argument("--phase-flip", action="store_true",
+                        help="rendered mode, data with a CTF: train on phase-flipped images "
+                             "(|CTF|); the model then phase-flips the images of data that carry "
+                             "CTF parameters before the network (cryoem.projection.phase_flip)")
+    parser.add_argument("--mix", type=int, default=1, metavar="K",
+                        help="rendered mode, several datasets: each step's images come from K "
+                             "of their volumes, pairs within each volume's share (default: 1, "
+                             "one volume a step, round-robin)")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="rendered mode: N threads prepare batches ahead of the training "
                              "step, for a GPU that would wait on the CPU (default: 1, in the "
@@ -173,6 +184,7 @@ def run_train(args: argparse.Namespace) -> int:
         snr_start=args.curriculum[0] if args.curriculum else None,
         curriculum_epochs=int(args.curriculum[1]) if args.curriculum else 0,
         turns=args.turns, schedule=args.schedule, workers=args.workers,
+        phase_flip=args.phase_flip, mix=args.mix,
     )
     start = time.perf_counter()
     if args.members == 1:
