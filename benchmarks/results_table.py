@@ -332,6 +332,12 @@ SECTIONS: list[Section] = [
             "--learning-rate 2e-3 --snrs inf "
             "--out benchmarks/results/generalisation_levers_ctf.json",
             "generalisation_levers_ctf.json", generalisation_lever_rows),
+    Section("Generalisation: the built-in proteins, one a step or four",
+            "generalisation_levers.py --levers builtin_no_ctf builtin_no_ctf_mix4 --held-out "
+            "4ake 1hvr 2zmm --budget-seconds 600 --snr-range 64 64 --max-shift 0 --batch-size "
+            "128 --learning-rate 2e-3 --snrs inf "
+            "--out benchmarks/results/generalisation_levers_mix.json",
+            "generalisation_levers_mix.json", generalisation_lever_rows),
     Section("Generalisation: the horizon of a distance between two images",
             "distance_horizon.py", "distance_horizon.json", horizon_rows),
     Section("Preferred views", "preferred_views.py", "preferred_views.json",
