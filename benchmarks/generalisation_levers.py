@@ -193,7 +193,7 @@ def train_lever(args: argparse.Namespace, lever: str, model_dir: Path) -> dict[s
         names = training_volumes(args, lever)
         start = time.perf_counter()
         sets, validation = training_sets(names, args.size, args.work_dir, args.max_shift,
-                                         validation_snr(args))
+                                         validation_snr(args.validation, args.snr_range))
         prepare_seconds = time.perf_counter() - start
         config = training.TrainingConfig(
             mode="rendered", epochs=100_000, max_seconds=args.budget_seconds,
@@ -208,13 +208,13 @@ def train_lever(args: argparse.Namespace, lever: str, model_dir: Path) -> dict[s
     return trained_once(model_dir, TRAINING_RECORD, train)
 
 
-def validation_snr(args: argparse.Namespace) -> float:
+def validation_snr(validation: str, snr_range: Any) -> float:
     """The SNR of the validation images that pick the epoch kept: 1/4 (``--validation
     quarter``, the levers' first runs) or the training range's geometric mean (``recipe``:
     in the training's distribution; 1/4 was out of it, and kept early epochs)."""
-    if args.validation == "quarter":
+    if validation == "quarter":
         return 0.25
-    return math.sqrt(args.snr_range[0] * args.snr_range[1])
+    return math.sqrt(float(snr_range[0]) * float(snr_range[1]))
 
 
 def _training_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -403,9 +403,9 @@ def _kept_epoch(config: dict[str, Any]) -> str:
     if config.get("validation", "quarter") == "quarter":
         return ("the epoch kept is the best on 600 images of the first training protein at SNR "
                 "1/4 with shifts, out of the training's distribution (it may keep an early epoch)")
-    low, high = config["snr_range"]
     return ("the epoch kept is the best on 600 images of the first training protein at SNR "
-            f"{math.sqrt(float(low) * float(high)):.3g} (the training range's geometric mean)")
+            f"{validation_snr(config['validation'], config['snr_range']):.3g} (the training "
+            "range's geometric mean)")
 
 
 def lever_settings(args: argparse.Namespace, common: dict[str, Any], lever: str
