@@ -9,6 +9,7 @@ reused only when the commit that produced them is the current one (or when asked
 from __future__ import annotations
 
 import contextlib
+import csv
 import datetime
 import functools
 import json
@@ -429,11 +430,14 @@ def trained_once(model_dir: Path, record_name: str,
     Otherwise the folder is cleared and ``train()`` runs afresh (never resumed: it trains for a
     wall-clock budget); it returns the Keras history and further fields for the record, whose
     ``prepare_seconds`` (data made before the training began) is not counted as training.
-    The record: those fields, ``epochs``, ``train_seconds`` and ``best_val_loss``.
+    The record: those fields, ``epochs``, ``train_seconds`` and ``best_val_loss``, returned
+    with the model's learning curve (:func:`learning_curve`, read from its ``history.csv``
+    each time, so that a model trained before curves were recorded gains one when rescored).
     """
     record = model_dir / record_name
     if record.is_file():
-        return {**json.loads(record.read_text()), "model_reused": True}
+        return {**json.loads(record.read_text()), **learning_curve(model_dir),
+                "model_reused": True}
     shutil.rmtree(model_dir, ignore_errors=True)
     start = time.perf_counter()
     history, extra = train()
@@ -441,7 +445,28 @@ def trained_once(model_dir: Path, record_name: str,
                "train_seconds": time.perf_counter() - start - extra.get("prepare_seconds", 0.0),
                "best_val_loss": float(np.nanmin(history.get("val_loss", [math.nan])))}
     record.write_text(json.dumps(trained))
-    return {**trained, "model_reused": False}
+    return {**trained, **learning_curve(model_dir), "model_reused": False}
+
+
+def learning_curve(model_dir: Path) -> dict[str, list[float | None]]:
+    """The training and validation loss of every epoch (``loss_by_epoch``,
+    ``val_loss_by_epoch``; ``None`` where an epoch has none), from the Keras ``history.csv``
+    that :func:`cryoem.training.train` writes in ``model_dir``; empty when there is none."""
+    path = model_dir / "history.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        epochs = list(csv.DictReader(f))
+
+    def value(text: str | None) -> float | None:  # Keras writes "NA" for a missing one
+        try:
+            number = float(text or "nan")
+        except ValueError:
+            return None
+        return round(number, 5) if math.isfinite(number) else None
+
+    return {"loss_by_epoch": [value(e.get("loss")) for e in epochs],
+            "val_loss_by_epoch": [value(e.get("val_loss")) for e in epochs]}
 
 
 def scored_distances(data: Any, estimator: Any) -> tuple[Any, float]:

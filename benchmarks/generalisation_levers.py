@@ -363,6 +363,17 @@ def _epochs(row: dict[str, Any]) -> str:
     return f"{epochs} in {row.get('train_seconds', 0):.0f} s on {row['trained_on']}"
 
 
+def _fit(row: dict[str, Any]) -> str:
+    """The training loss of the model's last epoch and the epoch kept (best validation, from 1),
+    from its learning curve; "—" for a row without one (a baseline, or made before curves were
+    recorded)."""
+    losses, validation = row.get("loss_by_epoch"), row.get("val_loss_by_epoch") or []
+    if not losses:
+        return "—"
+    scored = [(v, epoch) for epoch, v in enumerate(validation, 1) if v is not None]
+    return f"{losses[-1]:.3f}" + (f" ({min(scored)[1]})" if scored else "")
+
+
 def markdown(data: dict[str, Any]) -> list[str]:
     """The README's table of this JSON."""
     config = data.get("config") or {}
@@ -380,16 +391,17 @@ def markdown(data: dict[str, Any]) -> list[str]:
              "baseline's fit, on the protein itself). E_OR in rad: O(4) after recovery (the "
              "paper's metric), physical after the frame step (median)." + _elsewhere(data),
              "",
-             "| lever | trained on | volumes | epochs | protein | SNR | L_DE (rad²) | E_OR O(4) | "
-             "E_OR after frame (median) | frame confidence | stale |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| lever | trained on | volumes | epochs | training loss at the end (epoch kept) | "
+             "protein | SNR | L_DE (rad²) | E_OR O(4) | E_OR after frame (median) | "
+             "frame confidence | stale |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in data.get("rows") or []:
         if r.get("status") == "failed":
-            lines.append(f"| {r.get('lever')} | failed: {r.get('reason')} |||||||||")
+            lines.append(f"| {r.get('lever')} | failed: {r.get('reason')} ||||||||||")
             continue
         lines.append(
             f"| {r['lever']} | {r['what']} | {r.get('volumes') or '—'} | "
-            f"{_epochs(r)} | {_protein(r)}"
+            f"{_epochs(r)} | {_fit(r)} | {_protein(r)}"
             f" | {snr_label(float(r['snr']))} | {harness.cell(r['l_de'], '.3f')}{_within(r)} | "
             f"{harness.cell(r.get('e_or_o4'), '.3f')} | {harness.cell(r.get('e_or_frame'), '.3f')} "
             f"({harness.cell(r.get('e_or_frame_median'), '.3f')}) | "

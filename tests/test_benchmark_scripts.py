@@ -77,6 +77,30 @@ def test_horizon_scores_on_a_hand_worked_case(monkeypatch):
     assert math.isnan(none_within["l_de_within"]) and math.isnan(none_within["called_precision"])
 
 
+
+def test_a_learning_curve_is_read_from_kerass_history_and_tells_the_epoch_kept(
+        monkeypatch, tmp_path):
+    """The history Keras's own CSVLogger writes (an epoch without validation loss among them)
+    comes back epoch by epoch; the lever table shows the last training loss and the epoch of
+    the least validation loss, counted from 1."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import keras
+    from _common import learning_curve
+    from generalisation_levers import _fit
+
+    logger = keras.callbacks.CSVLogger(str(tmp_path / "history.csv"))
+    logger.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
+    logger.on_train_begin()
+    for epoch, logs in enumerate([{"loss": 0.5, "val_loss": 0.4}, {"loss": 0.3},
+                                  {"loss": 0.25, "val_loss": 0.3}, {"loss": 0.2, "val_loss": 0.35}]):
+        logger.on_epoch_end(epoch, logs)
+    logger.on_train_end()
+    curve = learning_curve(tmp_path)
+    assert curve == {"loss_by_epoch": [0.5, 0.3, 0.25, 0.2],
+                     "val_loss_by_epoch": [0.4, None, 0.3, 0.35]}
+    assert _fit(curve) == "0.200 (3)"
+    assert learning_curve(tmp_path / "absent") == {} and _fit({}) == "—"
+
 # ----------------------------------------------------------------------------
 # The harness, in process
 # ----------------------------------------------------------------------------
@@ -342,6 +366,7 @@ def test_generalisation_levers_quick(tmp_path):
     assert len(trained) == rows["pseudo"]["volumes"] == 4  # 5pti, 1ubq, 2 pseudo; 4ake held out
     assert not any("4ake" in source for source in trained)
     assert any("pseudo-1" in source for source in trained)
+    assert len(rows["pseudo"]["loss_by_epoch"]) == rows["pseudo"]["epochs"]  # its curve
     for row in rows.values():
         assert row["protein"] == "4ake"
         assert finite(row["l_de"], row["e_or_o4"], row["e_or_frame"], row["frame_confidence"])
