@@ -320,9 +320,11 @@ def test_generalisation_levers_table(results_table, tmp_path):
     row = {"lever": "pseudo", "what": "the built-in proteins and the pseudo-proteins",
            "volumes": 219, "epochs": 250, "protein": "4ake", "snr": 0.0625, "l_de": 0.31,
            "e_or_o4": 0.9, "e_or_frame": 1.1, "e_or_frame_median": 0.8,
-           "frame_confidence": 3.3, "stale": True}
+           "frame_confidence": 3.3, "stale": True,
+           "loss_by_epoch": [0.5, 0.3, 0.25], "val_loss_by_epoch": [0.6, 0.4, None]}
     base = {**row, "lever": "euclidean", "what": "pixel distance", "volumes": None,
-            "epochs": None, "snr": "inf", "stale": False}  # as the JSON keeps it
+            "epochs": None, "snr": "inf", "stale": False,
+            "loss_by_epoch": None, "val_loss_by_epoch": None}  # as the JSON keeps it
     data = {"config": {"budget_seconds": 1200.0, "held_out": ["4ake", "1hvr"], "size": 64,
                        "test_size": 1650, "max_shift": 2.0, "snr_range": [0.03125, 64.0]},
             "rows": [row, base, {"lever": "builtin", "status": "failed", "reason": "boom"},
@@ -332,9 +334,10 @@ def test_generalisation_levers_table(results_table, tmp_path):
     text = _section(results_table.render(_root(tmp_path, {"generalisation_levers": data})),
                     "Generalisation: levers")
     assert "trained for 1200 s" in text and "(4ake, 1hvr)" in text
-    assert ("| pseudo | the built-in proteins and the pseudo-proteins | 219 | 250 | 4ake | 1/16 "
-            "| 0.310 | 0.900 | 1.100 (0.800) | 3.3 | stale |") in text
-    assert "| euclidean | pixel distance | — | — | 4ake | inf | 0.310 |" in text
+    # the last training loss, and the epoch with the lowest validation loss (epoch 3 has none)
+    assert ("| pseudo | the built-in proteins and the pseudo-proteins | 219 | 250 | 0.250 (2) "
+            "| 4ake | 1/16 | 0.310 | 0.900 | 1.100 (0.800) | 3.3 | stale |") in text
+    assert "| euclidean | pixel distance | — | — | — | 4ake | inf | 0.310 |" in text
     assert "| builtin | failed: boom |" in text
     assert "| 1ubq (trained on) | inf | 0.500 | — | — (—) | — |" in text
     data["rows"][-1]["seen"] = False  # scored, but not among the lever's training volumes
