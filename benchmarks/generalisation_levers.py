@@ -397,10 +397,11 @@ def markdown(data: dict[str, Any]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in data.get("rows") or []:
         if r.get("status") == "failed":
-            lines.append(f"| {r.get('lever')} | failed: {r.get('reason')} ||||||||||")
+            reason = harness.cell(r.get("reason"))
+            lines.append(f"| {r.get('lever')} | failed: {reason} ||||||||||")
             continue
         lines.append(
-            f"| {r['lever']} | {r['what']} | {r.get('volumes') or '—'} | "
+            f"| {r['lever']} | {harness.cell(r['what'])} | {r.get('volumes') or '—'} | "
             f"{_epochs(r)} | {_fit(r)} | {_protein(r)}"
             f" | {snr_label(float(r['snr']))} | {harness.cell(r['l_de'], '.3f')}{_within(r)} | "
             f"{harness.cell(r.get('e_or_o4'), '.3f')} | {harness.cell(r.get('e_or_frame'), '.3f')} "

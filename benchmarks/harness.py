@@ -272,12 +272,13 @@ class Column:
 
 
 def cell(value: Any, spec: str = ".4f") -> str:
-    """A number formatted, ``—`` for none or NaN, text as it is."""
+    """A number formatted, ``—`` for none or NaN, text as it is but for its pipes, escaped so
+    that a Markdown table keeps its columns."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return "inf" if isinstance(value, float) and math.isinf(value) else format(value, spec)
-    return str(value)
+    return str(value).replace("|", "\\|")
 
 
 def stale_note(row: dict[str, Any]) -> str:

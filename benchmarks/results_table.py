@@ -338,6 +338,18 @@ SECTIONS: list[Section] = [
             "128 --learning-rate 2e-3 --snrs inf "
             "--out benchmarks/results/generalisation_levers_mix.json",
             "generalisation_levers_mix.json", generalisation_lever_rows),
+    Section("Generalisation: the built-in proteins with the CTF, phase-flipped or not",
+            "generalisation_levers.py --levers builtin builtin_phase_flip --held-out 4ake 1hvr "
+            "2zmm --budget-seconds 600 --snr-range 64 64 --max-shift 0 --batch-size 128 "
+            "--learning-rate 2e-3 --snrs inf "
+            "--out benchmarks/results/generalisation_levers_flip.json",
+            "generalisation_levers_flip.json", generalisation_lever_rows),
+    Section("Generalisation: the built-in proteins trained four times longer",
+            "generalisation_levers.py --levers builtin_no_ctf --held-out 4ake 1hvr 2zmm "
+            "--budget-seconds 2400 --snr-range 64 64 --max-shift 0 --batch-size 128 "
+            "--learning-rate 2e-3 --snrs inf "
+            "--out benchmarks/results/generalisation_levers_long.json",
+            "generalisation_levers_long.json", generalisation_lever_rows),
     Section("Generalisation: the horizon of a distance between two images",
             "distance_horizon.py", "distance_horizon.json", horizon_rows),
     Section("Preferred views", "preferred_views.py", "preferred_views.json",

@@ -183,13 +183,11 @@ def test_absent_json_says_not_measured_with_the_command(results_table, tmp_path)
 
 def test_new_sections_come_first_after_the_pipeline(results_table):
     scripts = [entry.script for entry in results_table.SECTIONS]
-    assert [script.split(" --levers")[0] for script in scripts[:18]] == [
+    assert [script.split(" --levers")[0] for script in scripts[:20]] == [
         "pipeline.py", "pipeline.py --route ab-initio", "pipeline.py --snr 1/16",
         "pipeline.py --snr 1/16 --max-shift 2", "pipeline.py --route ab-initio --snr 1/16",
         "particles.py", "paper_table.py", "common_lines.py", "generalisation.py",
-        "generalisation_levers.py", "generalisation_levers.py", "generalisation_levers.py",
-        "generalisation_levers.py", "generalisation_levers.py", "generalisation_levers.py",
-        "generalisation_levers.py",
+        *["generalisation_levers.py"] * 9,
         "distance_horizon.py",
         "preferred_views.py"]
     assert {"projection.py", "distance_learning.py", "orientation_recovery.py",
@@ -340,6 +338,12 @@ def test_generalisation_levers_table(results_table, tmp_path):
     assert "| euclidean | pixel distance | — | — | — | 4ake | inf | 0.310 |" in text
     assert "| builtin | failed: boom |" in text
     assert "| 1ubq (trained on) | inf | 0.500 | — | — (—) | — |" in text
+    data["rows"][0]["what"] = "rendered with |CTF|"  # a pipe would split the cell in two
+    flipped = [line for line in _section(results_table.render(_root(tmp_path / "flip", {
+        "generalisation_levers": data})), "Generalisation: levers").splitlines()
+        if line.startswith("| pseudo | rendered")]
+    assert flipped[0].startswith(r"| pseudo | rendered with \|CTF\| | 219 |")
+    assert flipped[0].replace(r"\|", "").count("|") == 13  # 12 columns, as in the header
     data["rows"][-1]["seen"] = False  # scored, but not among the lever's training volumes
     text = results_table.render(_root(tmp_path / "unseen", {"generalisation_levers": data}))
     assert "| 1ubq (not trained on, not held out) | inf | 0.500 |" in text
