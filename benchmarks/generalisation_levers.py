@@ -11,6 +11,9 @@ change the training volumes, and one the loss:
 * ``pseudo``: the same plus ``--pseudo`` pseudo-proteins (``pseudo:0`` …,
   :mod:`cryoem.pseudo_proteins`: random compact chains, C1 to D3);
 * ``pseudo_only``: the pseudo-proteins alone;
+* ``pseudo_no_ctf``: ``pseudo`` with no CTF on any training image: whether variety stops the
+  overfitting ``builtin_no_ctf`` shows when trained longer (it fits its 19 proteins, not
+  held-out ones);
 * ``builtin_polar``: ``builtin`` on the polar front end (``TrainingConfig.front``);
 * ``builtin_no_ctf``, ``one_protein_4ake_no_ctf``: ``builtin`` and ``one_protein_4ake`` with no
   CTF on any training image (the recipe's CTF on half of them slows the fit: on 4AKE a training
@@ -89,6 +92,9 @@ LEVERS: dict[str, Lever] = {
     "builtin": Lever("every built-in protein not held out", True, False),
     "pseudo": Lever("the built-in proteins and the pseudo-proteins", True, True),
     "pseudo_only": Lever("the pseudo-proteins alone", False, True),
+    "pseudo_no_ctf": Lever("the built-in proteins and the pseudo-proteins, no CTF on any "
+                           "training image (builtin_no_ctf with more variety)", True, True,
+                           {"ctf": False}),
     "builtin_horizon": Lever(
         "every built-in protein not held out; the horizon loss (τ = 1 rad: pairs truly "
         "farther need only be estimated farther) and recovery from the pairs estimated within "

@@ -350,6 +350,12 @@ SECTIONS: list[Section] = [
             "--learning-rate 2e-3 --snrs inf "
             "--out benchmarks/results/generalisation_levers_long.json",
             "generalisation_levers_long.json", generalisation_lever_rows),
+    Section("Generalisation: the built-in proteins and 200 pseudo-proteins, trained as long",
+            "generalisation_levers.py --levers pseudo_no_ctf --held-out 4ake 1hvr 2zmm "
+            "--seen 1ubq 6msm 1bvy pseudo:0 --budget-seconds 2400 --snr-range 64 64 "
+            "--max-shift 0 --batch-size 128 --learning-rate 2e-3 --snrs inf "
+            "--out benchmarks/results/generalisation_levers_pseudo.json",
+            "generalisation_levers_pseudo.json", generalisation_lever_rows),
     Section("Generalisation: the horizon of a distance between two images",
             "distance_horizon.py", "distance_horizon.json", horizon_rows),
     Section("Preferred views", "preferred_views.py", "preferred_views.json",

@@ -183,11 +183,11 @@ def test_absent_json_says_not_measured_with_the_command(results_table, tmp_path)
 
 def test_new_sections_come_first_after_the_pipeline(results_table):
     scripts = [entry.script for entry in results_table.SECTIONS]
-    assert [script.split(" --levers")[0] for script in scripts[:20]] == [
+    assert [script.split(" --levers")[0] for script in scripts[:21]] == [
         "pipeline.py", "pipeline.py --route ab-initio", "pipeline.py --snr 1/16",
         "pipeline.py --snr 1/16 --max-shift 2", "pipeline.py --route ab-initio --snr 1/16",
         "particles.py", "paper_table.py", "common_lines.py", "generalisation.py",
-        *["generalisation_levers.py"] * 9,
+        *["generalisation_levers.py"] * 10,
         "distance_horizon.py",
         "preferred_views.py"]
     assert {"projection.py", "distance_learning.py", "orientation_recovery.py",
