@@ -77,7 +77,6 @@ def test_horizon_scores_on_a_hand_worked_case(monkeypatch):
     assert math.isnan(none_within["l_de_within"]) and math.isnan(none_within["called_precision"])
 
 
-
 def test_a_learning_curve_is_read_from_kerass_history_and_tells_the_epoch_kept(
         monkeypatch, tmp_path):
     """The history Keras's own CSVLogger writes (an epoch without validation loss among them)
